@@ -1,0 +1,237 @@
+"""Command-line interface: ``python -m issp <command> --help``.
+
+Bad arguments or files print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from issp import IsspError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump)."""
+
+    def error(self, message: str) -> None:
+        raise IsspError(f"{self.prog}: {message}")
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _existing(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
+def build_parser() -> Parser:
+    from issp.models import PRESETS
+    from issp.pruning import METHODS
+
+    parser = Parser(prog="issp", description="Sparse SR networks by Iterative Soft Shrinkage.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="train (and prune) an SR network")
+    train.add_argument("--arch", default="edsr-tiny", choices=list(PRESETS))
+    train.add_argument("--scale", type=int, default=2, choices=[2, 3, 4])
+    train.add_argument("--method", default="issp", choices=list(METHODS))
+    train.add_argument("--ratio", type=_ratio, default=0.9, help="pruning ratio r in [0, 1)")
+    train.add_argument("--alpha", type=_alpha, default=0.99, help="ISS-P shrink factor in (0, 1)")
+    train.add_argument("--steps", type=_positive, default=2000, help="total training steps")
+    train.add_argument(
+        "--prune-steps", type=_positive, default=None, help="Kp, end of the pruning stage"
+    )
+    train.add_argument("--scope", choices=["local", "global"], default="local")
+    train.add_argument("--batch-size", type=_positive, default=16)
+    train.add_argument("--patch", type=_positive, default=48, help="LR patch size")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--data", type=_existing, help="folder of training images")
+    train.add_argument("--val", type=_existing, help="folder of validation images")
+    train.add_argument("--val-every", type=_positive, default=200)
+    train.add_argument("--workers", type=int, default=1)
+    train.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="resume from <out>.state.pt")
+
+    evaluate = commands.add_parser("eval", help="PSNR/SSIM on a folder of HR images")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=_existing)
+    source.add_argument("--bicubic", action="store_true", help="evaluate bicubic upsampling")
+    evaluate.add_argument("--data", type=_existing, required=True)
+    evaluate.add_argument("--scale", type=int, choices=[2, 3, 4], required=True)
+    evaluate.add_argument("--tile", type=_positive, default=None)
+    evaluate.add_argument("--json", type=Path, help="also write the results as JSON")
+
+    upscale = commands.add_parser("upscale", help="upscale an image")
+    upscale.add_argument("input", type=_existing)
+    upscale.add_argument("-o", "--output", type=Path, required=True)
+    upscale.add_argument("--checkpoint", type=_existing)
+    upscale.add_argument("--scale", type=int, choices=[2, 3, 4])
+    upscale.add_argument("--ratio", type=_ratio)
+    upscale.add_argument("--method", default="issp", help="zoo method (issp, iht, dense)")
+    upscale.add_argument("--arch", default="edsr-tiny", help="zoo architecture")
+    upscale.add_argument("--tile", type=_positive, default=256, help="LR tile size")
+
+    info = commands.add_parser("info", help="parameters, sparsity and FLOPs of a checkpoint")
+    info.add_argument("checkpoint", type=_existing)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--size", type=_positive, default=256, help="LR side for FLOPs")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from issp.train import TrainConfig, train
+
+    config = TrainConfig(
+        arch=args.arch,
+        scale=args.scale,
+        method=args.method,
+        ratio=args.ratio,
+        alpha=args.alpha,
+        steps=args.steps,
+        prune_steps=args.prune_steps,
+        scope=args.scope,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        data=str(args.data) if args.data else None,
+        val=str(args.val) if args.val else None,
+        val_every=args.val_every,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+    )
+    history = train(config, args.out, resume=args.resume)
+    if history["val_psnr"]:
+        print(f"wrote {args.out}: validation PSNR {history['val_psnr'][-1]:.2f} dB")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from issp.checkpoint import load_checkpoint
+    from issp.evaluate import evaluate_folder, format_table
+
+    model = None
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint, scale=args.scale)
+    result = evaluate_folder(model, args.data, args.scale, tile=args.tile, progress=True)
+    print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+def cmd_upscale(args: argparse.Namespace) -> None:
+    from issp.checkpoint import load_checkpoint
+    from issp.data import load_image
+    from issp.upscale import upscale_image
+
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint, scale=args.scale)
+        scale = int(meta["scale"])
+    else:
+        from issp.zoo import load_zoo_model
+
+        if args.scale is None or args.ratio is None:
+            raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
+        model, _ = load_zoo_model(args.arch, args.scale, args.method, args.ratio)
+        scale = args.scale
+    if args.output.suffix.lower() not in (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg"):
+        raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
+    image = load_image(args.input)
+    result = upscale_image(model, image, scale, tile=args.tile)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result.save(args.output)
+    print(f"wrote {args.output} ({result.width}x{result.height})")
+
+
+def checkpoint_info(path: str | Path, size: int = 256) -> dict:
+    """Parameters, non-zeros, per-layer sparsity and FLOPs of a checkpoint."""
+    from issp.checkpoint import load_checkpoint
+    from issp.models import model_summary
+
+    model, meta = load_checkpoint(path)
+    params = dict(model.named_parameters())
+    layers = [
+        {
+            "name": name,
+            "numel": params[name].numel(),
+            "nonzeros": int(torch.count_nonzero(params[name])),
+        }
+        for name in meta["pruned_layers"]
+    ]
+    summary = model_summary(model, (size, size))
+    return {
+        "checkpoint": str(path),
+        "preset": meta["preset"],
+        "scale": int(meta["scale"]),
+        "method": meta["method"],
+        "ratio": float(meta["ratio"]),
+        "alpha": float(meta["alpha"]),
+        "input_size": [size, size],
+        **summary,
+        "layers": layers,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    info = checkpoint_info(args.checkpoint, args.size)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(
+        f"{info['preset']} x{info['scale']}  method={info['method']}  ratio={info['ratio']}"
+        f"  alpha={info['alpha']}"
+    )
+    print(f"parameters {info['params']:,}  non-zero {info['nonzeros']:,}")
+    size = "x".join(map(str, info["input_size"]))
+    print(
+        f"FLOPs at {size} LR: dense {info['flops_dense'] / 1e9:.3f} G, "
+        f"sparse {info['flops_sparse'] / 1e9:.3f} G"
+    )
+    print(f"{'layer':40s} {'numel':>8s} {'nonzeros':>9s} {'sparsity':>9s}")
+    for layer in info["layers"]:
+        sparsity = 1 - layer["nonzeros"] / layer["numel"]
+        print(f"{layer['name']:40s} {layer['numel']:8d} {layer['nonzeros']:9d} {sparsity:9.2%}")
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "upscale": cmd_upscale, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for user errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except IsspError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

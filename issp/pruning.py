@@ -1,0 +1,261 @@
+"""Unstructured pruning methods for SR networks, with the shape of ``torch.ao.pruning``.
+
+Attach a pruner to a model, call ``pruner.step()`` after every ``optimizer.step()``, and
+save ``pruner.state_dict()`` with the training state. The training loop needs to know
+nothing else about the method.
+
+Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step count):
+
+- ``issp``: Iterative Soft Shrinkage (Wang et al., ICCV 2023). For ``t < Kp`` the
+  ``ceil(r * n)`` smallest-magnitude weights of each layer are multiplied by ``alpha``;
+  at ``t = Kp`` the selection freezes into the mask and those weights are zeroed.
+- ``iht``: Iterative Hard Thresholding: the same selection, set to zero at every step.
+- ``l1``: dense training, one magnitude pruning at ``t = Kp``, then fine-tuning.
+- ``gmp``: gradual magnitude pruning (Zhu and Gupta 2017): the pruned fraction follows
+  ``r * (1 - (1 - t / Kp) ** 3)``, updated every ``gmp_interval`` steps.
+- ``scratch``: a random mask of ratio ``r`` fixed at initialization.
+- ``dense``: no pruning; records the same telemetry.
+
+After the mask freezes, every step keeps the masked weights exactly zero, and their
+gradients and optimizer state are zeroed so that momentum cannot revive them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from issp import IsspError
+
+METHODS = ("issp", "iht", "l1", "gmp", "scratch", "dense")
+TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
+
+
+def prunable_weights(
+    model: nn.Module, skip: Sequence[str] | None = None
+) -> dict[str, nn.Parameter]:
+    """The weights a pruner acts on, keyed by parameter name.
+
+    Every ``nn.Conv2d`` and ``nn.Linear`` weight, minus modules whose name matches one of
+    the fnmatch patterns in ``skip``. ``skip=None`` skips the first and the last conv of
+    the network (in registration order), which the SR pruning literature keeps dense.
+    """
+    layers = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    if skip is None:
+        convs = [name for name, m in layers if isinstance(m, nn.Conv2d)]
+        skip = [convs[0], convs[-1]] if convs else []
+    return {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in layers
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
+    }
+
+
+def smallest_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly ``k`` smallest-magnitude entries (ties broken arbitrarily)."""
+    flat = weight.detach().abs().flatten()
+    n = flat.numel()
+    # topk over the smaller side: selecting 99% as "all but the 1% largest" is far cheaper.
+    if k <= n // 2:
+        mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
+        mask[torch.topk(flat, k, largest=False, sorted=False).indices] = True
+    else:
+        mask = torch.ones(n, dtype=torch.bool, device=flat.device)
+        mask[torch.topk(flat, n - k, largest=True, sorted=False).indices] = False
+    return mask.view_as(weight)
+
+
+class Pruner:
+    """Magnitude pruning of a model's conv and linear weights; see the module docstring.
+
+    Args:
+        model: the network (for DDP, the wrapped ``module``).
+        method: one of ``METHODS``.
+        ratio: fraction ``r`` of each layer's weights to prune, in [0, 1).
+        prune_steps: ``Kp``, the step at which the mask freezes.
+        alpha: ISS-P's shrink factor in (0, 1).
+        scope: ``"local"`` (ratio per layer, the paper's default) or ``"global"`` (one
+            magnitude threshold over all prunable weights).
+        skip: fnmatch patterns of module names to leave dense (see ``prunable_weights``).
+        optimizer: if given, its state for masked weights is zeroed when the mask freezes.
+        seed: seed of the ``scratch`` method's random mask.
+        gmp_interval: steps between GMP mask updates.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "issp",
+        ratio: float = 0.9,
+        prune_steps: int = 1000,
+        alpha: float = 0.99,
+        scope: str = "local",
+        skip: Sequence[str] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        seed: int = 0,
+        gmp_interval: int = 10,
+    ) -> None:
+        if method not in METHODS:
+            raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+        if not 0 <= ratio < 1:
+            raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
+        if method == "issp" and not 0 < alpha < 1:
+            raise IsspError(f"alpha must be in (0, 1), got {alpha}")
+        if scope not in ("local", "global"):
+            raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
+        if prune_steps < 1 and method in ("issp", "iht", "l1", "gmp"):
+            raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
+        self.method, self.ratio, self.alpha, self.scope = method, ratio, alpha, scope
+        self.prune_steps, self.gmp_interval = prune_steps, gmp_interval
+        self.optimizer = optimizer
+        self.weights = prunable_weights(model, skip)
+        self.names = list(self.weights)
+        self.t = 0
+        self.frozen = False
+        self.masks: dict[str, torch.Tensor] | None = None
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._records: list[torch.Tensor] = []
+        if method == "scratch":
+            generator = torch.Generator().manual_seed(seed)
+            masks = {
+                name: torch.randperm(w.numel(), generator=generator)
+                .lt(math.ceil(ratio * w.numel()))
+                .view_as(w)
+                .to(w.device)
+                for name, w in self.weights.items()
+            }
+            self._freeze(masks)
+
+    def step(self) -> None:
+        """Advance one training step; call it right after ``optimizer.step()``."""
+        self.t += 1
+        stats = self._gradient_norms()
+        previous = self.masks
+        if self.frozen:
+            self._apply_mask()
+        elif self.method in ("issp", "iht") and self.t < self.prune_steps:
+            self.masks = self._select(self.ratio)
+            factor = self.alpha if self.method == "issp" else 0.0
+            with torch.no_grad():
+                for name, w in self.weights.items():
+                    w.copy_(torch.where(self.masks[name], w * factor, w))
+        elif self.method == "gmp" and self.t < self.prune_steps:
+            if self.t % self.gmp_interval == 0 or self.masks is None:
+                fraction = self.ratio * (1 - (1 - self.t / self.prune_steps) ** 3)
+                self.masks = self._select(fraction)
+            self._apply_mask()
+        elif self.method != "dense" and self.t >= self.prune_steps:
+            self._freeze(self._select(self.ratio))
+        self._record(stats, previous)
+
+    def _select(self, fraction: float) -> dict[str, torch.Tensor]:
+        if self.scope == "local":
+            return {
+                name: smallest_mask(w, math.ceil(fraction * w.numel()))
+                for name, w in self.weights.items()
+            }
+        flat = torch.cat([w.detach().flatten() for w in self.weights.values()])
+        mask = smallest_mask(flat, math.ceil(fraction * flat.numel()))
+        sizes = [w.numel() for w in self.weights.values()]
+        return {
+            name: part.view_as(w)
+            for (name, w), part in zip(self.weights.items(), mask.split(sizes), strict=True)
+        }
+
+    def _apply_mask(self) -> None:
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                w.masked_fill_(self.masks[name], 0.0)
+
+    def _freeze(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks, self.frozen = masks, True
+        self._apply_mask()
+        for name, w in self.weights.items():
+            keep = (~masks[name]).to(w.dtype)
+            # Masked gradients keep Adam's moments at zero for pruned weights.
+            self._hooks.append(w.register_hook(lambda grad, keep=keep: grad * keep))
+            if self.optimizer is not None:
+                for value in self.optimizer.state.get(w, {}).values():
+                    if torch.is_tensor(value) and value.shape == w.shape:
+                        value.masked_fill_(masks[name], 0)
+
+    def _gradient_norms(self) -> torch.Tensor:
+        # optimizer.step() leaves .grad untouched, so this is the pre-update gradient.
+        return torch.stack(
+            [
+                w.grad.detach().norm() if w.grad is not None else w.new_zeros(())
+                for w in self.weights.values()
+            ]
+        )
+
+    def _record(self, grad_norm: torch.Tensor, previous: dict[str, torch.Tensor] | None) -> None:
+        columns = []
+        for name, w in self.weights.items():
+            absw = w.detach().abs()
+            zeros = (absw == 0).sum()
+            if self.masks is None:
+                selected = torch.zeros_like(absw, dtype=torch.bool)
+            else:
+                selected = self.masks[name]
+            flips = (selected != previous[name]).sum() if previous is not None else zeros * 0
+            n_selected = selected.sum()
+            selected_sum = (absw * selected).sum()
+            # 0/0 gives NaN for an empty side, which is what "no such weights" should read.
+            columns.append(
+                torch.stack(
+                    [
+                        flips.float(),
+                        zeros.float() / absw.numel(),
+                        (absw.sum() - selected_sum) / (absw.numel() - n_selected),
+                        selected_sum / n_selected,
+                    ]
+                )
+            )
+        # One (5, layers) CPU tensor per step: cheap to keep and to stack at the end.
+        self._records.append(torch.cat([grad_norm.float()[None], torch.stack(columns, 1)]).cpu())
+
+    def telemetry(self) -> dict[str, np.ndarray]:
+        """Per-step, per-layer series: ``flips``, ``grad_norm``, ``sparsity``, ``kept_abs``
+        (mean |w| of kept weights), ``selected_abs`` (mean |w| of selected weights, NaN
+        while nothing is selected). Each is an array of shape (steps, layers) whose
+        columns follow ``self.names``."""
+        if not self._records:
+            return {key: np.zeros((0, len(self.names)), np.float32) for key in TELEMETRY_KEYS}
+        stacked = torch.stack(self._records).numpy()
+        order = ("grad_norm", "flips", "sparsity", "kept_abs", "selected_abs")
+        return {key: stacked[:, i] for i, key in enumerate(order)}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: step, mask, frozen flag and telemetry."""
+        return {
+            "t": self.t,
+            "frozen": self.frozen,
+            "masks": dict(self.masks) if self.masks is not None else None,
+            "records": torch.stack(self._records) if self._records else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``; call after the model's weights are loaded."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self.t, self.frozen = state["t"], False
+        masks = state["masks"]
+        if masks is not None:
+            masks = {name: masks[name].to(self.weights[name].device) for name in self.names}
+        self.masks = masks
+        if state["frozen"]:
+            self._freeze(masks)
+        records = state["records"]
+        self._records = list(records.unbind(0)) if records is not None else []
+
+    def pruned_layers(self) -> list[str]:
+        """Names of the weights this pruner acts on (empty for ``dense``)."""
+        return [] if self.method == "dense" else list(self.names)

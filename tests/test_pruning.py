@@ -1,0 +1,179 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from issp import IsspError
+from issp.pruning import Pruner, prunable_weights, smallest_mask
+
+
+class Tiny(nn.Module):
+    """head conv, two body convs, a linear, tail conv: the head and tail stay dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+        self.mix = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.head(x))
+        x = self.norm(self.mix(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return self.tail(x)
+
+
+def run(method: str, steps: int, prune_steps: int, ratio=0.9, alpha=0.5, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = Tiny()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner = Pruner(
+        model, method, ratio, prune_steps=prune_steps, alpha=alpha, optimizer=optimizer, **kwargs
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.rand(2, 3, 6, 6, generator=generator)
+        loss = (model(x) - x).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+    return model, optimizer, pruner
+
+
+def test_prunable_weights_skip_first_and_last_conv_and_never_biases_or_norms():
+    names = list(prunable_weights(Tiny()))
+    assert names == ["body.0.weight", "body.1.weight", "mix.weight"]
+    assert list(prunable_weights(Tiny(), skip=["mix", "head"])) == [
+        "body.0.weight",
+        "body.1.weight",
+        "tail.weight",
+    ]
+
+
+def test_smallest_mask_selects_exactly_k_even_with_ties():
+    weight = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 2.0, 3.0])
+    for k in range(9):
+        mask = smallest_mask(weight, k)
+        assert int(mask.sum()) == k
+        if 0 < k < 8:
+            assert weight[mask].abs().max() <= weight[~mask].abs().min()
+
+
+def test_issp_shrinks_selected_weights_by_alpha_and_leaves_the_rest():
+    torch.manual_seed(0)
+    model = Tiny()
+    pruner = Pruner(model, "issp", ratio=0.5, prune_steps=10, alpha=0.3)
+    before = {name: w.detach().clone() for name, w in pruner.weights.items()}
+    pruner.step()
+    for name, w in pruner.weights.items():
+        mask = pruner.masks[name]
+        assert int(mask.sum()) == math.ceil(0.5 * w.numel())
+        torch.testing.assert_close(w[mask], before[name][mask] * 0.3)
+        torch.testing.assert_close(w[~mask], before[name][~mask])
+        # the shrunk weights were the smallest ones
+        assert before[name][mask].abs().max() <= before[name][~mask].abs().min()
+
+
+def test_iht_zeroes_the_selection_at_every_step():
+    model, _, pruner = run("iht", steps=3, prune_steps=10)
+    for name, w in pruner.weights.items():
+        assert int((w == 0).sum()) >= math.ceil(0.9 * w.numel())
+        assert torch.all(w[pruner.masks[name]] == 0)
+    assert not pruner.frozen
+
+
+@pytest.mark.parametrize("method", ["issp", "iht", "l1", "gmp", "scratch"])
+def test_mask_freezes_at_kp_with_exact_counts_and_stays_zero(method):
+    model, optimizer, pruner = run(method, steps=12, prune_steps=6, ratio=0.8)
+    assert pruner.frozen
+    for name, w in pruner.weights.items():
+        mask = pruner.masks[name]
+        assert int(mask.sum()) == math.ceil(0.8 * w.numel())
+        assert torch.all(w[mask] == 0)
+        # Adam's moments of pruned weights are zero, so nothing can revive them.
+        for value in optimizer.state[w].values():
+            if value.shape == w.shape:
+                assert torch.all(value[mask] == 0)
+    assert pruner.telemetry()["flips"][6:].sum() == 0
+
+
+def test_freeze_mask_does_not_move_after_kp():
+    _, _, pruner = run("issp", steps=8, prune_steps=4)
+    frozen = {k: v.clone() for k, v in pruner.masks.items()}
+    _, _, later = run("issp", steps=16, prune_steps=4)
+    for name in frozen:
+        assert torch.equal(frozen[name], later.masks[name])
+
+
+def test_dense_and_l1_before_kp_prune_nothing():
+    model, _, pruner = run("dense", steps=5, prune_steps=3)
+    assert all(int((w == 0).sum()) == 0 for w in pruner.weights.values())
+    assert pruner.pruned_layers() == []
+    _, _, l1 = run("l1", steps=3, prune_steps=5)
+    assert all(int((w == 0).sum()) == 0 for w in l1.weights.values())
+
+
+def test_global_scope_prunes_ratio_of_all_weights_together():
+    _, _, pruner = run("iht", steps=4, prune_steps=2, scope="global")
+    total = sum(w.numel() for w in pruner.weights.values())
+    pruned = sum(int(m.sum()) for m in pruner.masks.values())
+    assert pruned == math.ceil(0.9 * total)
+
+
+def test_telemetry_has_one_row_per_step_and_issp_flips_more_than_iht():
+    _, _, issp = run("issp", steps=30, prune_steps=25, ratio=0.5, alpha=0.95)
+    _, _, iht = run("iht", steps=30, prune_steps=25, ratio=0.5)
+    tel = issp.telemetry()
+    assert set(tel) == {"flips", "grad_norm", "sparsity", "kept_abs", "selected_abs"}
+    assert all(v.shape == (30, 3) for v in tel.values())
+    assert (tel["grad_norm"] > 0).all()
+    assert tel["flips"].sum() > iht.telemetry()["flips"].sum()
+    # ISS-P shrinks rather than zeroes, so before Kp its layers are not sparse.
+    assert tel["sparsity"][:24].max() < 0.05
+    assert tel["sparsity"][-1].min() >= 0.5
+
+
+def test_state_dict_resume_continues_identically():
+    model, optimizer, pruner = run("issp", steps=5, prune_steps=8)
+    full_model, _, full = run("issp", steps=10, prune_steps=8)
+    torch.manual_seed(0)
+    resumed_model = Tiny()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed_opt = torch.optim.Adam(resumed_model.parameters(), lr=1e-2)
+    resumed_opt.load_state_dict(optimizer.state_dict())
+    resumed = Pruner(resumed_model, "issp", 0.9, prune_steps=8, alpha=0.5, optimizer=resumed_opt)
+    resumed.load_state_dict(pruner.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for step in range(10):
+        x = torch.rand(2, 3, 6, 6, generator=generator)
+        if step < 5:
+            continue
+        loss = (resumed_model(x) - x).abs().mean()
+        resumed_opt.zero_grad()
+        loss.backward()
+        resumed_opt.step()
+        resumed.step()
+    for name in full.masks:
+        assert torch.equal(full.masks[name], resumed.masks[name])
+    for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert resumed.telemetry()["flips"].shape == (10, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "magic"},
+        {"ratio": 1.0},
+        {"ratio": -0.1},
+        {"alpha": 1.0},
+        {"alpha": 0.0},
+        {"scope": "layer"},
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs):
+    with pytest.raises(IsspError):
+        Pruner(Tiny(), **kwargs)
