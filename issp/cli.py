@@ -103,6 +103,16 @@ def build_parser() -> Parser:
     info.add_argument("checkpoint", type=_existing)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--size", type=_positive, default=256, help="LR side for FLOPs")
+
+    zoo = commands.add_parser("zoo", help="build or evaluate the checkpoint zoo")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=Parser)
+    build = zoo_commands.add_parser("build", help="train every missing zoo checkpoint")
+    build.add_argument("--data", type=_existing, help="training images (default: bundled)")
+    build.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
+    build.add_argument("--device", default="cpu")
+    build.add_argument("--only", help="only checkpoints whose name contains this")
+    table = zoo_commands.add_parser("eval", help="recompute the results table")
+    table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
     return parser
 
 
@@ -220,7 +230,26 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{layer['name']:40s} {layer['numel']:8d} {layer['nonzeros']:9d} {sparsity:9.2%}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "upscale": cmd_upscale, "info": cmd_info}
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from issp import zoo
+
+    if args.zoo_command == "build":
+        data = str(args.data) if args.data else None
+        zoo.build(data, args.test, device=args.device, only=args.only)
+        return
+    rows = zoo.evaluate_zoo(args.data)
+    table = zoo.results_markdown(rows, f"python -m issp zoo eval --data {args.data}")
+    zoo.write_results(table)
+    print(table)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "upscale": cmd_upscale,
+    "info": cmd_info,
+    "zoo": cmd_zoo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,9 @@ def _check_masks_agree(pruner: Pruner) -> None:
             raise RuntimeError(f"pruning mask of {name} differs between ranks")
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(
+    config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+) -> dict:
     """Train ``config`` and write the checkpoint ``out``, its state and its telemetry.
 
     Returns the run's history: ``loss`` per step, ``val_steps`` and ``val_psnr``.
@@ -172,7 +174,11 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
         start = state["step"]
     train_paths, val_paths, source = training_images(config)
     dataset = PatchDataset(
-        train_paths, config.scale, hr_patch=config.patch * config.scale, seed=config.seed
+        train_paths,
+        config.scale,
+        hr_patch=config.patch * config.scale,
+        epoch_size=config.steps * config.batch_size * world,
+        seed=config.seed,
     )
     val_set = validation_crops(val_paths, config.scale)
     net = model

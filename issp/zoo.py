@@ -1,0 +1,302 @@
+"""The checkpoint zoo: one protocol per (arch, scale), a manifest, and the results table.
+
+``python -m issp zoo build --data DIR --test DIR`` trains every missing checkpoint (and
+resumes a half-trained one from ``runs/zoo/``), evaluates it on Set5/Set14 and records it
+in ``checkpoints/manifest.json``. ``python -m issp zoo eval --data DIR`` recomputes the
+table from the checkpoints and writes it to ``analysis/results.md`` and the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from issp import IsspError
+from issp.checkpoint import load_checkpoint, sha256
+from issp.evaluate import evaluate_folder
+from issp.models import model_summary
+from issp.train import TrainConfig, telemetry_path, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_DIR = ROOT / "checkpoints"
+MANIFEST = ZOO_DIR / "manifest.json"
+TELEMETRY_DIR = ROOT / "analysis" / "telemetry"
+WORK_DIR = ROOT / "runs" / "zoo"
+RESULTS = ROOT / "analysis" / "results.md"
+README = ROOT / "README.md"
+TEST_SETS = ("Set5", "Set14")
+FLOPS_INPUT = (256, 256)
+RATIOS = (0.5, 0.75, 0.9, 0.95, 0.99)
+# Chosen by the validation sweep in analysis/alpha_sweep.md (never on Set5/Set14).
+ALPHA = 0.99
+
+# One protocol per (arch, scale): every method gets the same seed, data order, steps,
+# Kp, optimizer and schedule; only the pruning rule differs.
+PROTOCOLS: dict[tuple[str, int], dict] = {
+    ("edsr-tiny", 2): {"steps": 3000, "prune_steps": 1800, "batch_size": 16, "patch": 48},
+    ("edsr-tiny", 4): {"steps": 3000, "prune_steps": 1800, "batch_size": 16, "patch": 32},
+    ("swinir-tiny", 2): {"steps": 3000, "prune_steps": 1800, "batch_size": 16, "patch": 48},
+}
+PLAN_RATIOS = {
+    ("edsr-tiny", 2): RATIOS,
+    ("edsr-tiny", 4): RATIOS,
+    ("swinir-tiny", 2): (0.9, 0.99),
+}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One checkpoint of the zoo."""
+
+    arch: str
+    scale: int
+    method: str
+    ratio: float
+
+    @property
+    def name(self) -> str:
+        if self.method == "dense":
+            return f"{self.arch}_x{self.scale}_dense"
+        return f"{self.arch}_x{self.scale}_{self.method}_r{self.ratio:g}"
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.safetensors"
+
+    def config(self, data: str | None, device: str) -> TrainConfig:
+        protocol = PROTOCOLS[(self.arch, self.scale)]
+        return TrainConfig(
+            arch=self.arch,
+            scale=self.scale,
+            method=self.method,
+            ratio=self.ratio,
+            alpha=ALPHA,
+            data=data,
+            device=device,
+            seed=0,
+            **protocol,
+        )
+
+
+def zoo_plan() -> list[ZooEntry]:
+    """All checkpoints, in build order: the most useful (x2, mid ratios) first."""
+    plan = []
+    for arch, scale in PROTOCOLS:
+        plan.append(ZooEntry(arch, scale, "dense", 0.0))
+        ratios = sorted(PLAN_RATIOS[(arch, scale)], key=lambda r: (abs(r - 0.9), r))
+        for ratio in ratios:
+            plan += [ZooEntry(arch, scale, method, ratio) for method in ("issp", "iht")]
+    return plan
+
+
+def load_manifest(path: Path = MANIFEST) -> dict:
+    """The manifest, or an empty one if none was written yet."""
+    if not path.exists():
+        return {"checkpoints": []}
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def find_entry(manifest: dict, arch: str, scale: int, method: str, ratio: float) -> dict:
+    """The manifest record for a model; ratio 0 means the dense model of any method."""
+    if ratio == 0:
+        method = "dense"
+    for record in manifest["checkpoints"]:
+        if (
+            record["arch"] == arch
+            and record["scale"] == scale
+            and record["method"] == method
+            and abs(record["ratio"] - ratio) < 1e-9
+        ):
+            return record
+    have = sorted(
+        r["ratio"] for r in manifest["checkpoints"] if r["arch"] == arch and r["scale"] == scale
+    )
+    raise IsspError(
+        f"no {method} checkpoint of {arch} x{scale} at ratio {ratio:g} "
+        f"(available ratios: {', '.join(f'{r:g}' for r in sorted(set(have))) or 'none'})"
+    )
+
+
+def load_zoo_model(
+    arch: str, scale: int, method: str, ratio: float, manifest: dict | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a zoo checkpoint after checking its sha256 against the manifest."""
+    record = find_entry(manifest or load_manifest(), arch, scale, method.lower(), ratio)
+    path = ZOO_DIR / record["file"]
+    if not path.exists():
+        raise IsspError(f"{path} is listed in the manifest but missing")
+    if sha256(path) != record["sha256"]:
+        raise IsspError(f"{path} does not match the manifest's sha256; refusing to load it")
+    model, _ = load_checkpoint(path, scale=scale, arch=arch)
+    return model, record
+
+
+def machine_description() -> str:
+    """CPU model and core count (or GPU name) of this machine, for result provenance."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def evaluate_checkpoint(model: nn.Module | None, test_dir: Path, scale: int) -> dict:
+    """Mean PSNR/SSIM on each test set present under ``test_dir``."""
+    scores = {}
+    for name in TEST_SETS:
+        if (test_dir / name).is_dir():
+            result = evaluate_folder(model, test_dir / name, scale)
+            scores[name.lower()] = {
+                "psnr": round(result["psnr"], 4),
+                "ssim": round(result["ssim"], 5),
+            }
+    return scores
+
+
+def _record(entry: ZooEntry, path: Path, model: nn.Module, meta: dict) -> dict:
+    summary = model_summary(model, FLOPS_INPUT)
+    return {
+        "file": entry.file,
+        "arch": entry.arch,
+        "scale": entry.scale,
+        "method": entry.method,
+        "ratio": entry.ratio,
+        "alpha": float(meta["alpha"]) if entry.method == "issp" else None,
+        "steps": int(meta["steps"]),
+        "prune_steps": int(meta["prune_steps"]),
+        "seed": int(meta["seed"]),
+        "sha256": sha256(path),
+        "params": summary["params"],
+        "nonzeros": summary["nonzeros"],
+        "flops_input": list(FLOPS_INPUT),
+        "flops_dense": summary["flops_dense"],
+        "flops_sparse": summary["flops_sparse"],
+        "device": meta.get("device", "unknown"),
+        "data": meta.get("data", ""),
+    }
+
+
+def build(
+    data: str | None,
+    test: Path | None,
+    device: str = "cpu",
+    only: str | None = None,
+    log=print,
+) -> None:
+    """Train, evaluate and record every missing zoo checkpoint; resumable at any point."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    TELEMETRY_DIR.mkdir(parents=True, exist_ok=True)
+    for entry in zoo_plan():
+        if only and only not in entry.name:
+            continue
+        manifest = load_manifest()
+        final = ZOO_DIR / entry.file
+        done = [r for r in manifest["checkpoints"] if r["file"] == entry.file]
+        if done and final.exists() and sha256(final) == done[0]["sha256"]:
+            continue
+        log(f"[{time.strftime('%H:%M:%S')}] training {entry.name}")
+        started = time.time()
+        work = WORK_DIR / entry.file
+        train(entry.config(data, device), work, resume=True)
+        model, meta = load_checkpoint(work)
+        os.replace(work, final)
+        os.replace(telemetry_path(work), TELEMETRY_DIR / f"{entry.name}.npz")
+        record = _record(entry, final, model, meta)
+        record["train_seconds"] = round(time.time() - started, 1)
+        if test is not None:
+            record.update(evaluate_checkpoint(model, test, entry.scale))
+        manifest = load_manifest()
+        manifest["checkpoints"] = [
+            r for r in manifest["checkpoints"] if r["file"] != entry.file
+        ] + [record]
+        manifest["checkpoints"].sort(key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"]))
+        manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
+        manifest["alpha"] = ALPHA
+        _write_json(MANIFEST, manifest)
+        state = Path(f"{work}.state.pt")
+        if state.exists():
+            state.unlink()
+        psnr = record.get("set5", {}).get("psnr")
+        log(
+            f"[{time.strftime('%H:%M:%S')}] done {entry.name} in {record['train_seconds']:.0f} s"
+            + (f", Set5 {psnr:.2f} dB" if psnr else "")
+        )
+
+
+def evaluate_zoo(test: Path) -> list[dict]:
+    """Re-evaluate every manifest checkpoint (and bicubic) and refresh the manifest."""
+    manifest = load_manifest()
+    rows = []
+    for arch, scale in sorted({(r["arch"], r["scale"]) for r in manifest["checkpoints"]}):
+        rows.append(
+            {
+                "arch": arch,
+                "scale": scale,
+                "method": "bicubic",
+                "ratio": None,
+                "nonzeros": None,
+                "flops_sparse": None,
+                **evaluate_checkpoint(None, test, scale),
+            }
+        )
+        records = [r for r in manifest["checkpoints"] if (r["arch"], r["scale"]) == (arch, scale)]
+        records.sort(key=lambda r: (r["method"] != "dense", r["ratio"], r["method"]))
+        for record in records:
+            model, _ = load_zoo_model(arch, scale, record["method"], record["ratio"], manifest)
+            record.update(evaluate_checkpoint(model, test, scale))
+            rows.append(record)
+    _write_json(MANIFEST, manifest)
+    return rows
+
+
+def results_markdown(rows: list[dict], command: str) -> str:
+    """The results table as Markdown, with the machine and command that made it."""
+    lines = [
+        f"Made by `{command}` on {machine_description()}, {time.strftime('%Y-%m-%d')}. "
+        "PSNR (dB) / SSIM on the Y channel, border = scale; FLOPs for a 256x256 LR input.",
+        "",
+        "| model | method | ratio | Set5 PSNR | Set5 SSIM | Set14 PSNR | Set14 SSIM "
+        "| non-zero weights | sparse GFLOPs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        set5, set14 = row.get("set5", {}), row.get("set14", {})
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:g}"
+        nonzeros = "" if row["nonzeros"] is None else f"{row['nonzeros']:,}"
+        flops = "" if row["flops_sparse"] is None else f"{row['flops_sparse'] / 1e9:.2f}"
+        lines.append(
+            f"| {row['arch']} x{row['scale']} | {row['method']} | {ratio} "
+            f"| {set5.get('psnr', float('nan')):.2f} | {set5.get('ssim', float('nan')):.4f} "
+            f"| {set14.get('psnr', float('nan')):.2f} | {set14.get('ssim', float('nan')):.4f} "
+            f"| {nonzeros} | {flops} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(table: str) -> None:
+    """Store the table in analysis/results.md and between the README's markers."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("# Zoo results\n\n" + table)
+    start, end = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+    if README.exists():
+        text = README.read_text()
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            README.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
