@@ -100,7 +100,8 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     and as [0, 255] otherwise.
     """
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 65535 / 257 == 255 exactly, so full-scale white stays white.
+        # Pillow opens 16-bit greyscale files as I;16 (older versions as I), so both are
+        # read as 16-bit; 65535 / 257 == 255 exactly, so full-scale white stays white.
         wide = np.asarray(img, dtype=np.float64)
         grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
@@ -181,9 +182,10 @@ class PatchDataset(torch.utils.data.Dataset):
     optionally flipped and rotated by 90 degrees. Items are float CHW tensors in [0, 1].
 
     Item ``i`` is a pure function of ``(seed, i)``: the same seed gives the same patches
-    whatever the worker count. Each index is therefore one fixed patch, so size
-    ``epoch_size`` to the number of patches a run needs (iterations x batch size), or
-    change ``seed`` between epochs, to see fresh crops.
+    whatever the worker count or sampler order. Each index is one fixed patch, so for fresh
+    crops every step either ask for indices ``0, 1, 2, ...`` across the whole run (any
+    non-negative index is valid; ``len`` is only a nominal epoch of ``epoch_size`` items
+    for shuffling samplers) or change ``seed`` between epochs.
 
     Unreadable images and images smaller than the patch are skipped with one warning each.
     """
@@ -233,7 +235,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return self.epoch_size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.epoch_size:
+        if index < 0:
             raise IndexError(index)
         # Seeding from (seed, index) rather than a shared stream keeps items independent of
         # worker count and of the order in which the sampler asks for them.

@@ -162,6 +162,7 @@ def train(
     )
     history = {"loss": [], "val_steps": [], "val_psnr": []}
     start = 0
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     saved = state_path(out)
     if resume and saved.exists():
         state = torch.load(saved, map_location=device, weights_only=True)

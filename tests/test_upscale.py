@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from issp import IsspError
+from issp.upscale import bicubic_upscale, upscale_array, upscale_image, upscale_tensor
+
+
+def tiny_sr_net(scale: int) -> nn.Module:
+    """Three 3x3 convs then PixelShuffle: a receptive-field radius of 3 LR pixels."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
+        nn.PixelShuffle(scale),
+    ).eval()
+
+
+def test_tiled_output_equals_untiled():
+    model = tiny_sr_net(2)
+    lr = torch.rand(1, 3, 21, 26)
+    whole = upscale_tensor(model, lr, 2)
+    tiled = upscale_tensor(model, lr, 2, tile=8, overlap=3)
+    assert tiled.shape == (1, 3, 42, 52)
+    assert torch.allclose(tiled, whole, atol=1e-6)
+    # Without enough overlap the tiles see zero padding at their seams and differ.
+    seams = upscale_tensor(model, lr, 2, tile=8, overlap=0)
+    assert not torch.allclose(seams, whole, atol=1e-4)
+
+
+def test_output_is_clamped_to_unit_range():
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.PixelShuffle(2))
+    nn.init.constant_(model[0].weight, 5.0)
+    out = upscale_tensor(model, torch.rand(1, 3, 4, 4) - 0.5, 2)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_model_with_wrong_scale_is_a_user_error():
+    with pytest.raises(IsspError, match="x3"):
+        upscale_tensor(tiny_sr_net(2), torch.rand(1, 3, 8, 8), 3)
+
+
+def rgb_image(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("model", [None, tiny_sr_net(3)], ids=["bicubic", "model"])
+def test_output_size_is_exactly_scale_times_input(model):
+    out = upscale_image(model, rgb_image(13, 7), 3, tile=5)
+    assert out.mode == "RGB" and out.size == (39, 21)
+
+
+GREYSCALE_IMAGES = {
+    "L": Image.new("L", (10, 6), 90),
+    "1": Image.new("1", (10, 6), 1),
+    "I;16": Image.fromarray(np.full((6, 10), 40000, dtype=np.uint16)),
+}
+
+
+@pytest.mark.parametrize("model", [None, tiny_sr_net(2)], ids=["bicubic", "model"])
+@pytest.mark.parametrize("mode", GREYSCALE_IMAGES)
+def test_greyscale_in_greyscale_out(model, mode):
+    out = upscale_image(model, GREYSCALE_IMAGES[mode], 2)
+    assert out.mode == "L" and out.size == (20, 12)
+
+
+def test_alpha_is_upscaled_and_kept():
+    img = rgb_image(8, 8).convert("RGBA")
+    alpha = np.zeros((8, 8), dtype=np.uint8)
+    alpha[:, 4:] = 255
+    img.putalpha(Image.fromarray(alpha))
+    out = upscale_image(tiny_sr_net(2), img, 2)
+    assert out.mode == "RGBA" and out.size == (16, 16)
+    out_alpha = np.asarray(out.getchannel("A"))
+    assert (out_alpha[:, :6] == 0).all() and (out_alpha[:, 10:] == 255).all()
+
+
+def test_greyscale_alpha_and_palette_transparency_are_kept():
+    la = upscale_image(None, Image.new("LA", (5, 4), (100, 30)), 2)
+    assert la.mode == "LA" and la.getpixel((3, 3)) == (100, 30)
+    palette = Image.new("P", (5, 4), 0)
+    palette.info["transparency"] = 0
+    out = upscale_image(None, palette, 2)
+    assert out.mode == "RGBA" and out.getpixel((0, 0))[3] == 0
+
+
+def test_cmyk_comes_back_as_rgb():
+    out = upscale_image(None, Image.new("CMYK", (4, 4), (0, 255, 255, 0)), 2)
+    assert out.mode == "RGB" and out.getpixel((3, 3)) == (255, 0, 0)
+
+
+def test_bicubic_upscale_is_upscale_image_without_model():
+    img = rgb_image(9, 5)
+    assert np.array_equal(
+        np.asarray(bicubic_upscale(img, 4)), np.asarray(upscale_image(None, img, 4))
+    )
+
+
+def test_upscale_array_with_model_keeps_greyscale_layout():
+    grey = np.random.default_rng(1).integers(0, 256, (6, 7), dtype=np.uint8)
+    out = upscale_array(tiny_sr_net(2), grey, 2)
+    assert out.shape == (12, 14) and out.dtype == np.uint8
