@@ -1,0 +1,121 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from issp.checkpoint import save_checkpoint
+from issp.cli import main
+from issp.models import build_model
+from issp.pruning import prunable_weights, smallest_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("edsr-tiny", 2)
+    weights = prunable_weights(model)
+    with torch.no_grad():
+        for w in weights.values():
+            w.masked_fill_(smallest_mask(w, math.ceil(0.9 * w.numel())), 0)
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    meta = {"preset": "edsr-tiny", "scale": 2, "method": "issp", "ratio": 0.9, "alpha": 0.99}
+    save_checkpoint(path, model, meta, list(weights))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_info_json_lists_pruned_layers_with_their_nonzeros(checkpoint, capsys):
+    assert main(["info", str(checkpoint), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["flops_sparse"] < info["flops_dense"]
+    for layer in info["layers"]:
+        assert layer["nonzeros"] == layer["numel"] - math.ceil(0.9 * layer["numel"])
+    assert main(["info", str(checkpoint)]) == 0
+    assert "non-zero" in capsys.readouterr().out
+
+
+def test_eval_bicubic_and_checkpoint_write_json(images, checkpoint, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert (
+        main(["eval", "--bicubic", "--data", str(images), "--scale", "2", "--json", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert set(result) >= {"psnr", "ssim", "images"} and len(result["images"]) == 2
+    assert (
+        main(["eval", "--checkpoint", str(checkpoint), "--data", str(images), "--scale", "2"]) == 0
+    )
+    assert "mean" in capsys.readouterr().out
+
+
+def test_upscale_writes_an_image_twice_the_size_and_keeps_alpha(checkpoint, tmp_path):
+    rgba = Image.new("RGBA", (21, 17), (200, 100, 50, 128))
+    rgba.save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--checkpoint",
+                 str(checkpoint), "--tile", "8"]) == 0  # fmt: skip
+    result = Image.open(out)
+    assert result.size == (42, 34) and result.mode == "RGBA"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--ratio", "1.0", "--out", "x"], "ratio must be in [0, 1)"),
+        (["train", "--ratio", "-0.5", "--out", "x"], "ratio must be in [0, 1)"),
+        (["train", "--alpha", "1", "--out", "x"], "alpha must be in (0, 1)"),
+        (["train", "--scale", "5", "--out", "x"], "invalid choice"),
+        (["train", "--data", "/no/such/dir", "--out", "x"], "no such file"),
+        (["train", "--steps", "10", "--prune-steps", "20", "--out", "x"], "prune-steps"),
+        (["eval", "--bicubic", "--data", "/no/such/dir", "--scale", "2"], "no such file"),
+        (["upscale", "/no/such.png", "-o", "o.png", "--scale", "2", "--ratio", "0.9"], "no such"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_files_and_mismatched_checkpoints_exit_2(checkpoint, tmp_path, capsys):
+    (tmp_path / "fake.png").write_text("not an image")
+    (tmp_path / "fake.safetensors").write_text("not a checkpoint")
+    cases = [
+        ["upscale", str(tmp_path / "fake.png"), "-o", str(tmp_path / "o.png"),
+         "--checkpoint", str(checkpoint)],
+        ["info", str(tmp_path / "fake.safetensors")],
+        ["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--scale", "4"],
+        ["eval", "--checkpoint", str(tmp_path / "fake.png"), "--data", str(tmp_path),
+         "--scale", "2"],
+    ]  # fmt: skip
+    for args in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_module_entry_point_prints_no_traceback():
+    done = subprocess.run(
+        [sys.executable, "-m", "issp", "info", "/no/such.safetensors"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "no such file" in done.stderr
