@@ -111,6 +111,10 @@ def build_parser() -> Parser:
     build.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
     build.add_argument("--device", default="cpu")
     build.add_argument("--only", help="only checkpoints whose name contains this")
+    sweep = zoo_commands.add_parser("sweep", help="choose alpha on a validation split")
+    sweep.add_argument("--data", type=_existing, help="training images (default: bundled)")
+    sweep.add_argument("--steps", type=_positive, default=600)
+    sweep.add_argument("--device", default="cpu")
     table = zoo_commands.add_parser("eval", help="recompute the results table")
     table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
     return parser
@@ -236,6 +240,10 @@ def cmd_zoo(args: argparse.Namespace) -> None:
     if args.zoo_command == "build":
         data = str(args.data) if args.data else None
         zoo.build(data, args.test, device=args.device, only=args.only)
+        return
+    if args.zoo_command == "sweep":
+        data = str(args.data) if args.data else None
+        print(zoo.sweep_alpha(data, steps=args.steps, device=args.device))
         return
     rows = zoo.evaluate_zoo(args.data)
     table = zoo.results_markdown(rows, f"python -m issp zoo eval --data {args.data}")

@@ -1,0 +1,55 @@
+"""SR network definitions, a table of named presets and ``build_model(name, scale)``."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from issp import IsspError
+from issp.models.edsr import EDSR
+from issp.models.summary import model_summary
+from issp.models.swinir import SwinIR
+
+__all__ = ["EDSR", "PRESETS", "SCALES", "SwinIR", "build_model", "model_summary", "preset_args"]
+
+ARCHS: dict[str, type[nn.Module]] = {"edsr": EDSR, "swinir": SwinIR}
+SCALES = (2, 3, 4)
+
+# Preset name -> architecture and constructor arguments (all but `scale`).
+# The "-tiny" presets train in minutes on two CPU cores; the others are the published models.
+PRESETS: dict[str, dict] = {
+    "edsr-tiny": {"arch": "edsr", "n_feats": 32, "n_blocks": 6, "res_scale": 1.0},
+    "edsr-baseline": {"arch": "edsr", "n_feats": 64, "n_blocks": 16, "res_scale": 1.0},
+    "swinir-tiny": {
+        "arch": "swinir",
+        "embed_dim": 24,
+        "depths": [2, 2],
+        "num_heads": [4, 4],
+        "window_size": 8,
+        "mlp_ratio": 2.0,
+    },
+    "swinir-light": {
+        "arch": "swinir",
+        "embed_dim": 60,
+        "depths": [6, 6, 6, 6],
+        "num_heads": [6, 6, 6, 6],
+        "window_size": 8,
+        "mlp_ratio": 2.0,
+    },
+}
+
+
+def preset_args(name: str) -> dict:
+    """A copy of preset ``name``'s entry (``arch`` and constructor arguments)."""
+    if name not in PRESETS:
+        raise IsspError(f"unknown model {name!r}; choose from {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def build_model(name: str, scale: int) -> nn.Module:
+    """A freshly initialised model of preset ``name`` for upscaling factor ``scale``."""
+    args = preset_args(name)
+    if scale not in SCALES:
+        raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
+    return ARCHS[args.pop("arch")](scale=scale, **args)
