@@ -1,5 +1,5 @@
 """``python -m issp``: see ``issp.cli``."""
 
-from issp.cli import main
+from issp.cli import main_entry
 
-raise SystemExit(main())
+main_entry()

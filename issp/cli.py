@@ -117,6 +117,29 @@ def build_parser() -> Parser:
     sweep.add_argument("--device", default="cpu")
     table = zoo_commands.add_parser("eval", help="recompute the results table")
     table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
+
+    # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
+    analyze = commands.add_parser(
+        "analyze", help="ISS-P vs IHT in lockstep (same init, same batches), written as JSON"
+    )
+    analyze.add_argument("--arch", choices=list(PRESETS))
+    analyze.add_argument("--scale", type=int, choices=[2, 3, 4])
+    analyze.add_argument("--ratio", type=_ratio, help="pruning ratio r in [0, 1)")
+    analyze.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor in (0, 1)")
+    analyze.add_argument("--steps", type=_positive, help="training steps per method")
+    analyze.add_argument("--prune-steps", type=_positive, help="Kp, end of the pruning stage")
+    analyze.add_argument("--methods", help="comma-separated, from issp, iht, dense, gmp")
+    analyze.add_argument("--batch-size", type=_positive)
+    analyze.add_argument("--patch", type=_positive, help="LR patch size")
+    analyze.add_argument("--lr", type=float)
+    analyze.add_argument("--val-every", type=_positive, help="steps between PSNR checks")
+    analyze.add_argument("--data", type=_existing, help="folder of training images")
+    analyze.add_argument("--seed", type=int)
+    analyze.add_argument("--json", type=Path, required=True, help="result file to write")
+
+    plot = commands.add_parser("plot", help="figures (PNG + HTML) of an `analyze` result")
+    plot.add_argument("result", type=_existing, help="JSON written by `issp analyze`")
+    plot.add_argument("--out", type=Path, required=True, help="folder for the figures")
     return parser
 
 
@@ -251,12 +274,67 @@ def cmd_zoo(args: argparse.Namespace) -> None:
     print(table)
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from analysis.lockstep import LockstepConfig, run_lockstep, to_json
+
+    methods = None
+    if args.methods is not None:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    given = {
+        "arch": args.arch,
+        "scale": args.scale,
+        "ratio": args.ratio,
+        "alpha": args.alpha,
+        "steps": args.steps,
+        "prune_steps": args.prune_steps,
+        "methods": methods,
+        "batch_size": args.batch_size,
+        "patch": args.patch,
+        "lr": args.lr,
+        "val_every": args.val_every,
+        "data": str(args.data) if args.data else None,
+        "seed": args.seed,
+    }
+    config = LockstepConfig(**{key: value for key, value in given.items() if value is not None})
+    config.validate()
+    # Batches this small run fastest on one thread, and the machine is often shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tqdm(total=config.steps, desc=" vs ".join(config.methods), file=sys.stderr) as bar:
+            for last in run_lockstep(config, every=10):
+                bar.update(last.step - bar.n)
+    finally:
+        torch.set_num_threads(threads)
+    result = to_json(last)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, allow_nan=False) + "\n")
+    print(result["summary"])
+    print(f"wrote {args.json}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from analysis.lockstep import from_json
+    from analysis.plots import save_figures
+
+    try:
+        data = json.loads(args.result.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IsspError(f"{args.result}: not a JSON result ({err})") from err
+    paths = save_figures(from_json(data), args.out)
+    print(f"wrote {len(paths)} files to {args.out}")
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "upscale": cmd_upscale,
     "info": cmd_info,
     "zoo": cmd_zoo,
+    "analyze": cmd_analyze,
+    "plot": cmd_plot,
 }
 
 
@@ -272,3 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main_entry() -> None:
+    """Console-script entry point (``issp ...`` after ``pip install .``)."""
+    raise SystemExit(main())
