@@ -1,0 +1,623 @@
+"""What the web app does, as plain functions the tests call without a UI.
+
+``app.py`` only lays out widgets and wires them to the functions here; every user-facing
+problem (a bad file, an unknown method, an image over the limits, a missing checkpoint)
+is raised as :class:`issp.IsspError` with a message meant for the person who caused it,
+and ``app.py`` shows that message.
+
+Models come from a :class:`ModelZoo`: its manifest is re-read when the file changes (so
+checkpoints finished while the server runs appear without a restart) and loaded models
+sit in a bounded, thread-safe LRU cache. A requested pruning ratio snaps to the nearest
+ratio the zoo has for that method, architecture and scale; ratio 0 is the dense model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+from torch import nn
+
+from issp import IsspError
+from issp.data import default_image_paths, load_image, make_lr, modcrop, to_array
+from issp.evaluate import evaluate_arrays
+from issp.models import SCALES
+from issp.upscale import upscale_image
+from issp.zoo import FLOPS_INPUT, MANIFEST, find_entry, load_manifest, load_zoo_model
+
+# UI/API method names -> the manifest's method names.
+METHODS = {"ISS-P": "issp", "IHT": "iht"}
+METHOD_LABELS = {"issp": "ISS-P", "iht": "IHT", "dense": "dense", "bicubic": "bicubic"}
+METHOD_COLOURS = {"issp": "#1f77b4", "iht": "#d62728", "dense": "#7f7f7f"}
+# One dash style per (arch, scale), so colour always means the method.
+DASHES = ("solid", "dash", "dot", "dashdot")
+FAMILY_LABELS = {"edsr": "EDSR-style", "swinir": "SwinIR-style"}
+DEFAULT_ARCH = "edsr-tiny"
+TEST_SETS = ("set5", "set14")
+MANIFEST_COLUMNS = (
+    "arch",
+    "scale",
+    "method",
+    "ratio",
+    "non-zero weights",
+    "sparse GFLOPs",
+    "set5 PSNR",
+    "set5 SSIM",
+    "set14 PSNR",
+    "set14 SSIM",
+    "trained on",
+    "steps",
+)
+EVALUATE_COLUMNS = ("model", "ratio", "checkpoint", "psnr", "ssim")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost the server.
+
+    ``max_upload_mb`` is enforced by Gradio before a file reaches us; the pixel limits
+    are checked from the image header before any pixel is decoded. ``tile`` bounds the
+    memory of one forward pass (LR pixels per side). Outputs larger than
+    ``preview_side`` squared are compared on a centre crop of that size, because a
+    browser slider over a 30-megapixel pair is unusable; the download is always full size.
+
+    One megapixel keeps the slowest request (x4 with edsr-tiny) under a minute on one
+    busy CPU core; two megapixels took about 90 s.
+    """
+
+    max_upload_mb: int = 10
+    max_upscale_pixels: int = 1_000_000
+    max_evaluate_pixels: int = 500_000
+    tile: int = 192
+    preview_side: int = 1024
+
+    def describe(self) -> str:
+        """One line for the UI saying what the limits are."""
+        return (
+            f"Limits: uploads up to {self.max_upload_mb} MB; upscaling up to "
+            f"{self.max_upscale_pixels / 1e6:g} megapixels; evaluation up to "
+            f"{self.max_evaluate_pixels / 1e6:g} megapixels. Large images run in "
+            f"{self.tile}x{self.tile} px tiles."
+        )
+
+
+class ModelZoo:
+    """The checkpoints of one zoo folder, loaded lazily into a bounded LRU cache.
+
+    Thread-safe: the queue runs several requests at once. A model is keyed by its
+    manifest sha256 as well as its name, so a retrained checkpoint is never served stale.
+    ``load_zoo_model`` verifies each file against the manifest's sha256 before use.
+    """
+
+    def __init__(self, zoo_dir: str | Path, capacity: int = 16) -> None:
+        if capacity < 1:
+            raise IsspError(f"cache capacity must be at least 1, got {capacity}")
+        self.zoo_dir = Path(zoo_dir)
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
+        self._manifest: dict = {"checkpoints": []}
+        self._manifest_stamp: tuple[int, int] | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.zoo_dir / MANIFEST.name
+
+    def manifest(self) -> dict:
+        """The zoo's manifest, re-read only when the file has changed."""
+        path = self.manifest_path
+        with self._lock:
+            try:
+                stat = path.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp != self._manifest_stamp:
+                self._manifest = load_manifest(path)
+                self._manifest_stamp = stamp
+            return self._manifest
+
+    def model(self, arch: str, scale: int, method: str, ratio: float) -> tuple[nn.Module, dict]:
+        """The model and manifest record of one checkpoint (``method`` as in the manifest)."""
+        manifest = self.manifest()
+        record = find_entry(manifest, arch, scale, method, ratio)
+        key = (record["file"], record["sha256"])
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            # Loading under the lock keeps two requests from loading the same file twice;
+            # a zoo checkpoint loads in milliseconds.
+            loaded = load_zoo_model(arch, scale, method, ratio, manifest, self.zoo_dir)
+            self._models[key] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return loaded
+
+    def cached(self) -> int:
+        """How many models are held in memory now."""
+        with self._lock:
+            return len(self._models)
+
+
+class ResultFolders:
+    """Fresh folders for each request's output files, keeping only the newest ``keep``.
+
+    Gradio copies returned files into its own cache (which ``delete_cache`` ages out), so
+    ours only need to live until the response is sent; bounding them keeps disk use flat.
+    """
+
+    def __init__(self, root: str | Path, keep: int = 32) -> None:
+        self.root = Path(root)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._folders: list[Path] = []
+
+    def new(self) -> Path:
+        """A new empty folder; the oldest ones beyond ``keep`` are deleted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        with self._lock:
+            self._folders.append(folder)
+            stale, self._folders = self._folders[: -self.keep], self._folders[-self.keep :]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The checkpoint a request resolves to, and a note for the user about it."""
+
+    arch: str
+    scale: int
+    method: str
+    ratio: float
+    note: str
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    """Files and summary of one upscale request."""
+
+    png: Path
+    bicubic_preview: Path
+    model_preview: Path
+    summary: str
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """PSNR/SSIM rows (bicubic, dense, ISS-P, IHT) and a PSNR-vs-ratio figure."""
+
+    rows: list[dict]
+    figure: go.Figure
+    note: str
+
+
+def configure_threads(concurrency: int) -> int:
+    """Split the CPU cores between the ``concurrency`` requests the queue runs at once.
+
+    Without this every request would start one thread per core and they would fight over
+    the cores. Returns the threads per request.
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def parse_method(method: str) -> str:
+    """The manifest name (``issp``/``iht``) of a method given as ``ISS-P``/``IHT``."""
+    names = {key.lower(): value for key, value in METHODS.items()}
+    names.update({value: value for value in METHODS.values()})
+    if not isinstance(method, str) or method.strip().lower() not in names:
+        raise IsspError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return names[method.strip().lower()]
+
+
+def check_ratio(ratio: float) -> float:
+    """``ratio`` as a float in [0, 1), else IsspError."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise IsspError(f"pruning ratio must be a number in [0, 1), got {ratio!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise IsspError(f"pruning ratio must be in [0, 1), got {ratio!r}")
+    return value
+
+
+def check_scale(scale: int) -> int:
+    """``scale`` as an int the models support, else IsspError."""
+    try:
+        value = int(scale)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value != scale or value not in SCALES:
+        raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    return value
+
+
+def zoo_archs(manifest: dict, scale: int | None = None) -> list[str]:
+    """Architectures with at least one checkpoint (at ``scale`` if given), sorted."""
+    return sorted(
+        {r["arch"] for r in manifest["checkpoints"] if scale is None or r["scale"] == scale}
+    )
+
+
+def arch_label(arch: str) -> str:
+    """``EDSR-style (edsr-tiny)`` for ``edsr-tiny``."""
+    family = arch.split("-", 1)[0]
+    return f"{FAMILY_LABELS.get(family, family)} ({arch})"
+
+
+def resolve_arch(manifest: dict, arch: str | None, scale: int) -> str:
+    """The zoo architecture meant by ``arch``: a preset name, or a family like ``EDSR``."""
+    have = zoo_archs(manifest, scale)
+    if not have:
+        raise IsspError(f"the zoo has no x{scale} checkpoints yet")
+    name = (arch or DEFAULT_ARCH).strip().lower()
+    if name in have:
+        return name
+    family = [a for a in have if a.split("-", 1)[0] == name.removesuffix("-style")]
+    if len(family) == 1:
+        return family[0]
+    raise IsspError(f"no x{scale} checkpoints of {arch!r}; the zoo has {', '.join(have)}")
+
+
+def available_ratios(manifest: dict, arch: str, scale: int, method: str) -> list[float]:
+    """Ratios with a checkpoint for ``method`` (manifest name); 0 stands for the dense model."""
+    ratios = {
+        0.0 if r["method"] == "dense" else float(r["ratio"])
+        for r in manifest["checkpoints"]
+        if r["arch"] == arch and r["scale"] == scale and r["method"] in (method, "dense")
+    }
+    return sorted(ratios)
+
+
+def nearest(ratio: float, ratios: Sequence[float]) -> float:
+    """The entry of ``ratios`` closest to ``ratio`` (the smaller one on a tie)."""
+    return min(ratios, key=lambda r: (abs(r - ratio), r))
+
+
+def choose_model(manifest: dict, arch: str | None, scale: int, method: str, ratio: float) -> Choice:
+    """Validate a request and snap its ratio to the nearest checkpoint the zoo has."""
+    scale = check_scale(scale)
+    method = parse_method(method)
+    ratio = check_ratio(ratio)
+    arch = resolve_arch(manifest, arch, scale)
+    ratios = available_ratios(manifest, arch, scale, method)
+    if not ratios:
+        raise IsspError(f"no {METHOD_LABELS[method]} checkpoints of {arch} x{scale} yet")
+    used = nearest(ratio, ratios)
+    label = "dense model" if used == 0 else f"{METHOD_LABELS[method]} ratio {used:g}"
+    note = f"Using {arch} x{scale}, {label}."
+    if abs(used - ratio) >= 1e-9:
+        listed = ", ".join(f"{r:g}" for r in ratios)
+        note = (
+            f"Using {arch} x{scale}, {label} (nearest available to {ratio:g}; "
+            f"available: {listed}, where 0 = dense)."
+        )
+    return Choice(arch, scale, "dense" if used == 0 else method, used, note)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the model pickers offer and show for the current selection."""
+
+    archs: list[tuple[str, str]]
+    arch: str | None
+    ratio: float | None
+    note: str
+
+
+def model_options(
+    manifest: dict, scale: int, arch: str | None, method: str, ratio: float
+) -> Options:
+    """The architectures on offer at ``scale`` and the checkpoint the selection snaps to.
+
+    Never raises: a selection the zoo cannot serve (yet) gets a note instead, because it
+    runs whenever a picker moves, before the user has asked for anything.
+    """
+    archs = zoo_archs(manifest, scale) if scale in SCALES else []
+    if arch not in archs:
+        arch = DEFAULT_ARCH if DEFAULT_ARCH in archs else next(iter(archs), None)
+    labelled = [(arch_label(a), a) for a in archs]
+    try:
+        choice = choose_model(manifest, arch, scale, method, ratio)
+    except IsspError as err:
+        return Options(labelled, arch, None, f"Not available: {err}.")
+    return Options(labelled, choice.arch, choice.ratio, choice.note)
+
+
+def open_image(path: str | Path | None, max_pixels: int) -> Image.Image:
+    """Decode an upload with the library's rules, naming it by file name only in errors."""
+    if path is None or str(path).strip() == "":
+        raise IsspError("no image: upload one first")
+    try:
+        return load_image(path, max_pixels=max_pixels)
+    except IsspError as err:
+        # The server's temp path means nothing to the user and should not leak to them.
+        raise IsspError(str(err).replace(str(path), Path(path).name)) from None
+
+
+def _centre_crop(img: Image.Image, side: int) -> Image.Image:
+    width, height = img.size
+    left, top = max((width - side) // 2, 0), max((height - side) // 2, 0)
+    return img.crop((left, top, min(left + side, width), min(top + side, height)))
+
+
+def upscale(
+    zoo: ModelZoo,
+    path: str | Path | None,
+    scale: int,
+    ratio: float,
+    method: str,
+    arch: str | None,
+    limits: Limits,
+    out_dir: str | Path,
+) -> UpscaleResult:
+    """Upscale one image with the zoo checkpoint nearest the request.
+
+    Writes the full-size PNG and the two comparison images (bicubic and model, the same
+    centre crop when the output is large) into ``out_dir``.
+    """
+    choice = choose_model(zoo.manifest(), arch, scale, method, ratio)
+    img = open_image(path, limits.max_upscale_pixels)
+    model, record = zoo.model(choice.arch, choice.scale, choice.method, choice.ratio)
+    started = time.perf_counter()
+    sr = upscale_image(model, img, choice.scale, tile=limits.tile)
+    latency = time.perf_counter() - started
+    bicubic = upscale_image(None, img, choice.scale)
+
+    out_dir = Path(out_dir)
+    stem = Path(str(path)).stem[:60] or "image"
+    png = out_dir / f"{stem}_x{choice.scale}_{Path(record['file']).stem}.png"
+    sr.save(png)
+    cropped = sr.width * sr.height > limits.preview_side**2
+    previews = []
+    for name, image in (("bicubic", bicubic), ("model", sr)):
+        preview = _centre_crop(image, limits.preview_side) if cropped else image
+        previews.append(out_dir / f"compare_{name}.png")
+        # Fast compression: previews are shown once and thrown away.
+        preview.save(previews[-1], compress_level=1)
+
+    width, height = img.size
+    tiles = math.ceil(height / limits.tile) * math.ceil(width / limits.tile)
+    pixels = width * height / (FLOPS_INPUT[0] * FLOPS_INPUT[1])
+    summary = (
+        f"{choice.note} Checkpoint `{record['file']}`; "
+        f"non-zero weights {record['nonzeros']:,} of {record['params']:,} "
+        f"({record['nonzeros'] / record['params']:.1%}); "
+        f"sparse FLOPs {record['flops_sparse'] * pixels / 1e9:.2f} G "
+        f"(dense {record['flops_dense'] * pixels / 1e9:.2f} G) for this {width}x{height} input; "
+        f"latency {latency:.2f} s on {torch.get_num_threads()} CPU thread(s); "
+        f"{tiles} tile{'s' if tiles > 1 else ''} of {limits.tile} px; "
+        f"output {sr.width}x{sr.height}."
+    )
+    if cropped:
+        summary += f" The comparison shows the centre {limits.preview_side} px crop."
+    return UpscaleResult(png, previews[0], previews[1], summary, sr.size)
+
+
+def evaluate(
+    zoo: ModelZoo,
+    path: str | Path | None,
+    scale: int,
+    ratio: float,
+    arch: str | None,
+    limits: Limits,
+) -> EvaluateResult:
+    """Score bicubic, dense, ISS-P and IHT on an upload used as ground truth.
+
+    The upload is the HR image; its LR is made with the library's degradation
+    (:func:`issp.data.make_lr`), and every model is scored with the benchmark protocol
+    (:func:`issp.evaluate.evaluate_arrays`). Each pruned method is scored at its ratio
+    nearest to ``ratio`` and, for the figure, at every ratio it has.
+    """
+    scale = check_scale(scale)
+    ratio = check_ratio(ratio)
+    manifest = zoo.manifest()
+    arch = resolve_arch(manifest, arch, scale)
+    img = open_image(path, limits.max_evaluate_pixels)
+    hr = modcrop(to_array(img), scale)
+    # Both metrics drop `scale` px per border and SSIM needs an 11x11 window inside.
+    smallest = 2 * scale + 11
+    if min(hr.shape[:2]) < smallest:
+        raise IsspError(
+            f"evaluation needs an image of at least {smallest}x{smallest} px for x{scale}, "
+            f"got {img.width}x{img.height}"
+        )
+    pair = (Path(str(path)).name, make_lr(hr, scale), hr)
+
+    def score(model: nn.Module | None) -> dict:
+        result = evaluate_arrays(model, [pair], scale, tile=limits.tile)
+        return {"psnr": round(result["psnr"], 3), "ssim": round(result["ssim"], 4)}
+
+    rows = [{"model": "bicubic", "ratio": None, "checkpoint": "", **score(None)}]
+    dense = [r for r in manifest["checkpoints"] if _is(r, arch, scale, "dense")]
+    if dense:
+        model, record = zoo.model(arch, scale, "dense", 0.0)
+        rows.append({"model": "dense", "ratio": 0.0, "checkpoint": record["file"], **score(model)})
+    sweep: dict[str, list[tuple[float, float]]] = {}
+    missing = []
+    for label, method in METHODS.items():
+        ratios = sorted(r["ratio"] for r in manifest["checkpoints"] if _is(r, arch, scale, method))
+        if not ratios:
+            missing.append(label)
+            continue
+        chosen = nearest(ratio, ratios)
+        for each in ratios:
+            model, record = zoo.model(arch, scale, method, each)
+            scores = score(model)
+            sweep.setdefault(label, []).append((each, scores["psnr"]))
+            if each == chosen:
+                rows.append({"model": label, "ratio": each, "checkpoint": record["file"], **scores})
+    note = f"{arch} x{scale} on {img.width}x{img.height} px used as ground truth."
+    if missing:
+        note += f" No {' or '.join(missing)} checkpoints of {arch} x{scale} yet."
+    return EvaluateResult(rows, _sweep_figure(rows, sweep, arch, scale), note)
+
+
+def _is(record: dict, arch: str, scale: int, method: str) -> bool:
+    return (record["arch"], record["scale"], record["method"]) == (arch, scale, method)
+
+
+def _sweep_figure(
+    rows: list[dict], sweep: dict[str, list[tuple[float, float]]], arch: str, scale: int
+) -> go.Figure:
+    # Both methods prune the same dense start, so each line begins at the dense score.
+    dense = [(0.0, row["psnr"]) for row in rows if row["model"] == "dense"]
+    figure = go.Figure()
+    for label, points in sweep.items():
+        ratios, psnrs = zip(*dense, *points, strict=True)
+        figure.add_trace(
+            go.Scatter(
+                x=ratios,
+                y=psnrs,
+                mode="lines+markers",
+                name=label,
+                line_color=METHOD_COLOURS[METHODS[label]],
+            )
+        )
+    bicubic = rows[0]["psnr"]
+    figure.add_hline(y=bicubic, line_dash="dot", annotation_text=f"bicubic {bicubic:.2f} dB")
+    figure.update_layout(
+        title=f"PSNR on this image, {arch} x{scale} (ratio 0 = dense)",
+        xaxis_title="pruning ratio",
+        yaxis_title="PSNR (dB, Y channel)",
+        template="plotly_white",
+    )
+    return figure
+
+
+def results_text(results_path: Path | None) -> str | None:
+    """The stored results table (``analysis/results.md``), or None if none was written."""
+    if results_path is None or not results_path.is_file():
+        return None
+    return results_path.read_text()
+
+
+def manifest_rows(manifest: dict) -> list[dict]:
+    """One flat row per zoo checkpoint with its stored scores, size and provenance."""
+    rows = []
+    for record in manifest["checkpoints"]:
+        row: dict = {
+            "arch": record["arch"],
+            "scale": record["scale"],
+            "method": METHOD_LABELS.get(record["method"], record["method"]),
+            "ratio": record["ratio"],
+            "non-zero weights": record.get("nonzeros"),
+            "sparse GFLOPs": _giga(record.get("flops_sparse")),
+        }
+        for test_set in TEST_SETS:
+            scores = record.get(test_set, {})
+            row[f"{test_set} PSNR"] = scores.get("psnr")
+            row[f"{test_set} SSIM"] = scores.get("ssim")
+        row["trained on"] = record.get("device", "")
+        row["steps"] = record.get("steps")
+        rows.append(row)
+    return rows
+
+
+def _giga(flops: float | None) -> float | None:
+    return None if flops is None else round(flops / 1e9, 3)
+
+
+def provenance(manifest: dict, results_path: Path | None) -> str:
+    """Where the stored numbers come from: command, devices and protocol."""
+    devices = sorted({r.get("device", "unknown") for r in manifest["checkpoints"]})
+    lines = [
+        "Scores are stored by `python -m issp zoo build --data DIR --test DIR` (training, "
+        "then Set5/Set14 evaluation) and refreshed by `python -m issp zoo eval`; PSNR/SSIM "
+        "on the Y channel with border = scale, FLOPs for a "
+        f"{FLOPS_INPUT[0]}x{FLOPS_INPUT[1]} LR input.",
+    ]
+    if devices:
+        lines.append(f"Checkpoints trained on: {'; '.join(devices)}.")
+    if "alpha" in manifest:
+        lines.append(f"ISS-P alpha = {manifest['alpha']}.")
+    for name, protocol in manifest.get("protocols", {}).items():
+        settings = ", ".join(f"{k} {v}" for k, v in protocol.items())
+        lines.append(f"Protocol {name}: {settings}.")
+    if results_text(results_path) is None:
+        lines.append("No results table has been written yet; the table below is the manifest's.")
+    return "\n\n".join(lines)
+
+
+def results_figure(manifest: dict, x_axis: str = "ratio", test_set: str = "set5") -> go.Figure:
+    """Stored PSNR against pruning ratio (or non-zero weights), one line per arch/scale/method.
+
+    Each pruned method's line starts at its dense model (ratio 0). Checkpoints without a
+    score on ``test_set`` are left out; an empty zoo gives an empty chart that says so.
+    """
+    if x_axis not in ("ratio", "nonzeros"):
+        raise IsspError(f"x axis must be 'ratio' or 'nonzeros', got {x_axis!r}")
+    if test_set not in TEST_SETS:
+        raise IsspError(f"test set must be one of {', '.join(TEST_SETS)}, got {test_set!r}")
+    scored = [r for r in manifest["checkpoints"] if "psnr" in r.get(test_set, {})]
+    dense = {(r["arch"], r["scale"]): r for r in scored if r["method"] == "dense"}
+    lines: dict[tuple, list[dict]] = {}
+    for record in scored:
+        if record["method"] != "dense":
+            key = (record["arch"], record["scale"], record["method"])
+            lines.setdefault(key, []).append(record)
+    # A zoo whose pruned checkpoints are not trained yet still shows its dense points.
+    for key in dense:
+        if not any(line[:2] == key for line in lines):
+            lines[(*key, "dense")] = []
+    figure = go.Figure()
+    pairs = sorted({key[:2] for key in lines})
+    dashes = {pair: DASHES[i % len(DASHES)] for i, pair in enumerate(pairs)}
+    for arch, scale, method in sorted(lines):
+        start = [dense[(arch, scale)]] if (arch, scale) in dense else []
+        records = start + sorted(lines[(arch, scale, method)], key=lambda r: r["ratio"])
+        figure.add_trace(
+            go.Scatter(
+                x=[r["ratio"] if x_axis == "ratio" else r["nonzeros"] for r in records],
+                y=[r[test_set]["psnr"] for r in records],
+                mode="lines+markers",
+                name=f"{arch} x{scale} {METHOD_LABELS.get(method, method)}",
+                line={"color": METHOD_COLOURS.get(method), "dash": dashes[(arch, scale)]},
+                customdata=[[r["file"], r[test_set].get("ssim")] for r in records],
+                hovertemplate="%{customdata[0]}<br>PSNR %{y:.2f} dB, SSIM %{customdata[1]}",
+            )
+        )
+    figure.update_layout(
+        title=f"{test_set.capitalize()} PSNR of the zoo",
+        xaxis_title="pruning ratio" if x_axis == "ratio" else "non-zero weights",
+        yaxis_title="PSNR (dB, Y channel)",
+        template="plotly_white",
+    )
+    if x_axis == "nonzeros":
+        figure.update_xaxes(type="log")
+    if not scored:
+        figure.add_annotation(text=f"no stored {test_set.capitalize()} scores yet", showarrow=False)
+    return figure
+
+
+def make_examples(out_dir: str | Path, count: int = 4, side: int = 160) -> list[Path]:
+    """Small centre crops of photos shipped in installed packages, for the examples row.
+
+    Crops stay small so an example upscales in a moment even on a busy CPU.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for source in default_image_paths()[:count]:
+        crop = _centre_crop(load_image(source).convert("RGB"), side)
+        path = out_dir / f"{source.stem}.png"
+        crop.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,116 @@
+"""``python app.py`` driven through its API with gradio_client, as a user's script would."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from conftest import bad_file, photo
+from gradio_client import Client, handle_file
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    url, _ = app_server
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "in.png"
+    photo(40, 30).save(path)
+    return str(path)
+
+
+def upscale(client, path, *args, **kwargs):
+    return client.predict(handle_file(path), *args, api_name="/upscale", **kwargs)
+
+
+def test_upscale_returns_an_image_exactly_twice_the_size(client, image):
+    png, compare, summary = upscale(client, image, 2, 0.9, "ISS-P")
+    assert Image.open(png).size == (80, 60)
+    assert [Image.open(p).size for p in compare] == [(80, 60), (80, 60)]
+    assert "Checkpoint" in summary and "edsr-tiny_x2" in summary
+
+
+def test_architecture_is_an_optional_last_argument(client, image):
+    png, _, _ = upscale(client, image, 2, 0.0, "IHT", "edsr-tiny")
+    assert Image.open(png).size == (80, 60)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("text.png", "not a readable image"),
+        ("truncated.png", "not a readable image"),
+        ("bomb.png", "too large to decode safely"),
+        ("big.png", "over the 1,000,000 pixel limit"),
+        ("animated.gif", "animated or multi-page images are not supported"),
+    ],
+)
+def test_bad_file_gets_an_error_and_the_server_keeps_serving(
+    client, image, tmp_path, kind, message
+):
+    with pytest.raises(Exception, match=message):
+        upscale(client, bad_file(tmp_path, kind), 2, 0.9, "ISS-P")
+    assert Image.open(upscale(client, image, 2, 0.9, "ISS-P")[0]).size == (80, 60)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((2, 0.9, "L1"), "unknown method 'L1'; choose one of ISS-P, IHT"),
+        ((2, 1.5, "ISS-P"), r"pruning ratio must be in \[0, 1\), got 1.5"),
+        ((2, -0.1, "ISS-P"), r"pruning ratio must be in \[0, 1\)"),
+        ((3, 0.9, "ISS-P"), "the zoo has no x3 checkpoints yet"),
+    ],
+)
+def test_bad_argument_gets_an_error_and_the_server_keeps_serving(client, image, args, message):
+    with pytest.raises(Exception, match=message):
+        upscale(client, image, *args)
+    assert Image.open(upscale(client, image, 2, 0.9, "ISS-P")[0]).size == (80, 60)
+
+
+def test_empty_upload_gets_an_error(client):
+    with pytest.raises(Exception, match="no image: upload one first"):
+        client.predict(None, 2, 0.9, "ISS-P", api_name="/upscale")
+
+
+def test_one_pixel_image_upscales(client, tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), "red").save(path)
+    assert Image.open(upscale(client, str(path), 2, 0.9, "ISS-P")[0]).size == (2, 2)
+
+
+def test_upload_over_the_size_limit_is_refused(app_server, client, image, tmp_path):
+    path = tmp_path / "large.png"
+    path.write_bytes(os.urandom(11 * 1024 * 1024))
+    # gradio_client checks the limit the server advertises before uploading...
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        upscale(client, str(path), 2, 0.9, "ISS-P")
+    # ...and the server enforces it for anyone who does not.
+    url, _ = app_server
+    with open(path, "rb") as data:
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": ("large.png", data)})
+    assert response.status_code == 413
+    assert Image.open(upscale(client, image, 2, 0.9, "ISS-P")[0]).size == (80, 60)
+
+
+def test_four_concurrent_requests_all_succeed(client, image):
+    methods = ["ISS-P", "IHT", "ISS-P", "IHT"]
+    with ThreadPoolExecutor(len(methods)) as pool:
+        results = list(pool.map(lambda m: upscale(client, image, 2, 0.9, m), methods))
+    assert [Image.open(png).size for png, _, _ in results] == [(80, 60)] * 4
+
+
+def test_evaluate_and_results_endpoints(client, image):
+    table, _, note = client.predict(handle_file(image), 2, 0.9, api_name="/evaluate")
+    models = [row[0] for row in table["data"]]
+    assert models[:2] == ["bicubic", "dense"]
+    assert "used as ground truth" in note
+    _, provenance, manifest, _ = client.predict("ratio", "set5", api_name="/results")
+    assert "python -m issp zoo build" in provenance
+    assert manifest["data"], "the results tab lists the zoo's checkpoints"

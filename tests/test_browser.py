@@ -1,0 +1,91 @@
+"""The real page in headless Chromium: upload, move the slider, upscale, see the result.
+
+Uses the system Chromium (Playwright's own browser download is not available here). If it
+is missing the tests are skipped with the install command as the reason.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import bad_file, photo
+
+from issp.service import available_ratios
+from issp.zoo import load_manifest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and shutil.which("chromium") is None,
+        reason="chromium not installed: apt-get install chromium",
+    ),
+]
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright not installed: pip install playwright"
+)
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    url, _ = app_server
+    executable = CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url, wait_until="networkidle")
+        page.wait_for_selector("#input-image")
+        yield page
+        browser.close()
+
+
+def drag_slider_to(page, fraction: float) -> None:
+    """Drag the ratio slider's thumb to ``fraction`` of its track, as a mouse user would."""
+    track = page.locator("#ratio input[type=range]").bounding_box()
+    y = track["y"] + track["height"] / 2
+    page.mouse.move(track["x"] + track["width"] * 0.9, y)
+    page.mouse.down()
+    page.mouse.move(track["x"] + track["width"] * fraction, y, steps=5)
+    page.mouse.up()
+
+
+def test_upload_move_slider_upscale_and_see_the_result(page, app_server, tmp_path):
+    _, zoo_dir = app_server
+    ratios = available_ratios(load_manifest(zoo_dir / "manifest.json"), "edsr-tiny", 2, "issp")
+    image = tmp_path / "in.png"
+    photo(48, 40).save(image)
+
+    page.locator("#input-image input[type=file]").set_input_files(str(image))
+    # The preview changes the layout; drag only once it is in place.
+    sync_api.expect(page.locator("#input-image img").first).to_be_visible(timeout=15000)
+    drag_slider_to(page, 0.55)
+    # On release the slider snaps to a ratio that has a checkpoint and says which.
+    snapped = page.locator("#ratio input[type=range]")
+    sync_api.expect(page.locator("#ratio-note")).to_contain_text("nearest available", timeout=15000)
+    assert float(snapped.input_value()) in ratios
+
+    page.locator("#run").click()
+    sync_api.expect(page.locator("#compare img").first).to_be_visible(timeout=30000)
+    sync_api.expect(page.locator("#summary")).to_contain_text("Checkpoint", timeout=15000)
+    sync_api.expect(page.locator("#summary")).to_contain_text("output 96x80")
+    sync_api.expect(page.locator("#download")).to_contain_text(".png")
+
+
+def test_a_broken_file_shows_the_library_message(page, tmp_path):
+    page.locator("#input-image input[type=file]").set_input_files(
+        bad_file(tmp_path, "truncated.png")
+    )
+    page.locator("#run").click()
+    toast = page.get_by_test_id("toast-text").filter(has_text="not a readable image")
+    sync_api.expect(toast.first).to_be_visible(timeout=15000)
