@@ -299,15 +299,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     }
     config = LockstepConfig(**{key: value for key, value in given.items() if value is not None})
     config.validate()
-    # Batches this small run fastest on one thread, and the machine is often shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tqdm(total=config.steps, desc=" vs ".join(config.methods), file=sys.stderr) as bar:
-            for last in run_lockstep(config, every=10):
-                bar.update(last.step - bar.n)
-    finally:
-        torch.set_num_threads(threads)
+    with tqdm(total=config.steps, desc=" vs ".join(config.methods), file=sys.stderr) as bar:
+        for last in run_lockstep(config, every=10):
+            bar.update(last.step - bar.n)
     result = to_json(last)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, allow_nan=False) + "\n")

@@ -87,6 +87,8 @@ class Pruner:
         optimizer: if given, its state for masked weights is zeroed when the mask freezes.
         seed: seed of the ``scratch`` method's random mask.
         gmp_interval: steps between GMP mask updates.
+        telemetry: record the per-step series of ``telemetry()``; off only to measure
+            what recording costs.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Pruner:
         optimizer: torch.optim.Optimizer | None = None,
         seed: int = 0,
         gmp_interval: int = 10,
+        telemetry: bool = True,
     ) -> None:
         if method not in METHODS:
             raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
@@ -115,6 +118,7 @@ class Pruner:
         self.method, self.ratio, self.alpha, self.scope = method, ratio, alpha, scope
         self.prune_steps, self.gmp_interval = prune_steps, gmp_interval
         self.optimizer = optimizer
+        self.recording = telemetry
         self.weights = prunable_weights(model, skip)
         self.names = list(self.weights)
         self.t = 0
@@ -136,7 +140,7 @@ class Pruner:
     def step(self) -> None:
         """Advance one training step; call it right after ``optimizer.step()``."""
         self.t += 1
-        stats = self._gradient_norms()
+        stats = self._gradient_norms() if self.recording else None
         previous = self.masks
         if self.frozen:
             self._apply_mask()
@@ -153,7 +157,8 @@ class Pruner:
             self._apply_mask()
         elif self.method != "dense" and self.t >= self.prune_steps:
             self._freeze(self._select(self.ratio))
-        self._record(stats, previous)
+        if stats is not None:
+            self._record(stats, previous)
 
     def _select(self, fraction: float) -> dict[str, torch.Tensor]:
         if self.scope == "local":

@@ -177,3 +177,11 @@ def test_state_dict_resume_continues_identically():
 def test_bad_arguments_raise_clear_errors(kwargs):
     with pytest.raises(IsspError):
         Pruner(Tiny(), **kwargs)
+
+
+def test_telemetry_off_prunes_the_same_and_records_nothing():
+    _, _, recorded = run("issp", steps=8, prune_steps=5)
+    _, _, silent = run("issp", steps=8, prune_steps=5, telemetry=False)
+    for name in recorded.masks:
+        assert torch.equal(recorded.masks[name], silent.masks[name])
+    assert silent.telemetry()["flips"].shape == (0, 3)

@@ -1,0 +1,424 @@
+"""ISS-P against IHT (and dense, GMP) live, in lockstep.
+
+Every method starts from the same initialised network (one model built with the seed,
+deep-copied per method) and is fed the same batch at every step, so the only difference
+between the runs is the pruning rule. ``run_lockstep`` yields a ``Dynamics`` snapshot
+every few steps: per method the loss, the validation PSNR and the pruner's per-layer
+telemetry (mask flips, gradient norms, sparsity, mean |w| of kept and selected weights),
+plus a sample of current |w| for the kept-versus-selected histogram.
+
+The paper's explanation of why ISS-P beats IHT is about these dynamics: shrinking the
+selected weights by ``alpha`` instead of zeroing them keeps the sparse structure moving
+(mask entries flip) and the gradients flowing, where IHT's zeroed weights rarely climb
+back above the threshold and its mask freezes early.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from issp import IsspError
+from issp.data import PatchDataset
+from issp.evaluate import Pair, evaluate_arrays, validation_crops
+from issp.models import build_model
+from issp.pruning import TELEMETRY_KEYS, Pruner
+from issp.train import TrainConfig, batch_loader, cosine_lr, training_images
+
+MAX_STEPS = 2000
+LOCKSTEP_METHODS = ("issp", "iht", "dense", "gmp")
+LABELS = {"issp": "ISS-P", "iht": "IHT", "dense": "dense", "gmp": "GMP"}
+# |w| values kept per method for the histogram: enough for a smooth shape, small in JSON.
+WEIGHT_SAMPLE = 10_000
+
+
+def label(method: str) -> str:
+    """Display name of a pruning method (``issp`` -> ``ISS-P``)."""
+    return LABELS.get(method, method)
+
+
+@dataclass(frozen=True)
+class LockstepConfig:
+    """A live comparison. The defaults are small enough to watch live: two methods in
+    lockstep at 10+ steps per second on two CPU cores (``benchmarks/telemetry_overhead.py``)."""
+
+    arch: str = "edsr-tiny"
+    scale: int = 2
+    ratio: float = 0.9
+    alpha: float = 0.99
+    steps: int = 300
+    prune_steps: int | None = None  # Kp; None means 60% of the steps, as in training
+    seed: int = 0
+    methods: tuple[str, ...] = ("issp", "iht")
+    batch_size: int = 4
+    patch: int = 24  # LR patch side
+    lr: float = 1e-3
+    val_every: int = 25
+    val_crop: int = 96  # HR side of the centre crops PSNR is measured on
+    data: str | None = None  # None: photos shipped in installed packages
+    # Torch threads while the run lives. Batches this small run fastest on one: on a busy
+    # two-core machine two threads made a step over 20 times slower.
+    threads: int = 1
+
+    def train_config(self) -> TrainConfig:
+        """The training settings shared by every method (the method itself is per run)."""
+        return TrainConfig(
+            arch=self.arch,
+            scale=self.scale,
+            ratio=self.ratio,
+            alpha=self.alpha,
+            steps=self.steps,
+            prune_steps=self.prune_steps,
+            batch_size=self.batch_size,
+            patch=self.patch,
+            lr=self.lr,
+            data=self.data,
+            val_every=self.val_every,
+            seed=self.seed,
+            workers=0,
+        )
+
+    def validate(self) -> None:
+        """Raise IsspError for settings no comparison could use."""
+        if not self.methods:
+            raise IsspError("name at least one method to compare")
+        unknown = [m for m in self.methods if m not in LOCKSTEP_METHODS]
+        if unknown:
+            raise IsspError(
+                f"unknown method {unknown[0]!r}; choose from {', '.join(LOCKSTEP_METHODS)}"
+            )
+        if len(set(self.methods)) != len(self.methods):
+            raise IsspError(f"each method may appear once, got {', '.join(self.methods)}")
+        if self.steps > MAX_STEPS:
+            raise IsspError(
+                f"a live comparison runs at most {MAX_STEPS} steps, got {self.steps}; "
+                "use `python -m issp train` for longer runs"
+            )
+        if not self.lr > 0:
+            raise IsspError(f"learning rate must be positive, got {self.lr}")
+        if self.val_every < 1:
+            raise IsspError(f"val_every must be at least 1, got {self.val_every}")
+        if self.threads < 1:
+            raise IsspError(f"threads must be at least 1, got {self.threads}")
+        if self.val_crop < 32:
+            raise IsspError(f"val_crop must be at least 32 px, got {self.val_crop}")
+        self.train_config().validate()
+
+
+@dataclass
+class Series:
+    """One method's recorded dynamics. Per-layer arrays have shape (steps, layers)."""
+
+    loss: np.ndarray
+    psnr_steps: np.ndarray
+    psnr: np.ndarray
+    flips: np.ndarray
+    grad_norm: np.ndarray
+    sparsity: np.ndarray
+    kept_abs: np.ndarray
+    selected_abs: np.ndarray
+    # A fixed random sample of current |w|, split by the pruner's selection; None when the
+    # source recorded no weights (stored runs).
+    kept_weights: np.ndarray | None = None
+    selected_weights: np.ndarray | None = None
+
+
+@dataclass
+class Dynamics:
+    """Several methods' dynamics on the same layers: a live snapshot, a stored run or JSON.
+
+    ``config`` holds plain values; ``arch``, ``scale``, ``ratio``, ``steps`` and
+    ``prune_steps`` (Kp) are always present, ``alpha`` when ISS-P is among the methods.
+    """
+
+    config: dict
+    layers: list[str]
+    series: dict[str, Series]
+    step: int
+    finished: bool = False
+
+
+class _Run:
+    """One method's model, optimizer and pruner inside a lockstep comparison."""
+
+    def __init__(self, method: str, model: nn.Module, config: LockstepConfig, kp: int) -> None:
+        self.method = method
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.pruner = Pruner(
+            model,
+            method,
+            config.ratio,
+            prune_steps=kp,
+            alpha=config.alpha,
+            optimizer=self.optimizer,
+            seed=config.seed,
+        )
+        self.loss: list[float] = []
+        self.psnr_steps: list[int] = []
+        self.psnr: list[float] = []
+
+    def train_step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = nn.functional.l1_loss(self.model(lr_batch), hr_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.pruner.step()
+        self.loss.append(loss.item())
+
+    def validate(self, step: int, val_set: list[Pair], scale: int) -> None:
+        self.model.eval()
+        self.psnr_steps.append(step)
+        self.psnr.append(evaluate_arrays(self.model, val_set, scale)["psnr"])
+        self.model.train()
+
+    def series(self, sample: torch.Tensor) -> Series:
+        telemetry = self.pruner.telemetry()
+        with torch.no_grad():
+            absw = torch.cat([w.abs().flatten() for w in self.pruner.weights.values()])[sample]
+            if self.pruner.masks is None:
+                selected = torch.zeros_like(absw, dtype=torch.bool)
+            else:
+                selected = torch.cat([m.flatten() for m in self.pruner.masks.values()])[sample]
+        return Series(
+            loss=np.asarray(self.loss, np.float32),
+            psnr_steps=np.asarray(self.psnr_steps, np.int64),
+            psnr=np.asarray(self.psnr, np.float32),
+            kept_weights=absw[~selected].numpy(),
+            selected_weights=absw[selected].numpy(),
+            **telemetry,
+        )
+
+
+def run_lockstep(
+    config: LockstepConfig, stop: threading.Event | None = None, every: int = 5
+) -> Iterator[Dynamics]:
+    """Train ``config.methods`` side by side and yield a snapshot every ``every`` steps.
+
+    The last snapshot (``finished=True``) comes after step ``config.steps``. ``stop`` is
+    checked before every step; once it is set the generator returns at once, without a
+    further snapshot. Validation PSNR is measured every ``config.val_every`` steps and at
+    the end, on centre crops of the held-out images (the same split as training).
+
+    Torch runs with ``config.threads`` threads until the generator ends, then gets its
+    previous setting back.
+    """
+    config.validate()
+    if every < 1:
+        raise IsspError(f"snapshot interval must be at least 1 step, got {every}")
+    previous = torch.get_num_threads()
+    try:
+        yield from _lockstep(config, stop, every)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _lockstep(
+    config: LockstepConfig, stop: threading.Event | None, every: int
+) -> Iterator[Dynamics]:
+    torch.set_num_threads(config.threads)
+    train_config = config.train_config()
+    kp = train_config.kp
+    train_paths, val_paths, _ = training_images(train_config)
+    dataset = PatchDataset(
+        train_paths,
+        config.scale,
+        hr_patch=config.patch * config.scale,
+        epoch_size=config.steps * config.batch_size,
+        seed=config.seed,
+    )
+    val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
+    torch.manual_seed(config.seed)
+    initial = build_model(config.arch, config.scale)
+    runs = [_Run(method, copy.deepcopy(initial), config, kp) for method in config.methods]
+    layers = runs[0].pruner.names
+    n_weights = sum(w.numel() for w in runs[0].pruner.weights.values())
+    generator = torch.Generator().manual_seed(config.seed)
+    sample = torch.randperm(n_weights, generator=generator)[:WEIGHT_SAMPLE]
+    plain = dataclasses.asdict(config) | {"methods": list(config.methods), "prune_steps": kp}
+
+    def snapshot(step: int) -> Dynamics:
+        series = {run.method: run.series(sample) for run in runs}
+        return Dynamics(dict(plain), list(layers), series, step, finished=step == config.steps)
+
+    for run in runs:
+        run.model.train()
+    for step, (lr_batch, hr_batch) in enumerate(batch_loader(dataset, train_config, 0, 0, 1), 1):
+        if stop is not None and stop.is_set():
+            return
+        lr = cosine_lr(train_config, step - 1)
+        for run in runs:
+            run.train_step(lr_batch, hr_batch, lr)
+        if step % config.val_every == 0 or step == config.steps:
+            for run in runs:
+                run.validate(step, val_set, config.scale)
+        if step % every == 0 or step == config.steps:
+            yield snapshot(step)
+            # OpenMP thread counts are per OS thread, and a UI may resume us on another one.
+            torch.set_num_threads(config.threads)
+
+
+def run_to_end(config: LockstepConfig, stop: threading.Event | None = None) -> Dynamics | None:
+    """The final snapshot of ``run_lockstep``, or None if ``stop`` ended it early."""
+    for snapshot in run_lockstep(config, stop, every=config.steps):
+        if snapshot.finished:
+            return snapshot
+    return None
+
+
+def gradient_spread(grad_norm: np.ndarray) -> np.ndarray:
+    """Per step, how unevenly the gradient is spread over layers: std / mean of the
+    per-layer gradient L2 norms (0 when every layer gets the same norm)."""
+    mean = grad_norm.mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean > 0, grad_norm.std(axis=1) / mean, np.nan)
+
+
+def summarize(dynamics: Dynamics) -> str:
+    """A few plain sentences comparing the methods, computed from the recorded series."""
+    config, series = dynamics.config, dynamics.series
+    kp = int(config["prune_steps"])
+    names = list(series)
+    alpha = f", alpha {config['alpha']:g}" if "issp" in series else ""
+    lines = [
+        f"{config['arch']} x{config['scale']}, ratio {config['ratio']:g}{alpha}, Kp = {kp}: "
+        f"{dynamics.step:,} of {int(config['steps']):,} steps."
+    ]
+    flips = [f"{label(m)} {int(np.nansum(series[m].flips)):,}" for m in names]
+    lines.append(f"Mask entries flipped: {', '.join(flips)}.")
+    psnr = [f"{label(m)} {series[m].psnr[-1]:.2f}" for m in names if len(series[m].psnr)]
+    if psnr:
+        lines.append(f"Last validation PSNR (dB): {', '.join(psnr)}.")
+    loss = [f"{label(m)} {_tail_mean(series[m].loss):.4f}" for m in names if len(series[m].loss)]
+    if loss:
+        lines.append(f"L1 loss over the last 10% of steps: {', '.join(loss)}.")
+    spread = []
+    for m in names:
+        pruning = series[m].grad_norm[: max(kp - 1, 1)]
+        if len(pruning):
+            spread.append(f"{label(m)} {np.nanmean(gradient_spread(pruning)):.2f}")
+    if spread:
+        lines.append(
+            "Gradient-norm spread across layers during pruning (std/mean, lower is more "
+            f"even): {', '.join(spread)}."
+        )
+    return "\n".join(lines)
+
+
+def _tail_mean(values: np.ndarray) -> float:
+    return float(np.mean(values[-max(len(values) // 10, 1) :]))
+
+
+def to_json(dynamics: Dynamics) -> dict:
+    """JSON-safe form: per method ``loss``, ``psnr_steps``, ``psnr`` and ``{layer: series}``
+    for each telemetry key, plus the config and the summary. NaN becomes None."""
+    methods = {}
+    for method, s in dynamics.series.items():
+        entry = {
+            "loss": _floats(s.loss),
+            "psnr_steps": [int(v) for v in s.psnr_steps],
+            "psnr": _floats(s.psnr),
+        }
+        for key in TELEMETRY_KEYS:
+            values = getattr(s, key)
+            # Flips are counts; written as integers they read as what they are.
+            convert = _ints if key == "flips" else _floats
+            entry[key] = {name: convert(values[:, i]) for i, name in enumerate(dynamics.layers)}
+        if s.kept_weights is not None:
+            entry["weights"] = {
+                "kept": _floats(s.kept_weights),
+                "selected": _floats(s.selected_weights),
+            }
+        methods[method] = entry
+    return {
+        "config": dynamics.config,
+        "summary": summarize(dynamics),
+        "step": dynamics.step,
+        "finished": dynamics.finished,
+        "layers": list(dynamics.layers),
+        "methods": methods,
+    }
+
+
+def from_json(data: dict) -> Dynamics:
+    """Rebuild the ``Dynamics`` that ``to_json`` wrote; IsspError if keys are missing."""
+    try:
+        layers = list(data["layers"])
+        series = {}
+        for method, entry in data["methods"].items():
+            per_layer = {
+                key: _array([entry[key][name] for name in layers]).T for key in TELEMETRY_KEYS
+            }
+            weights = entry.get("weights")
+            series[method] = Series(
+                loss=_array(entry["loss"]),
+                psnr_steps=np.asarray(entry["psnr_steps"], np.int64),
+                psnr=_array(entry["psnr"]),
+                kept_weights=_array(weights["kept"]) if weights else None,
+                selected_weights=_array(weights["selected"]) if weights else None,
+                **per_layer,
+            )
+        return Dynamics(
+            dict(data["config"]),
+            layers,
+            series,
+            int(data["step"]),
+            finished=bool(data.get("finished", True)),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise IsspError(f"not an `issp analyze` result: {err!r}") from err
+
+
+def _floats(values: np.ndarray) -> list[float | None]:
+    # Seven significant digits is float32's precision; more only bloats the file.
+    return [float(f"{v:.7g}") if math.isfinite(v) else None for v in np.asarray(values).tolist()]
+
+
+def _ints(values: np.ndarray) -> list[int]:
+    return [int(v) for v in np.asarray(values).tolist()]
+
+
+def _array(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).astype(np.float32)
+
+
+def alpha_sweep(
+    config: LockstepConfig, alphas: Sequence[float], stop: threading.Event | None = None
+) -> Iterator[list[dict]]:
+    """Run ``config`` once per alpha (ISS-P; alpha 0 is IHT) and yield the table so far.
+
+    Each row is ``{"alpha", "method", "flips", "psnr"}``: total mask flips and the final
+    validation PSNR. Every run uses the same seed, so the same initial weights and batches.
+    """
+    if not alphas:
+        raise IsspError("name at least one alpha")
+    for alpha in alphas:
+        if not 0 <= alpha < 1:
+            raise IsspError(f"alpha must be in [0, 1), got {alpha}")
+    rows: list[dict] = []
+    for alpha in alphas:
+        method = "issp" if alpha > 0 else "iht"
+        run = dataclasses.replace(config, methods=(method,), alpha=alpha or config.alpha)
+        final = run_to_end(run, stop)
+        if final is None:
+            return
+        series = final.series[method]
+        rows.append(
+            {
+                "alpha": alpha,
+                "method": method,
+                "flips": int(np.nansum(series.flips)),
+                "psnr": float(series.psnr[-1]),
+            }
+        )
+        yield list(rows)
