@@ -2,7 +2,8 @@
 
 Compares ``issp.pruning.Pruner.step()`` (vectorized torch selection, with telemetry) with
 the same per-layer selection done by numpy argsort, and with
-``torch.nn.utils.prune.l1_unstructured``. Run from the repository root: ``python -m benchmarks.pruner_step``.
+``torch.nn.utils.prune.l1_unstructured``.
+Run from the repository root: ``python -m benchmarks.pruner_step``.
 """
 
 from __future__ import annotations
