@@ -22,7 +22,7 @@ from torch import nn
 
 import issp
 from issp import IsspError
-from issp.models import build_model
+from issp.models import build_from_args, build_model
 
 FORMAT = "issp-sparse-v1"
 # Keys whose metadata values are JSON rather than plain strings.
@@ -122,7 +122,15 @@ def load_checkpoint(
         raise IsspError(f"{path} holds a {preset} model, not {arch}")
     if scale is not None and scale != stored_scale:
         raise IsspError(f"{path} is a x{stored_scale} model, but x{scale} was asked for")
-    model = build_model(preset, stored_scale)
+    stored_args = meta.get("preset_args")
+    try:
+        model = (
+            build_from_args(stored_args, stored_scale)
+            if stored_args
+            else build_model(preset, stored_scale)
+        )
+    except TypeError as error:
+        raise IsspError(f"{path}: its model arguments do not fit this version ({error})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -113,7 +113,7 @@ def build_parser() -> Parser:
     build.add_argument("--only", help="only checkpoints whose name contains this")
     sweep = zoo_commands.add_parser("sweep", help="choose alpha on a validation split")
     sweep.add_argument("--data", type=_existing, help="training images (default: bundled)")
-    sweep.add_argument("--steps", type=_positive, default=600)
+    sweep.add_argument("--steps", type=_positive, default=1000)
     sweep.add_argument("--device", default="cpu")
     table = zoo_commands.add_parser("eval", help="recompute the results table")
     table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
@@ -241,9 +241,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
+    alpha = f"  alpha={info['alpha']}" if info["method"] == "issp" else ""
     print(
-        f"{info['preset']} x{info['scale']}  method={info['method']}  ratio={info['ratio']}"
-        f"  alpha={info['alpha']}"
+        f"{info['preset']} x{info['scale']}  method={info['method']}  ratio={info['ratio']}{alpha}"
     )
     print(f"parameters {info['params']:,}  non-zero {info['nonzeros']:,}")
     size = "x".join(map(str, info["input_size"]))

@@ -256,9 +256,9 @@ SWEEP = ROOT / "analysis" / "alpha_sweep.md"
 
 def sweep_alpha(
     data: str | None,
-    alphas: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.999),
+    alphas: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999),
     ratio: float = 0.95,
-    steps: int = 600,
+    steps: int = 1000,
     device: str = "cpu",
     log=print,
 ) -> str:

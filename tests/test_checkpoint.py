@@ -78,3 +78,13 @@ def test_shape_mismatch_is_reported(tmp_path):
     save(tmp_path / "m.safetensors", model, pruned, scale=2)
     with pytest.raises(IsspError, match="does not match|expects"):
         load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_checkpoint_builds_the_model_from_its_stored_arguments(tmp_path):
+    from issp.models import build_from_args
+
+    args = {"arch": "edsr", "n_feats": 8, "n_blocks": 1, "res_scale": 1.0}
+    model = build_from_args(args, 2)
+    save(tmp_path / "m.safetensors", model, [], preset_args=args)
+    loaded, _ = load_checkpoint(tmp_path / "m.safetensors", scale=2, arch="edsr-tiny")
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())

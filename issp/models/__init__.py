@@ -11,7 +11,16 @@ from issp.models.edsr import EDSR
 from issp.models.summary import model_summary
 from issp.models.swinir import SwinIR
 
-__all__ = ["EDSR", "PRESETS", "SCALES", "SwinIR", "build_model", "model_summary", "preset_args"]
+__all__ = [
+    "EDSR",
+    "PRESETS",
+    "SCALES",
+    "SwinIR",
+    "build_from_args",
+    "build_model",
+    "model_summary",
+    "preset_args",
+]
 
 ARCHS: dict[str, type[nn.Module]] = {"edsr": EDSR, "swinir": SwinIR}
 SCALES = (2, 3, 4)
@@ -19,7 +28,7 @@ SCALES = (2, 3, 4)
 # Preset name -> architecture and constructor arguments (all but `scale`).
 # The "-tiny" presets train in minutes on two CPU cores; the others are the published models.
 PRESETS: dict[str, dict] = {
-    "edsr-tiny": {"arch": "edsr", "n_feats": 32, "n_blocks": 6, "res_scale": 1.0},
+    "edsr-tiny": {"arch": "edsr", "n_feats": 32, "n_blocks": 4, "res_scale": 1.0},
     "edsr-baseline": {"arch": "edsr", "n_feats": 64, "n_blocks": 16, "res_scale": 1.0},
     "swinir-tiny": {
         "arch": "swinir",
@@ -49,7 +58,16 @@ def preset_args(name: str) -> dict:
 
 def build_model(name: str, scale: int) -> nn.Module:
     """A freshly initialised model of preset ``name`` for upscaling factor ``scale``."""
-    args = preset_args(name)
+    return build_from_args(preset_args(name), scale)
+
+
+def build_from_args(args: dict, scale: int) -> nn.Module:
+    """A model from a preset entry (``arch`` plus constructor arguments), as checkpoints
+    store it, so a checkpoint loads even if the named preset changes later."""
+    args = dict(args)
+    arch = args.pop("arch", None)
+    if arch not in ARCHS:
+        raise IsspError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
     if scale not in SCALES:
         raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
-    return ARCHS[args.pop("arch")](scale=scale, **args)
+    return ARCHS[arch](scale=scale, **args)

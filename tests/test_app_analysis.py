@@ -1,0 +1,241 @@
+"""The app's dynamics tabs (analysis.live) as plain functions, on tiny runs; no server."""
+
+import json
+import threading
+import time
+
+import plotly.graph_objects as go
+import pytest
+import torch
+from conftest import photo
+from test_analysis import write_stored_run
+
+from analysis import live
+from analysis.lockstep import MAX_STEPS, LockstepConfig
+from analysis.plots import FIGURES
+from issp import IsspError, service
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_threads():
+    """Runs set one torch thread while they live; leave the setting as it was."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> LockstepConfig:
+    """What the user does not pick, shrunk: three 64 px photos, 8 px patches, batch 2."""
+    folder = tmp_path_factory.mktemp("photos")
+    for seed in range(3):
+        photo(64, 64, seed=seed).save(folder / f"photo{seed}.png")
+    return LockstepConfig(batch_size=2, patch=8, val_every=6, val_crop=32, data=str(folder))
+
+
+def config(base, steps=12, **overrides) -> LockstepConfig:
+    request = {
+        "arch": "edsr-tiny",
+        "scale": 2,
+        "ratio": 0.9,
+        "alpha": 0.99,
+        "steps": steps,
+        "prune_steps": None,
+        "seed": 0,
+        "extra": (),
+    }
+    return live.live_config(**(request | overrides), base=base)
+
+
+def session_run(runs, session, run_config, folders, every=3):
+    """What the app's Train handler does, minus the UI."""
+    with runs.running(session) as stop:
+        yield from live.live_run(run_config, stop, folders.new, every)
+
+
+def test_a_run_streams_snapshots_then_a_summary_and_its_json(base, tmp_path):
+    folders = service.ResultFolders(tmp_path)
+    views = list(live.live_run(config(base), threading.Event(), folders.new, every=3))
+    assert len(views) == 4
+    assert [v.status.split(" step ")[1].split(" of")[0] for v in views[:3]] == ["3", "6", "9"]
+    for view in views:
+        assert len(view.figures) == len(FIGURES)
+        assert all(isinstance(f, go.Figure) for f in view.figures)
+    assert all(v.download is None for v in views[:3])
+    final = views[-1]
+    assert final.status.startswith("**Finished** all 12 steps")
+    assert "Mask entries flipped" in final.status
+    data = json.loads(final.download.read_text())
+    assert data["finished"] and data["step"] == 12
+    assert set(data["methods"]) == {"issp", "iht"}
+    assert len(data["methods"]["issp"]["loss"]) == 12
+
+
+def test_with_alpha_099_issp_flips_more_of_its_mask_than_iht(base, tmp_path):
+    folders = service.ResultFolders(tmp_path)
+    final = list(live.live_run(config(base, steps=20), threading.Event(), folders.new))[-1]
+    flips = json.loads(final.download.read_text())["methods"]
+    total = {m: sum(sum(layer) for layer in flips[m]["flips"].values()) for m in flips}
+    assert total["issp"] > total["iht"]
+    assert "ISS-P's mask kept moving" in final.status
+
+
+def test_the_run_uses_one_torch_thread_and_the_chosen_methods(base):
+    assert LockstepConfig().threads == 1
+    chosen = config(base, extra=["GMP", "dense"], prune_steps=5)
+    assert chosen.methods == ("issp", "iht", "dense", "gmp")
+    assert (chosen.prune_steps, chosen.threads) == (5, 1)
+    # The UI's number box sends 0 when left alone: Kp is then 60% of the steps.
+    assert config(base, steps=100, prune_steps=0).train_config().kp == 60
+
+
+def test_stop_ends_a_run_at_once(base, tmp_path):
+    stop = threading.Event()
+    folders = service.ResultFolders(tmp_path)
+    views = live.live_run(config(base, steps=MAX_STEPS), stop, folders.new, every=2)
+    assert "step 2 of 2,000" in next(views).status
+    stop.set()
+    started = time.monotonic()
+    final = next(views)
+    assert time.monotonic() - started < 5
+    assert final.status.startswith("**Stopped** at step 2 of 2,000")
+    assert json.loads(final.download.read_text())["step"] == 2
+    with pytest.raises(StopIteration):
+        next(views)
+
+
+def test_a_second_run_from_the_same_session_stops_the_first(base, tmp_path):
+    runs, folders = live.LiveRuns(), service.ResultFolders(tmp_path)
+    first = session_run(runs, "alice", config(base, steps=MAX_STEPS), folders)
+    next(first)
+    second = session_run(runs, "alice", config(base), folders)
+    others = session_run(runs, "bob", config(base, steps=MAX_STEPS), folders)
+    next(second), next(others)
+    assert "Stopped" in next(first).status
+    assert "Running" in next(others).status, "another session's run is left alone"
+    assert list(second)[-1].status.startswith("**Finished**")
+    others.close()
+    assert runs.active() == 0, "finished and closed runs leave nothing behind"
+
+
+def test_stop_reaches_a_run_claimed_but_still_queued(base, tmp_path):
+    runs = live.LiveRuns()
+    runs.claim("alice")
+    assert runs.stop("alice")
+    views = list(session_run(runs, "alice", config(base), service.ResultFolders(tmp_path)))
+    assert [v.status for v in views] == ["**Stopped** before the first snapshot."]
+    assert views[0].figures == (None,) * len(FIGURES)
+    assert not runs.stop("alice") and runs.active() == 0
+
+
+def test_claims_whose_run_never_came_are_bounded(base, tmp_path):
+    runs = live.LiveRuns(capacity=2)
+    going = session_run(
+        runs, "alice", config(base, steps=MAX_STEPS), service.ResultFolders(tmp_path)
+    )
+    next(going)
+    for session in ("bob", "carol", "dave", "erin"):
+        runs.claim(session)
+    assert runs.active() == 2
+    assert runs.stop("alice"), "a running run is never dropped"
+    assert runs.stop("erin") and not runs.stop("bob")
+    assert "Stopped" in next(going).status
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": MAX_STEPS + 1}, f"at most {MAX_STEPS} steps"),
+        ({"steps": 12.5}, "steps must be a whole number"),
+        ({"steps": "many"}, "steps must be a whole number"),
+        ({"arch": "swinir-light"}, "architecture must be one of edsr-tiny, swinir-tiny"),
+        ({"extra": ["L1"]}, "extra methods must be among dense, GMP"),
+        ({"prune_steps": 50}, "need 1 <= prune-steps <= steps"),
+        ({"prune_steps": -5}, "pruning stage must be at least 1, got -5"),
+        ({"alpha": 1.0}, r"alpha must be in \(0, 1\)"),
+        ({"ratio": 1.2}, r"pruning ratio must be in \[0, 1\)"),
+        ({"scale": 8}, "scale must be from 2 to 4, got 8"),
+        ({"seed": -1}, "seed must be at least 0"),
+    ],
+)
+def test_bad_requests_get_a_message_for_the_user(base, overrides, message):
+    with pytest.raises(IsspError, match=message):
+        config(base, **overrides)
+
+
+def test_the_app_shows_a_streaming_handler_s_errors_to_the_user(base):
+    import gradio as gr
+
+    import app
+
+    @app.shown_to_user
+    def streams():
+        yield config(base, steps=MAX_STEPS + 1)
+
+    with pytest.raises(gr.Error, match="at most 2000 steps"):
+        next(streams())
+
+
+def test_the_alpha_sweep_streams_a_row_per_alpha(base):
+    views = list(live.sweep_run(config(base, steps=6), [0.99, 0.0], threading.Event()))
+    assert [len(v.rows) for v in views] == [0, 1, 2]
+    assert views[0].figure is None and isinstance(views[-1].figure, go.Figure)
+    assert [row["method"] for row in views[-1].rows] == ["iht", "issp"]
+    assert views[-1].status.startswith("**Finished** 2 runs of 6 steps")
+    assert views[0].status == "**Running** alpha 0 (IHT) (1 of 2)."
+    assert views[1].status == "**Running** alpha 0.99 (2 of 2)."
+
+
+def test_a_stopped_sweep_says_how_far_it_got(base):
+    stop = threading.Event()
+    views = live.sweep_run(config(base, steps=6), [0.0, 0.5, 0.99], stop)
+    next(views), next(views)
+    stop.set()
+    assert [v.status for v in views] == ["**Stopped** after 1 of 3 alphas."]
+
+
+@pytest.mark.parametrize(
+    ("alphas", "steps", "message"),
+    [
+        ([], 10, "pick at least one alpha"),
+        ([0.5, 1.0], 10, r"alphas must be in \[0, 1\)"),
+        ([0.0, 0.5, 0.9], MAX_STEPS // 2, f"at most {MAX_STEPS:,} steps in all"),
+    ],
+)
+def test_bad_sweeps_are_refused(alphas, steps, message):
+    with pytest.raises(IsspError, match=message):
+        live.sweep_alphas(alphas, steps)
+
+
+def test_stored_tab_without_telemetry_says_so(tmp_path):
+    assert live.stored_choices(tmp_path) == []
+    view = live.stored_view(tmp_path / "missing", None)
+    assert "No stored dynamics yet" in view.status
+    assert view.figures == (None,) * len(FIGURES)
+
+
+def test_stored_tab_draws_a_stored_pair(tmp_path):
+    for method in ("issp", "iht"):
+        write_stored_run(tmp_path, method, 0.9)
+    assert live.stored_choices(tmp_path) == ["edsr-tiny x2, ratio 0.9"]
+    view = live.stored_view(tmp_path, None)
+    assert all(isinstance(f, go.Figure) for f in view.figures)
+    assert "Mask entries flipped" in view.status
+    with pytest.raises(IsspError, match="no stored run"):
+        live.stored_view(tmp_path, "edsr-tiny x4, ratio 0.5")
+
+
+def test_training_events_share_one_slot_server_wide(fake_zoo, tmp_path):
+    import app
+
+    demo = app.build_app(
+        service.ModelZoo(fake_zoo), service.Limits(), None, [], service.ResultFolders(tmp_path)
+    )
+    public = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert {"train_live", "stop_live", "alpha_sweep", "stored", "stored_settings"} <= set(public)
+    for name in ("train_live", "alpha_sweep"):
+        assert public[name].concurrency_id == app.TRAINING
+        assert public[name].concurrency_limit == app.TRAINING_SLOTS == 1
+    # Stop must never wait behind the run it stops.
+    assert public["stop_live"].concurrency_limit is None
+    assert sorted(sum(app.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
