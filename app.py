@@ -1,16 +1,18 @@
-"""Web app: upscale an image with a sparse SR network from the zoo, score it, browse results.
+"""Web app: upscale with a sparse SR network from the zoo, score it, browse results, and
+watch ISS-P and IHT prune side by side (live, as an alpha sweep, or from stored runs).
 
 ``python app.py`` serves it (host and port from ``GRADIO_SERVER_NAME`` /
 ``GRADIO_SERVER_PORT``, as on a Hugging Face Space). ``ISSP_ZOO_DIR`` points it at another
 checkpoint folder (default ``checkpoints/``). The layout lives here; the work is done by
-:mod:`issp.service`, which the tests call without a UI.
+:mod:`issp.service` and :mod:`analysis.live`, which the tests call without a UI.
 """
 
 import functools
+import inspect
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before gradio is imported: it reads this at import time, and a Space must not phone home.
@@ -20,8 +22,11 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from plotly.graph_objects import Figure  # noqa: E402
 
+from analysis import live  # noqa: E402
+from analysis.lockstep import MAX_STEPS, LockstepConfig  # noqa: E402
+from analysis.plots import FIGURES  # noqa: E402
 from issp import IsspError, service  # noqa: E402
-from issp.zoo import RESULTS, ZOO_DIR  # noqa: E402
+from issp.zoo import RESULTS, TELEMETRY_DIR, ZOO_DIR  # noqa: E402
 
 # Two requests at a time fits the two-core machines the app is meant for; more queue up,
 # and past QUEUE_SIZE waiting requests a new one is told the queue is full at once.
@@ -29,6 +34,18 @@ CONCURRENCY = 2
 QUEUE_SIZE = 32
 # One "Evaluate" sweep touches a dense model and 2 methods x 5 ratios: 11 models fit.
 MODEL_CACHE = 16
+# Live training runs and alpha sweeps share one slot server-wide, so a training user
+# takes one core at most and upscaling keeps the other; the rest wait in the queue.
+TRAINING = "training"
+TRAINING_SLOTS = 1
+# The dynamics figures grouped into sub-tabs: a browser redraws only the visible ones, and
+# all eight redrawn at every live update kept a busy machine's browser from responding.
+FIGURE_TABS = {
+    "Loss and PSNR": ("loss",),
+    "Mask flips": ("flips", "flips_heatmap"),
+    "Gradient flow": ("grad_norm", "grad_spread"),
+    "Weights": ("sparsity", "magnitude", "weights"),
+}
 
 
 def upload_path(payload: dict | None) -> str | None:
@@ -46,7 +63,20 @@ def upload_path(payload: dict | None) -> str | None:
 
 
 def shown_to_user(fn: Callable) -> Callable:
-    """Turn the library's user-facing errors into ``gr.Error`` so the UI and API show them."""
+    """Turn the library's user-facing errors into ``gr.Error`` so the UI and API show them.
+
+    Generator functions stay generator functions, because Gradio streams only those.
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streaming(*args):
+            try:
+                yield from fn(*args)
+            except IsspError as err:
+                raise gr.Error(str(err), print_exception=False) from err
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args):
@@ -58,14 +88,29 @@ def shown_to_user(fn: Callable) -> Callable:
     return wrapper
 
 
+def figure_tabs(prefix: str) -> list[gr.Plot]:
+    """Lay out one plot per figure of ``FIGURES`` in ``FIGURE_TABS``; returns them in
+    ``FIGURES`` order, the order :mod:`analysis.live` returns figures in."""
+    plots = {}
+    with gr.Tabs():
+        for title, names in FIGURE_TABS.items():
+            with gr.Tab(title):
+                for name in names:
+                    plots[name] = gr.Plot(show_label=False, elem_id=f"{prefix}-{name}")
+    return [plots[name] for name in FIGURES]
+
+
 def build_app(
     zoo: service.ModelZoo,
     limits: service.Limits,
     results_path: Path | None,
     examples: list[Path],
     outputs: service.ResultFolders,
+    telemetry_dir: Path = TELEMETRY_DIR,
 ) -> gr.Blocks:
-    """Lay out the app and wire each widget to an :mod:`issp.service` function."""
+    """Lay out the app and wire each widget to an :mod:`issp.service` or
+    :mod:`analysis.live` function."""
+    runs = live.LiveRuns()
 
     @shown_to_user
     def upscale(
@@ -106,6 +151,69 @@ def build_app(
         options = service.model_options(zoo.manifest(), scale, arch, method, ratio)
         ratio_update = gr.update() if options.ratio is None else gr.update(value=options.ratio)
         return gr.update(choices=options.archs, value=options.arch), ratio_update, options.note
+
+    @shown_to_user
+    def train_live(
+        arch: str,
+        scale: int,
+        ratio: float,
+        alpha: float,
+        steps: int,
+        prune_steps: int | None,
+        seed: int,
+        extra: list[str],
+        request: gr.Request,
+    ) -> Iterator[tuple]:
+        """Train ISS-P and IHT (and the extras) in lockstep, streaming figures and status."""
+        # Inside `running`, so a bad request still releases the session's claim.
+        with runs.running(request.session_hash) as stop:
+            config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed, extra)
+            for view in live.live_run(config, stop, outputs.new):
+                download = None if view.download is None else str(view.download)
+                yield *view.figures, view.status, download
+
+    @shown_to_user
+    def sweep(
+        arch: str,
+        scale: int,
+        ratio: float,
+        steps: int,
+        prune_steps: int | None,
+        seed: int,
+        alphas: list[float],
+        request: gr.Request,
+    ) -> Iterator[tuple[pd.DataFrame, Figure | None, str]]:
+        """Run ISS-P once per alpha (0 is IHT), streaming the table as rows arrive."""
+        with runs.running(request.session_hash) as stop:
+            # alpha_sweep sets alpha per run; any valid one passes the check here.
+            alpha = LockstepConfig.alpha
+            config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed)
+            for view in live.sweep_run(config, alphas, stop):
+                table = pd.DataFrame(view.rows, columns=list(live.SWEEP_COLUMNS))
+                # float32 PSNR printed in full reads as noise.
+                table = table.round({"psnr": 2})
+                yield table, view.figure, view.status
+
+    def claim(request: gr.Request) -> None:
+        """Stop this session's run and reserve the next one before it is queued."""
+        runs.claim(request.session_hash)
+
+    def stop_live(request: gr.Request) -> None:
+        """Stop this session's live run or sweep; it ends at its next step."""
+        runs.stop(request.session_hash)
+
+    @shown_to_user
+    def stored(choice: str | None) -> tuple:
+        """The stored ISS-P / IHT dynamics of one setting, with its summary."""
+        view = live.stored_view(telemetry_dir, choice)
+        return *view.figures, view.status
+
+    def stored_settings(choice: str | None) -> tuple:
+        """Refresh the stored settings on offer (the zoo build adds them) and draw one."""
+        choices = live.stored_choices(telemetry_dir)
+        if choice not in choices:
+            choice = next(iter(choices), None)
+        return gr.update(choices=choices, value=choice), *stored(choice)
 
     initial = service.model_options(zoo.manifest(), 2, service.DEFAULT_ARCH, "ISS-P", 0.9)
 
@@ -171,6 +279,75 @@ def build_app(
             results_table = gr.Markdown(label="results table")
             provenance = gr.Markdown(label="provenance")
             manifest_table = gr.Dataframe(label="Checkpoints (manifest)")
+        with gr.Tab("Live comparison"), gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                gr.Markdown(
+                    "ISS-P and IHT train side by side from the same initial weights on the "
+                    "same batches, so the pruning rule is the only difference. "
+                    f"At most {MAX_STEPS:,} steps; one run per user, others queue."
+                )
+                live_arch = gr.Dropdown(
+                    list(live.LIVE_ARCHS), value="edsr-tiny", label="Architecture"
+                )
+                live_scale = gr.Radio([("x2", 2), ("x4", 4)], value=2, label="Scale")
+                live_ratio = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="Pruning ratio")
+                live_alpha = gr.Slider(
+                    0.01, 0.999, value=0.99, step=0.001, label="ISS-P alpha (shrink factor)"
+                )
+                live_steps = gr.Number(
+                    value=LockstepConfig.steps, precision=0, label="Steps", elem_id="live-steps"
+                )
+                live_kp = gr.Number(
+                    value=0, precision=0, label="Pruning stage Kp (steps; 0 = 60% of them)"
+                )
+                live_seed = gr.Number(value=0, precision=0, label="Seed")
+                live_extra = gr.CheckboxGroup(list(live.EXTRA_METHODS), label="Also train")
+                with gr.Row():
+                    train_button = gr.Button("Train", variant="primary", elem_id="live-train")
+                    live_stop = gr.Button("Stop", variant="stop", elem_id="live-stop")
+            with gr.Column(scale=3):
+                live_status = gr.Markdown(
+                    "Press Train to start.", label="status", elem_id="live-status"
+                )
+                live_download = gr.File(label="Run data (JSON)", elem_id="live-download")
+                live_plots = figure_tabs("live")
+        with gr.Tab("Alpha sweep"), gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                gr.Markdown(
+                    "The same small ISS-P run once per alpha, from alpha 0 (which is IHT) "
+                    "towards 1: how much the mask moves, and what it costs or gains in PSNR."
+                )
+                sweep_arch = gr.Dropdown(
+                    list(live.LIVE_ARCHS), value="edsr-tiny", label="Architecture"
+                )
+                sweep_scale = gr.Radio([("x2", 2), ("x4", 4)], value=2, label="Scale")
+                sweep_ratio = gr.Slider(0.0, 0.99, value=0.9, step=0.01, label="Pruning ratio")
+                sweep_steps = gr.Number(value=150, precision=0, label="Steps per alpha")
+                sweep_kp = gr.Number(
+                    value=0, precision=0, label="Pruning stage Kp (steps; 0 = 60% of them)"
+                )
+                sweep_seed = gr.Number(value=0, precision=0, label="Seed")
+                sweep_alphas = gr.CheckboxGroup(
+                    [(live.alpha_name(a), a) for a in live.SWEEP_ALPHAS],
+                    value=[0.0, 0.5, 0.9, 0.99],
+                    label="Alphas",
+                )
+                with gr.Row():
+                    sweep_button = gr.Button("Run sweep", variant="primary")
+                    sweep_stop = gr.Button("Stop", variant="stop")
+            with gr.Column(scale=3):
+                sweep_status = gr.Markdown("Press Run sweep to start.", label="status")
+                sweep_plot = gr.Plot(label="flips and PSNR against alpha")
+                sweep_table = gr.Dataframe(headers=list(live.SWEEP_COLUMNS), label="Runs")
+        with gr.Tab("Stored dynamics") as stored_tab:
+            gr.Markdown(
+                "The full-length runs the zoo was trained with: the same figures, no training."
+            )
+            with gr.Row():
+                stored_choice = gr.Dropdown([], label="Setting (ISS-P and IHT both stored)")
+                stored_refresh = gr.Button("Refresh", scale=0)
+            stored_status = gr.Markdown(label="summary", elem_id="stored-status")
+            stored_plots = figure_tabs("stored")
 
         picks = [scale, arch, method, ratio]
         pickers = [arch, ratio, note]
@@ -198,6 +375,72 @@ def build_app(
         demo.load(results, [x_axis, test_set], results_outputs, api_name="results")
         x_axis.input(results, [x_axis, test_set], results_outputs, api_visibility="private")
         test_set.input(results, [x_axis, test_set], results_outputs, api_visibility="private")
+
+        live_inputs = [
+            live_arch,
+            live_scale,
+            live_ratio,
+            live_alpha,
+            live_steps,
+            live_kp,
+            live_seed,
+            live_extra,
+        ]
+        training = {
+            "concurrency_id": TRAINING,
+            "concurrency_limit": TRAINING_SLOTS,
+            # The plots stay readable while they update.
+            "show_progress": "minimal",
+            # A second press submits its run while the first is still winding down.
+            "trigger_mode": "multiple",
+        }
+        # Claiming first (outside the training slot) lets a second Train press stop the
+        # first run at once, and Stop end a run still waiting in the queue.
+        train_button.click(
+            claim, None, None, api_visibility="private", concurrency_limit=None
+        ).then(
+            train_live,
+            live_inputs,
+            [*live_plots, live_status, live_download],
+            api_name="train_live",
+            **training,
+        )
+        live_stop.click(stop_live, None, None, api_name="stop_live", concurrency_limit=None)
+        sweep_inputs = [
+            sweep_arch,
+            sweep_scale,
+            sweep_ratio,
+            sweep_steps,
+            sweep_kp,
+            sweep_seed,
+            sweep_alphas,
+        ]
+        sweep_button.click(
+            claim, None, None, api_visibility="private", concurrency_limit=None
+        ).then(
+            sweep,
+            sweep_inputs,
+            [sweep_table, sweep_plot, sweep_status],
+            api_name="alpha_sweep",
+            **training,
+        )
+        sweep_stop.click(stop_live, None, None, api_visibility="private", concurrency_limit=None)
+
+        stored_outputs = [*stored_plots, stored_status]
+        stored_refresh.click(
+            stored_settings,
+            [stored_choice],
+            [stored_choice, *stored_outputs],
+            api_name="stored_settings",
+        )
+        # Drawn when the tab is opened, not on every page load: stored runs are long.
+        stored_tab.select(
+            stored_settings,
+            [stored_choice],
+            [stored_choice, *stored_outputs],
+            api_visibility="private",
+        )
+        stored_choice.input(stored, [stored_choice], stored_outputs, api_name="stored")
     return demo
 
 
@@ -213,8 +456,11 @@ def main() -> None:
     limits = service.Limits()
     service.configure_threads(CONCURRENCY)
     zoo_dir = Path(os.environ.get("ISSP_ZOO_DIR", ZOO_DIR))
-    # analysis/results.md describes the default zoo only; another zoo may carry its own.
-    results_path = RESULTS if zoo_dir.resolve() == ZOO_DIR.resolve() else zoo_dir / "results.md"
+    # analysis/results.md and analysis/telemetry/ describe the default zoo only; another
+    # zoo may carry its own.
+    default_zoo = zoo_dir.resolve() == ZOO_DIR.resolve()
+    results_path = RESULTS if default_zoo else zoo_dir / "results.md"
+    telemetry_dir = TELEMETRY_DIR if default_zoo else zoo_dir / "telemetry"
     with tempfile.TemporaryDirectory(prefix="issp-app-") as work:
         demo = build_app(
             service.ModelZoo(zoo_dir, capacity=MODEL_CACHE),
@@ -222,6 +468,7 @@ def main() -> None:
             results_path,
             service.make_examples(Path(work) / "examples"),
             service.ResultFolders(Path(work) / "results"),
+            telemetry_dir,
         )
         demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
         demo.launch(max_file_size=f"{limits.max_upload_mb}mb")

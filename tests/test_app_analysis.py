@@ -214,13 +214,13 @@ def test_stored_tab_without_telemetry_says_so(tmp_path):
     assert view.figures == (None,) * len(FIGURES)
 
 
-def test_stored_tab_draws_a_stored_pair(tmp_path):
-    for method in ("issp", "iht"):
-        write_stored_run(tmp_path, method, 0.9)
+def test_stored_tab_draws_a_stored_pair_with_its_dense_run(tmp_path):
+    for method, ratio in (("issp", 0.9), ("iht", 0.9), ("dense", 0.0)):
+        write_stored_run(tmp_path, method, ratio)
     assert live.stored_choices(tmp_path) == ["edsr-tiny x2, ratio 0.9"]
     view = live.stored_view(tmp_path, None)
     assert all(isinstance(f, go.Figure) for f in view.figures)
-    assert "Mask entries flipped" in view.status
+    assert "Mask entries flipped: ISS-P" in view.status and "dense 0" in view.status
     with pytest.raises(IsspError, match="no stored run"):
         live.stored_view(tmp_path, "edsr-tiny x4, ratio 0.5")
 

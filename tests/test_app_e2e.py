@@ -1,7 +1,10 @@
 """``python app.py`` driven through its API with gradio_client, as a user's script would."""
 
+import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -114,3 +117,38 @@ def test_evaluate_and_results_endpoints(client, image):
     _, provenance, manifest, _ = client.predict("ratio", "set5", api_name="/results")
     assert "python -m issp zoo build" in provenance
     assert manifest["data"], "the results tab lists the zoo's checkpoints"
+
+
+def test_live_comparison_runs_to_its_summary_and_data(client):
+    *figures, status, download = client.predict(
+        "edsr-tiny", 2, 0.9, 0.99, 10, 0, 0, [], api_name="/train_live"
+    )
+    assert status.startswith("**Finished** all 10 steps")
+    assert "Mask entries flipped: ISS-P" in status
+    assert len(figures) == 8 and all(figure["type"] == "plotly" for figure in figures)
+    data = json.loads(Path(download).read_text())
+    assert data["step"] == 10 and set(data["methods"]) == {"issp", "iht"}
+
+
+def test_a_live_run_stops_on_request(client):
+    job = client.submit("edsr-tiny", 2, 0.9, 0.99, 2000, 0, 0, [], api_name="/train_live")
+    deadline = time.monotonic() + 60
+    while not job.outputs() and not job.done():
+        assert time.monotonic() < deadline, "no snapshot within 60 s"
+        time.sleep(0.2)
+    # The client's session is the run's session, so this stops that run.
+    client.predict(api_name="/stop_live")
+    status = job.result(timeout=60)[-2]
+    assert status.startswith("**Stopped** at step")
+
+
+def test_live_requests_over_the_limits_are_refused(client):
+    with pytest.raises(Exception, match="at most 2000 steps"):
+        client.predict("edsr-tiny", 2, 0.9, 0.99, 5000, 0, 0, [], api_name="/train_live")
+    with pytest.raises(Exception, match="a sweep runs at most 2,000 steps in all"):
+        client.predict("edsr-tiny", 2, 0.9, 1000, 0, 0, [0.0, 0.99, 0.5], api_name="/alpha_sweep")
+
+
+def test_stored_dynamics_show_a_run_or_say_none_is_stored(client):
+    *_, status = client.predict(None, api_name="/stored_settings")
+    assert "No stored dynamics yet" in status or "Mask entries flipped" in status

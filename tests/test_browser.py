@@ -1,9 +1,11 @@
-"""The real page in headless Chromium: upload, move the slider, upscale, see the result.
+"""The real page in headless Chromium: upload, move the slider, upscale, see the result;
+start a live comparison, watch it update, replace it with another, stop that.
 
 Uses the system Chromium (Playwright's own browser download is not available here). If it
 is missing the tests are skipped with the install command as the reason.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -89,3 +91,28 @@ def test_a_broken_file_shows_the_library_message(page, tmp_path):
     page.locator("#run").click()
     toast = page.get_by_test_id("toast-text").filter(has_text="not a readable image")
     sync_api.expect(toast.first).to_be_visible(timeout=15000)
+
+
+def test_live_comparison_streams_plots_is_replaced_and_stops(page):
+    page.get_by_role("tab", name="Live comparison").click()
+    # Long enough to be still running when Stop is pressed on a slow machine.
+    page.locator("#live-steps input").fill("200")
+    page.locator("#live-train").click()
+    status = page.locator("#live-status")
+    sync_api.expect(status).to_contain_text("Running: step", timeout=60000)
+    step = re.search(r"step (\d+) of 200", status.inner_text())[1]
+    sync_api.expect(page.locator("#live-loss .js-plotly-plot")).to_be_visible(timeout=30000)
+    # The step counter advances as snapshots stream in.
+    sync_api.expect(status).not_to_contain_text(f"step {step} of 200", timeout=30000)
+    sync_api.expect(status).to_contain_text("Running: step")
+
+    # A second press stops the first run and starts the new one.
+    page.locator("#live-steps input").fill("150")
+    page.locator("#live-train").click()
+    sync_api.expect(status).to_contain_text("of 150", timeout=60000)
+
+    page.locator("#live-stop").click()
+    sync_api.expect(status).to_contain_text("Stopped at step", timeout=30000)
+    stopped = int(re.search(r"Stopped at step (\d+) of 150", status.inner_text())[1])
+    assert stopped < 150
+    sync_api.expect(page.locator("#live-download")).to_contain_text(".json")
