@@ -9,6 +9,7 @@ table from the checkpoints and writes it to ``analysis/results.md`` and the READ
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import platform
@@ -233,14 +234,19 @@ def build(
         record["train_seconds"] = round(time.time() - started, 1)
         if test is not None:
             record.update(evaluate_checkpoint(model, test, entry.scale))
-        manifest = load_manifest()
-        manifest["checkpoints"] = [
-            r for r in manifest["checkpoints"] if r["file"] != entry.file
-        ] + [record]
-        manifest["checkpoints"].sort(key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"]))
-        manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
-        manifest["alpha"] = ALPHA
-        _write_json(MANIFEST, manifest)
+        # Several builds may run side by side (one per core): update under a lock.
+        with open(MANIFEST.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = load_manifest()
+            manifest["checkpoints"] = [
+                r for r in manifest["checkpoints"] if r["file"] != entry.file
+            ] + [record]
+            manifest["checkpoints"].sort(
+                key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"])
+            )
+            manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
+            manifest["alpha"] = ALPHA
+            _write_json(MANIFEST, manifest)
         state = Path(f"{work}.state.pt")
         if state.exists():
             state.unlink()
