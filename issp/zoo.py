@@ -99,8 +99,9 @@ def zoo_plan() -> list[ZooEntry]:
     return plan
 
 
-def load_manifest(path: Path = MANIFEST) -> dict:
-    """The manifest, or an empty one if none was written yet."""
+def load_manifest(path: Path | None = None) -> dict:
+    """The manifest (default: the zoo's), or an empty one if none was written yet."""
+    path = path or MANIFEST
     if not path.exists():
         return {"checkpoints": []}
     return json.loads(path.read_text())

@@ -1,0 +1,117 @@
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from issp import IsspError, zoo
+from issp.cli import checkpoint_info
+from issp.evaluate import evaluate_folder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RECORDS = zoo.load_manifest()["checkpoints"]
+
+
+def test_plan_covers_both_methods_at_every_ratio_plus_dense():
+    plan = zoo.zoo_plan()
+    names = [entry.name for entry in plan]
+    assert len(names) == len(set(names)) == 11 + 11 + 5
+    x2 = [e for e in plan if (e.arch, e.scale) == ("edsr-tiny", 2)]
+    assert {(e.method, e.ratio) for e in x2 if e.method != "dense"} == {
+        (m, r) for m in ("issp", "iht") for r in zoo.RATIOS
+    }
+    assert plan[0].method == "dense"
+
+
+def test_find_entry_treats_ratio_zero_as_dense_and_lists_what_exists():
+    manifest = {"checkpoints": [{"arch": "a", "scale": 2, "method": "dense", "ratio": 0.0}]}
+    assert zoo.find_entry(manifest, "a", 2, "issp", 0)["method"] == "dense"
+    with pytest.raises(IsspError, match="available ratios: 0"):
+        zoo.find_entry(manifest, "a", 2, "issp", 0.9)
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """The zoo machinery pointed at tmp_path with a 4-step protocol."""
+    for name, sub in [("ZOO_DIR", "ckpt"), ("TELEMETRY_DIR", "tel"), ("WORK_DIR", "work")]:
+        monkeypatch.setattr(zoo, name, tmp_path / sub)
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.setattr(zoo, "MANIFEST", tmp_path / "ckpt" / "manifest.json")
+    protocol = {"steps": 4, "prune_steps": 2, "batch_size": 2, "patch": 16, "workers": 0}
+    monkeypatch.setattr(zoo, "PROTOCOLS", {("edsr-tiny", 2): protocol})
+    monkeypatch.setattr(zoo, "PLAN_RATIOS", {("edsr-tiny", 2): (0.5,)})
+    return tmp_path
+
+
+def test_build_records_each_checkpoint_once_and_loads_it_verified(tiny_zoo):
+    lines = []
+    zoo.build(None, None, log=lines.append)
+    manifest = json.loads((tiny_zoo / "ckpt" / "manifest.json").read_text())
+    assert sorted(r["file"] for r in manifest["checkpoints"]) == sorted(
+        e.file for e in zoo.zoo_plan()
+    )
+    assert len(list((tiny_zoo / "tel").glob("*.npz"))) == 3
+    zoo.build(None, None, log=lines.append)  # nothing left to do
+    assert sum("training" in line for line in lines) == 3
+    model, record = zoo.load_zoo_model("edsr-tiny", 2, "iht", 0.5, zoo_dir=tiny_zoo / "ckpt")
+    assert record["nonzeros"] < record["params"] and record["flops_sparse"] < record["flops_dense"]
+    path = tiny_zoo / "ckpt" / record["file"]
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(IsspError, match="sha256"):
+        zoo.load_zoo_model("edsr-tiny", 2, "iht", 0.5, zoo_dir=tiny_zoo / "ckpt")
+
+
+def test_results_markdown_has_a_row_per_model_and_provenance():
+    rows = [
+        {"arch": "edsr-tiny", "scale": 2, "method": "bicubic", "ratio": None, "nonzeros": None,
+         "flops_sparse": None, "set5": {"psnr": 33.67, "ssim": 0.93}},
+        {"arch": "edsr-tiny", "scale": 2, "method": "issp", "ratio": 0.9, "nonzeros": 12000,
+         "flops_sparse": 2.5e9, "set5": {"psnr": 36.1, "ssim": 0.95},
+         "set14": {"psnr": 32.0, "ssim": 0.9}},
+    ]  # fmt: skip
+    table = zoo.results_markdown(rows, "python -m issp zoo eval --data X")
+    assert "python -m issp zoo eval --data X" in table and "cores" in table
+    assert (
+        "| edsr-tiny x2 | issp | 0.9 | 36.10 | 0.9500 | 32.00 | 0.9000 | 12,000 | 2.50 |" in table
+    )
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r["file"] for r in RECORDS])
+def test_shipped_checkpoint_matches_manifest_sha_and_ratio(record):
+    path = zoo.ZOO_DIR / record["file"]
+    assert zoo.sha256(path) == record["sha256"]
+    info = checkpoint_info(path)
+    for layer in info["layers"]:
+        expected = math.ceil(record["ratio"] * layer["numel"])
+        assert abs((layer["numel"] - layer["nonzeros"]) - expected) <= 0.005 * layer["numel"]
+    assert info["nonzeros"] == record["nonzeros"]
+
+
+@pytest.mark.skipif(not (DATA / "test" / "Set5").is_dir(), reason="needs ../shared/data/test")
+@pytest.mark.parametrize("record", RECORDS, ids=[r["file"] for r in RECORDS])
+def test_shipped_checkpoint_reproduces_its_set5_psnr(record):
+    model, _ = zoo.load_zoo_model(
+        record["arch"], record["scale"], record["method"], record["ratio"]
+    )
+    psnr = evaluate_folder(model, DATA / "test" / "Set5", record["scale"])["psnr"]
+    assert psnr == pytest.approx(record["set5"]["psnr"], abs=0.02)
+
+
+def test_shipped_manifest_files_all_exist():
+    for record in RECORDS:
+        assert (zoo.ZOO_DIR / record["file"]).is_file(), record["file"]
+    shipped = {p.name for p in zoo.ZOO_DIR.glob("*.safetensors")}
+    assert shipped == {r["file"] for r in RECORDS}
+
+
+def test_copying_the_zoo_elsewhere_keeps_it_loadable(tmp_path):
+    if not RECORDS:
+        pytest.skip("no checkpoints shipped yet")
+    record = RECORDS[0]
+    shutil.copy(zoo.ZOO_DIR / record["file"], tmp_path)
+    shutil.copy(zoo.MANIFEST, tmp_path)
+    model, _ = zoo.load_zoo_model(
+        record["arch"], record["scale"], record["method"], record["ratio"], zoo_dir=tmp_path
+    )
+    assert model.scale == record["scale"]
