@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from issp import IsspError
+
+OUTPUT_FORMATS = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
 class Parser(argparse.ArgumentParser):
@@ -188,6 +191,9 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.data import load_image
     from issp.upscale import upscale_image
 
+    if args.output.suffix.lower() not in OUTPUT_FORMATS:
+        raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
+    image = load_image(args.input)
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, scale=args.scale)
         scale = int(meta["scale"])
@@ -198,12 +204,15 @@ def cmd_upscale(args: argparse.Namespace) -> None:
             raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
         model, _ = load_zoo_model(args.arch, args.scale, args.method, args.ratio)
         scale = args.scale
-    if args.output.suffix.lower() not in (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg"):
-        raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
-    image = load_image(args.input)
     result = upscale_image(model, image, scale, tile=args.tile)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    result.save(args.output)
+    # Save beside the target, then rename: a failed save never leaves a broken output.
+    partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
+    try:
+        result.save(partial)
+        os.replace(partial, args.output)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {args.output} ({result.width}x{result.height})")
 
 

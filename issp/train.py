@@ -257,7 +257,15 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def _save_state(path, config, model, optimizer, pruner, history, step) -> None:
+def _save_state(
+    path: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pruner: Pruner,
+    history: dict,
+    step: int,
+) -> None:
     state = {
         "config": dataclasses.asdict(config),
         "model": model.state_dict(),
