@@ -19,8 +19,9 @@ from PIL import Image
 
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
-from issp.pruning import prunable_weights, smallest_mask
-from issp.zoo import ROOT, ZOO_DIR, load_manifest
+from issp.pruning import Pruner, prunable_weights, smallest_mask
+from issp.train import save_telemetry
+from issp.zoo import ROOT, ZOO_DIR, ZooEntry, load_manifest
 
 FAKE_RATIOS = (0.5, 0.9)
 
@@ -178,3 +179,16 @@ def app_server(fake_zoo, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def write_stored_run(folder: Path, method: str, ratio: float, steps: int = 5) -> None:
+    """Store a few steps of real pruner telemetry as the zoo would (for the stored tabs)."""
+    torch.manual_seed(0)
+    model = build_model("edsr-tiny", 2)
+    pruner = Pruner(model, method, ratio, prune_steps=3, alpha=0.99)
+    history = {"loss": [], "val_steps": [steps], "val_psnr": [30.0]}
+    for _ in range(steps):
+        model(torch.rand(1, 3, 8, 8)).abs().mean().backward()
+        pruner.step()
+        history["loss"].append(0.1)
+    save_telemetry(folder / f"{ZooEntry('edsr-tiny', 2, method, ratio).name}.npz", pruner, history)

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from conftest import photo
+from conftest import photo, write_stored_run
 
 from analysis.lockstep import (
     MAX_STEPS,
@@ -23,10 +23,6 @@ from analysis.plots import FIGURES, MAX_POINTS, binned, save_figures
 from analysis.stored import list_stored, load_stored, stored_pairs
 from issp import IsspError
 from issp.cli import main
-from issp.models import build_model
-from issp.pruning import Pruner
-from issp.train import save_telemetry
-from issp.zoo import ZooEntry
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -183,18 +179,6 @@ def test_alpha_sweep_yields_a_growing_table_and_alpha_zero_is_iht(images):
     assert all(math.isfinite(row["psnr"]) for row in tables[-1])
     with pytest.raises(IsspError):
         next(alpha_sweep(tiny(images), [1.5]))
-
-
-def write_stored_run(folder, method: str, ratio: float, steps: int = 5) -> None:
-    torch.manual_seed(0)
-    model = build_model("edsr-tiny", 2)
-    pruner = Pruner(model, method, ratio, prune_steps=3, alpha=0.99)
-    history = {"loss": [], "val_steps": [steps], "val_psnr": [30.0]}
-    for _ in range(steps):
-        model(torch.rand(1, 3, 8, 8)).abs().mean().backward()
-        pruner.step()
-        history["loss"].append(0.1)
-    save_telemetry(folder / f"{ZooEntry('edsr-tiny', 2, method, ratio).name}.npz", pruner, history)
 
 
 def test_stored_runs_load_as_a_pair_and_plot(tmp_path):

@@ -7,8 +7,7 @@ import time
 import plotly.graph_objects as go
 import pytest
 import torch
-from conftest import photo
-from test_analysis import write_stored_run
+from conftest import photo, write_stored_run
 
 from analysis import live
 from analysis.lockstep import MAX_STEPS, LockstepConfig
