@@ -27,11 +27,10 @@ import torch
 from torch import nn
 
 from issp import IsspError
-from issp.data import PatchDataset
 from issp.evaluate import Pair, evaluate_arrays, validation_crops
 from issp.models import build_model
 from issp.pruning import TELEMETRY_KEYS, Pruner
-from issp.train import TrainConfig, batch_loader, cosine_lr, training_images
+from issp.train import TrainConfig, batch_loader, cosine_lr, patch_dataset, training_images
 
 MAX_STEPS = 2000
 LOCKSTEP_METHODS = ("issp", "iht", "dense", "gmp")
@@ -230,13 +229,7 @@ def _lockstep(
     train_config = config.train_config()
     kp = train_config.kp
     train_paths, val_paths, _ = training_images(train_config)
-    dataset = PatchDataset(
-        train_paths,
-        config.scale,
-        hr_patch=config.patch * config.scale,
-        epoch_size=config.steps * config.batch_size,
-        seed=config.seed,
-    )
+    dataset = patch_dataset(train_config, train_paths)
     val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)

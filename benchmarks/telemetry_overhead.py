@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from analysis.lockstep import LockstepConfig, run_lockstep
-from issp.data import PatchDataset
 from issp.models import build_model
 from issp.pruning import Pruner
-from issp.train import TrainConfig, batch_loader, training_images
+from issp.train import TrainConfig, batch_loader, patch_dataset, training_images
 
 
 def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float]:
@@ -40,13 +39,7 @@ def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float
     recording costs.
     """
     train_paths, _, _ = training_images(config)
-    dataset = PatchDataset(
-        train_paths,
-        config.scale,
-        hr_patch=config.patch * config.scale,
-        epoch_size=config.steps * config.batch_size,
-        seed=config.seed,
-    )
+    dataset = patch_dataset(config, train_paths)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
     runs = {}

@@ -86,6 +86,17 @@ def training_images(config: TrainConfig) -> tuple[list[Path], list[Path], str]:
     return train, val, source
 
 
+def patch_dataset(config: TrainConfig, paths: list[Path], world: int = 1) -> PatchDataset:
+    """The training patches of ``config``: enough indices for every step on every rank."""
+    return PatchDataset(
+        paths,
+        config.scale,
+        hr_patch=config.patch * config.scale,
+        epoch_size=config.steps * config.batch_size * world,
+        seed=config.seed,
+    )
+
+
 def batch_loader(
     dataset: PatchDataset, config: TrainConfig, start: int, rank: int, world: int
 ) -> DataLoader:
@@ -174,13 +185,7 @@ def train(
         history = {k: list(v) for k, v in state["history"].items()}
         start = state["step"]
     train_paths, val_paths, source = training_images(config)
-    dataset = PatchDataset(
-        train_paths,
-        config.scale,
-        hr_patch=config.patch * config.scale,
-        epoch_size=config.steps * config.batch_size * world,
-        seed=config.seed,
-    )
+    dataset = patch_dataset(config, train_paths, world)
     val_set = validation_crops(val_paths, config.scale)
     net = model
     if world > 1:
