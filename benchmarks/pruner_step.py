@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.nn.utils import prune
 
 from issp.models import build_model
 from issp.pruning import Pruner
+from issp.zoo import machine_description
 
 
 def seconds_per_call(fn, repeats: int) -> float:
