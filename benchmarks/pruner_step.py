@@ -90,10 +90,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, torch threads "
-        f"{torch.get_num_threads()}, torch {torch.__version__}; ratio {args.ratio}"
-    )
+    print(f"machine: {machine_description()}, {torch.get_num_threads()} torch threads")
+    print(f"ISS-P selection at ratio {args.ratio}; times are means over {args.repeats} calls")
     for preset, batch, patch in (("edsr-tiny", 16, 48), ("edsr-baseline", 16, 48)):
         params = sum(p.numel() for p in build_model(preset, 2).parameters())
         print(f"\n{preset} x2 ({params:,} parameters), batch {batch}, LR patch {patch}")
