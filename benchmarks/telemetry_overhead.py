@@ -28,6 +28,7 @@ from analysis.lockstep import LockstepConfig, run_lockstep
 from issp.models import build_model
 from issp.pruning import Pruner
 from issp.train import TrainConfig, batch_loader, patch_dataset, training_images
+from issp.zoo import machine_description
 
 
 def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float]:
@@ -98,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}")
+    print(f"machine: {machine_description()}, load average {os.getloadavg()}")
 
     defaults = LockstepConfig()
     # The zoo's batches, and the live comparison's smaller ones where recording weighs more.
