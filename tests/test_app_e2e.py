@@ -7,10 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import bad_file, photo
 from gradio_client import Client, handle_file
 from PIL import Image
+
+from issp import IsspError
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +155,29 @@ def test_live_requests_over_the_limits_are_refused(client):
 def test_stored_dynamics_show_a_run_or_say_none_is_stored(client):
     *_, status = client.predict(None, api_name="/stored_settings")
     assert "No stored dynamics yet" in status or "Mask entries flipped" in status
+
+
+SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "test" / "Set5"
+
+
+def test_real_iss_p_model_beats_bicubic_on_a_downscaled_set5_image(app_server, client, tmp_path):
+    from issp.data import bicubic_resize, load_image, make_lr, modcrop, to_rgb_array
+    from issp.metrics import psnr
+    from issp.zoo import find_entry, load_manifest
+
+    url, zoo_dir = app_server
+    try:
+        find_entry(load_manifest(zoo_dir / "manifest.json"), "edsr-tiny", 2, "issp", 0.9)
+    except IsspError:
+        pytest.skip("the zoo has no trained ISS-P x2 checkpoint at ratio 0.9 yet")
+    if not SET5.is_dir():
+        pytest.skip("needs ../shared/data/test/Set5")
+    hr = modcrop(to_rgb_array(load_image(SET5 / "butterfly.png")), 2)
+    lr = make_lr(hr, 2)
+    Image.fromarray(lr).save(tmp_path / "lr.png")
+    png, _, summary = upscale(client, str(tmp_path / "lr.png"), 2, 0.9, "ISS-P")
+    assert "issp_r0.9" in summary
+    model_psnr = psnr(np.asarray(Image.open(png).convert("RGB")), hr, crop_border=2)
+    bicubic = bicubic_resize(lr, (hr.shape[1], hr.shape[0]))
+    bicubic_psnr = psnr(bicubic, hr, crop_border=2)
+    assert model_psnr > bicubic_psnr + 0.5
