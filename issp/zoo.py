@@ -23,9 +23,9 @@ from torch import nn
 
 from issp import IsspError
 from issp.checkpoint import load_checkpoint, sha256
-from issp.evaluate import evaluate_folder
+from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.models import model_summary
-from issp.train import TrainConfig, telemetry_path, train
+from issp.train import TrainConfig, telemetry_path, train, training_images
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_DIR = ROOT / "checkpoints"
@@ -80,7 +80,9 @@ class ZooEntry:
             scale=self.scale,
             method=self.method,
             ratio=self.ratio,
-            alpha=ALPHA,
+            # alpha only matters to ISS-P; the other methods keep the default so that a
+            # new sweep result does not invalidate their half-trained states.
+            alpha=ALPHA if self.method == "issp" else TrainConfig.alpha,
             data=data,
             device=device,
             seed=0,
@@ -246,7 +248,6 @@ def build(
                 key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"])
             )
             manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
-            manifest["alpha"] = ALPHA
             _write_json(MANIFEST, manifest)
         state = Path(f"{work}.state.pt")
         if state.exists():
@@ -278,7 +279,7 @@ def sweep_alpha(
         config = dataclasses.replace(
             base,
             method=method,
-            alpha=alpha or base.alpha,
+            alpha=alpha if alpha is not None else TrainConfig.alpha,
             steps=steps,
             prune_steps=int(0.6 * steps),
             val_every=steps,
@@ -297,6 +298,9 @@ def sweep_alpha(
         "| run | validation PSNR (dB) | mask flips (all layers, all steps) |",
         "|---|---|---|",
     ]
+    _, val_paths, _ = training_images(base)
+    bicubic = evaluate_arrays(None, validation_crops(val_paths, base.scale), base.scale)["psnr"]
+    lines.append(f"| bicubic (reference) | {bicubic:.3f} | |")
     lines += [f"| {label} | {psnr:.3f} | {flips:,.0f} |" for label, psnr, flips in rows]
     table = "\n".join(lines) + "\n"
     SWEEP.write_text(table)
