@@ -29,8 +29,15 @@ from torch import nn
 from issp import IsspError
 from issp.evaluate import Pair, evaluate_arrays, validation_crops
 from issp.models import build_model
-from issp.pruning import TELEMETRY_KEYS, Pruner
-from issp.train import TrainConfig, batch_loader, cosine_lr, patch_dataset, training_images
+from issp.pruning import TELEMETRY_KEYS
+from issp.train import (
+    TrainConfig,
+    batch_loader,
+    cosine_lr,
+    make_pruner,
+    patch_dataset,
+    training_images,
+)
 
 MAX_STEPS = 2000
 LOCKSTEP_METHODS = ("issp", "iht", "dense", "gmp")
@@ -148,19 +155,11 @@ class Dynamics:
 class _Run:
     """One method's model, optimizer and pruner inside a lockstep comparison."""
 
-    def __init__(self, method: str, model: nn.Module, config: LockstepConfig, kp: int) -> None:
+    def __init__(self, method: str, model: nn.Module, config: TrainConfig) -> None:
         self.method = method
         self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        self.pruner = Pruner(
-            model,
-            method,
-            config.ratio,
-            prune_steps=kp,
-            alpha=config.alpha,
-            optimizer=self.optimizer,
-            seed=config.seed,
-        )
+        self.pruner = make_pruner(config, model, self.optimizer, method=method)
         self.loss: list[float] = []
         self.psnr_steps: list[int] = []
         self.psnr: list[float] = []
@@ -233,7 +232,7 @@ def _lockstep(
     val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
-    runs = [_Run(method, copy.deepcopy(initial), config, kp) for method in config.methods]
+    runs = [_Run(method, copy.deepcopy(initial), train_config) for method in config.methods]
     layers = runs[0].pruner.names
     n_weights = sum(w.numel() for w in runs[0].pruner.weights.values())
     generator = torch.Generator().manual_seed(config.seed)

@@ -26,8 +26,7 @@ from torch import nn
 
 from analysis.lockstep import LockstepConfig, run_lockstep
 from issp.models import build_model
-from issp.pruning import Pruner
-from issp.train import TrainConfig, batch_loader, patch_dataset, training_images
+from issp.train import TrainConfig, batch_loader, make_pruner, patch_dataset, training_images
 from issp.zoo import machine_description
 
 
@@ -47,15 +46,7 @@ def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float
     for name, telemetry in (("on", True), ("off", False)):
         model = copy.deepcopy(initial)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        pruner = Pruner(
-            model,
-            config.method,
-            config.ratio,
-            prune_steps=config.kp,
-            alpha=config.alpha,
-            optimizer=optimizer,
-            telemetry=telemetry,
-        )
+        pruner = make_pruner(config, model, optimizer, telemetry=telemetry)
         runs[name] = (model, optimizer, pruner)
     times: dict[str, list[float]] = {"on": [], "off": [], "pruner_on": [], "pruner_off": []}
     for step, (lr_batch, hr_batch) in enumerate(batch_loader(dataset, config, 0, 0, 1)):

@@ -86,6 +86,27 @@ def training_images(config: TrainConfig) -> tuple[list[Path], list[Path], str]:
     return train, val, source
 
 
+def make_pruner(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: str | None = None,
+    telemetry: bool = True,
+) -> Pruner:
+    """The pruner of ``config`` (or of another ``method`` with the same settings)."""
+    return Pruner(
+        model,
+        method or config.method,
+        config.ratio,
+        prune_steps=config.kp,
+        alpha=config.alpha,
+        scope=config.scope,
+        optimizer=optimizer,
+        seed=config.seed,
+        telemetry=telemetry,
+    )
+
+
 def patch_dataset(config: TrainConfig, paths: list[Path], world: int = 1) -> PatchDataset:
     """The training patches of ``config``: enough indices for every step on every rank."""
     return PatchDataset(
@@ -161,16 +182,7 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.scale).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    pruner = Pruner(
-        model,
-        config.method,
-        config.ratio,
-        prune_steps=config.kp,
-        alpha=config.alpha,
-        scope=config.scope,
-        optimizer=optimizer,
-        seed=config.seed,
-    )
+    pruner = make_pruner(config, model, optimizer)
     history = {"loss": [], "val_steps": [], "val_psnr": []}
     start = 0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
