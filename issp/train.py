@@ -189,7 +189,7 @@ def train(
     saved = state_path(out)
     if resume and saved.exists():
         state = torch.load(saved, map_location=device, weights_only=True)
-        if state["config"] != dataclasses.asdict(config):
+        if _result_settings(state["config"]) != _result_settings(dataclasses.asdict(config)):
             raise IsspError(f"{saved} was made with other settings; remove it or drop --resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -262,6 +262,12 @@ def train(
     if world > 1:
         dist.barrier()
     return history
+
+
+def _result_settings(settings: dict) -> dict:
+    """The settings that change what a run computes: a run may resume on another device or
+    with another worker count, not with another ratio or schedule."""
+    return {k: v for k, v in settings.items() if k not in ("device", "workers", "save_every")}
 
 
 def _last(values: list[float]) -> str:
