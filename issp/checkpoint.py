@@ -22,7 +22,7 @@ from torch import nn
 
 import issp
 from issp import IsspError
-from issp.models import build_from_args, build_model
+from issp.models import build_from_args, build_model, model_summary
 
 FORMAT = "issp-sparse-v1"
 # Keys whose metadata values are JSON rather than plain strings.
@@ -156,3 +156,29 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checkpoint_info(path: str | Path, size: int = 256) -> dict:
+    """Parameters, non-zeros, per-layer sparsity and FLOPs of a checkpoint."""
+    model, meta = load_checkpoint(path)
+    params = dict(model.named_parameters())
+    layers = [
+        {
+            "name": name,
+            "numel": params[name].numel(),
+            "nonzeros": int(torch.count_nonzero(params[name])),
+        }
+        for name in meta["pruned_layers"]
+    ]
+    summary = model_summary(model, (size, size))
+    return {
+        "checkpoint": str(path),
+        "preset": meta["preset"],
+        "scale": int(meta["scale"]),
+        "method": meta["method"],
+        "ratio": float(meta["ratio"]),
+        "alpha": float(meta["alpha"]),
+        "input_size": [size, size],
+        **summary,
+        "layers": layers,
+    }

@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from issp import IsspError
 
 OUTPUT_FORMATS = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
@@ -120,6 +118,10 @@ def build_parser() -> Parser:
     sweep.add_argument("--device", default="cpu")
     table = zoo_commands.add_parser("eval", help="recompute the results table")
     table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
+    verify = zoo_commands.add_parser(
+        "verify", help="check every manifest entry: file, sha256, sparsity, Set5 PSNR"
+    )
+    verify.add_argument("--data", type=_existing, help="folder with Set5/ (PSNR check)")
 
     # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
     analyze = commands.add_parser(
@@ -216,36 +218,9 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({result.width}x{result.height})")
 
 
-def checkpoint_info(path: str | Path, size: int = 256) -> dict:
-    """Parameters, non-zeros, per-layer sparsity and FLOPs of a checkpoint."""
-    from issp.checkpoint import load_checkpoint
-    from issp.models import model_summary
-
-    model, meta = load_checkpoint(path)
-    params = dict(model.named_parameters())
-    layers = [
-        {
-            "name": name,
-            "numel": params[name].numel(),
-            "nonzeros": int(torch.count_nonzero(params[name])),
-        }
-        for name in meta["pruned_layers"]
-    ]
-    summary = model_summary(model, (size, size))
-    return {
-        "checkpoint": str(path),
-        "preset": meta["preset"],
-        "scale": int(meta["scale"]),
-        "method": meta["method"],
-        "ratio": float(meta["ratio"]),
-        "alpha": float(meta["alpha"]),
-        "input_size": [size, size],
-        **summary,
-        "layers": layers,
-    }
-
-
 def cmd_info(args: argparse.Namespace) -> None:
+    from issp.checkpoint import checkpoint_info
+
     info = checkpoint_info(args.checkpoint, args.size)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -266,7 +241,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{layer['name']:40s} {layer['numel']:8d} {layer['nonzeros']:9d} {sparsity:9.2%}")
 
 
-def cmd_zoo(args: argparse.Namespace) -> None:
+def cmd_zoo(args: argparse.Namespace) -> int | None:
     from issp import zoo
 
     if args.zoo_command == "build":
@@ -277,10 +252,30 @@ def cmd_zoo(args: argparse.Namespace) -> None:
         data = str(args.data) if args.data else None
         print(zoo.sweep_alpha(data, steps=args.steps, device=args.device))
         return
+    if args.zoo_command == "verify":
+        rows = zoo.verify_zoo(args.data)
+        for row in rows:
+            print(_verify_line(row))
+        failed = sum(not row["ok"] for row in rows)
+        print(f"{len(rows) - failed} of {len(rows)} checkpoints verified")
+        return 1 if failed else 0
     rows = zoo.evaluate_zoo(args.data)
     table = zoo.results_markdown(rows, f"python -m issp zoo eval --data {args.data}")
     zoo.write_results(table)
     print(table)
+
+
+def _verify_line(row: dict) -> str:
+    if not row["exists"]:
+        return f"FAIL {row['file']}: missing"
+    if not row["sha256_ok"]:
+        return f"FAIL {row['file']}: sha256 MISMATCH"
+    parts = ["sha256 ok", f"worst layer sparsity off by {row['sparsity_error']:.2%}"]
+    if "set5_psnr" in row:
+        recorded = row["set5_manifest"]
+        recorded = "none" if recorded is None else f"{recorded:.2f}"
+        parts.append(f"Set5 {row['set5_psnr']:.2f} dB (manifest {recorded})")
+    return f"{'ok  ' if row['ok'] else 'FAIL'} {row['file']}: " + ", ".join(parts)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -342,17 +337,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (2 for user errors)."""
+    """Run the CLI; returns the exit code (2 for user errors, 1 for a failed check)."""
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except IsspError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 def main_entry() -> None:

@@ -3,10 +3,13 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from issp import IsspError, zoo
-from issp.cli import checkpoint_info
+from issp.checkpoint import checkpoint_info
+from issp.cli import main
 from issp.evaluate import evaluate_folder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -115,3 +118,50 @@ def test_copying_the_zoo_elsewhere_keeps_it_loadable(tmp_path):
         record["arch"], record["scale"], record["method"], record["ratio"], zoo_dir=tmp_path
     )
     assert model.scale == record["scale"]
+
+
+def test_zoo_verify_passes_a_fresh_build_and_names_what_fails(tiny_zoo, capsys):
+    rng = np.random.default_rng(0)
+    set5 = tiny_zoo / "test" / "Set5"
+    set5.mkdir(parents=True)
+    for i in range(2):
+        smooth = rng.random((5, 5, 3)).repeat(8, 0).repeat(8, 1)
+        Image.fromarray((smooth * 255).astype(np.uint8)).save(set5 / f"{i}.png")
+    zoo.build(None, tiny_zoo / "test", log=lambda line: None)
+    assert main(["zoo", "verify", "--data", str(tiny_zoo / "test")]) == 0
+    assert "3 of 3 checkpoints verified" in capsys.readouterr().out
+
+    manifest = json.loads(zoo.MANIFEST.read_text())
+    manifest["checkpoints"][0]["set5"]["psnr"] += 0.05
+    zoo.MANIFEST.write_text(json.dumps(manifest))
+    broken = zoo.ZOO_DIR / manifest["checkpoints"][1]["file"]
+    broken.write_bytes(broken.read_bytes()[:-1] + b"\0")
+    assert main(["zoo", "verify", "--data", str(tiny_zoo / "test")]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {manifest['checkpoints'][0]['file']}: sha256 ok" in out
+    assert f"FAIL {broken.name}: sha256 MISMATCH" in out
+    assert "1 of 3 checkpoints verified" in out
+
+
+def test_zoo_eval_keeps_a_record_that_a_parallel_build_adds_meanwhile(tiny_zoo, monkeypatch):
+    zoo.build(None, None, log=lambda line: None)
+    late = {"file": "late.safetensors", "arch": "edsr-tiny", "scale": 2, "method": "iht"}
+    evaluate = zoo.evaluate_checkpoint
+
+    def evaluate_while_a_build_finishes(model, test, scale):
+        manifest = json.loads(zoo.MANIFEST.read_text())
+        if all(r["file"] != late["file"] for r in manifest["checkpoints"]):
+            manifest["checkpoints"].append({**late, "ratio": 0.75, "sha256": "0"})
+            zoo.MANIFEST.write_text(json.dumps(manifest))
+        return (
+            {"set5": {"psnr": 30.0, "ssim": 0.9}}
+            if model is not None
+            else evaluate(model, test, scale)
+        )
+
+    monkeypatch.setattr(zoo, "evaluate_checkpoint", evaluate_while_a_build_finishes)
+    rows = zoo.evaluate_zoo(tiny_zoo)
+    assert [r["method"] for r in rows] == ["bicubic", "dense", "iht", "issp"]
+    records = json.loads(zoo.MANIFEST.read_text())["checkpoints"]
+    assert "late.safetensors" in {r["file"] for r in records}
+    assert all(r["set5"]["psnr"] == 30.0 for r in records if r["file"] != "late.safetensors")
