@@ -240,38 +240,63 @@ def build(
     for entry in zoo_plan():
         if only and only not in entry.name:
             continue
-        manifest = load_manifest()
-        final = ZOO_DIR / entry.file
-        done = [r for r in manifest["checkpoints"] if r["file"] == entry.file]
-        if done and final.exists() and sha256(final) == done[0]["sha256"]:
+        if _is_built(entry):
             continue
-        log(f"[{time.strftime('%H:%M:%S')}] training {entry.name}")
-        started = time.time()
         work = WORK_DIR / entry.file
-        train(entry.config(data, device), work, resume=True)
-        model, meta = load_checkpoint(work)
-        os.replace(work, final)
-        os.replace(telemetry_path(work), TELEMETRY_DIR / f"{entry.name}.npz")
-        record = _record(entry, final, model, meta)
-        record["train_seconds"] = round(time.time() - started, 1)
-        if test is not None:
-            record.update(evaluate_checkpoint(model, test, entry.scale))
-        with _manifest_for_update() as manifest:
-            manifest["checkpoints"] = [
-                r for r in manifest["checkpoints"] if r["file"] != entry.file
-            ] + [record]
-            manifest["checkpoints"].sort(
-                key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"])
-            )
-            manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
-        state = Path(f"{work}.state.pt")
-        if state.exists():
-            state.unlink()
-        psnr = record.get("set5", {}).get("psnr")
-        log(
-            f"[{time.strftime('%H:%M:%S')}] done {entry.name} in {record['train_seconds']:.0f} s"
-            + (f", Set5 {psnr:.2f} dB" if psnr else "")
-        )
+        with _claim(work) as claimed:
+            if not claimed:
+                log(f"[{time.strftime('%H:%M:%S')}] skipping {entry.name}: another build has it")
+            elif not _is_built(entry):  # another build may have finished it meanwhile
+                _train_entry(entry, work, data, test, device, log)
+
+
+def _is_built(entry: ZooEntry) -> bool:
+    final = ZOO_DIR / entry.file
+    done = [r for r in load_manifest()["checkpoints"] if r["file"] == entry.file]
+    return bool(done) and final.exists() and sha256(final) == done[0]["sha256"]
+
+
+@contextlib.contextmanager
+def _claim(work: Path):
+    """Hold a lock on one zoo entry, so that builds running side by side split the plan."""
+    with open(work.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _train_entry(
+    entry: ZooEntry, work: Path, data: str | None, test: Path | None, device: str, log
+) -> None:
+    """Train (or resume) one entry, then move it into the zoo and record it."""
+    final = ZOO_DIR / entry.file
+    log(f"[{time.strftime('%H:%M:%S')}] training {entry.name}")
+    started = time.time()
+    train(entry.config(data, device), work, resume=True)
+    model, meta = load_checkpoint(work)
+    os.replace(work, final)
+    os.replace(telemetry_path(work), TELEMETRY_DIR / f"{entry.name}.npz")
+    record = _record(entry, final, model, meta)
+    record["train_seconds"] = round(time.time() - started, 1)
+    if test is not None:
+        record.update(evaluate_checkpoint(model, test, entry.scale))
+    with _manifest_for_update() as manifest:
+        manifest["checkpoints"] = [
+            r for r in manifest["checkpoints"] if r["file"] != entry.file
+        ] + [record]
+        manifest["checkpoints"].sort(key=lambda r: (r["arch"], r["scale"], r["method"], r["ratio"]))
+        manifest["protocols"] = {f"{a} x{s}": p for (a, s), p in PROTOCOLS.items()}
+    state = Path(f"{work}.state.pt")
+    if state.exists():
+        state.unlink()
+    psnr = record.get("set5", {}).get("psnr")
+    log(
+        f"[{time.strftime('%H:%M:%S')}] done {entry.name} in {record['train_seconds']:.0f} s"
+        + (f", Set5 {psnr:.2f} dB" if psnr else "")
+    )
 
 
 SWEEP = ROOT / "analysis" / "alpha_sweep.md"

@@ -165,3 +165,15 @@ def test_zoo_eval_keeps_a_record_that_a_parallel_build_adds_meanwhile(tiny_zoo, 
     records = json.loads(zoo.MANIFEST.read_text())["checkpoints"]
     assert "late.safetensors" in {r["file"] for r in records}
     assert all(r["set5"]["psnr"] == 30.0 for r in records if r["file"] != "late.safetensors")
+
+
+def test_builds_side_by_side_split_the_plan_instead_of_training_twice(tiny_zoo):
+    zoo.WORK_DIR.mkdir(parents=True)
+    taken = zoo.zoo_plan()[0]
+    lines = []
+    with zoo._claim(zoo.WORK_DIR / taken.file) as claimed:
+        assert claimed
+        zoo.build(None, None, log=lines.append)
+    assert f"skipping {taken.name}: another build has it" in lines[0]
+    built = {r["file"] for r in zoo.load_manifest()["checkpoints"]}
+    assert built == {e.file for e in zoo.zoo_plan()} - {taken.file}
