@@ -442,7 +442,37 @@ def results_markdown(rows: list[dict], command: str) -> str:
             f"| {set14.get('psnr', float('nan')):.2f} | {set14.get('ssim', float('nan')):.4f} "
             f"| {nonzeros} | {flops} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _comparison_lines(rows)) + "\n"
+
+
+def _comparison_lines(rows: list[dict]) -> list[str]:
+    """ISS-P minus IHT, and ISS-P minus dense, at every ratio where both were trained."""
+    by_key = {(r["arch"], r["scale"], r["method"], r["ratio"]): r for r in rows}
+    dense = {(r["arch"], r["scale"]): r for r in rows if r["method"] == "dense"}
+
+    def difference(a: dict | None, b: dict | None, test_set: str) -> str:
+        if a is None or b is None or test_set not in a or test_set not in b:
+            return ""
+        return f"{a[test_set]['psnr'] - b[test_set]['psnr']:+.2f}"
+
+    lines = []
+    for arch, scale, method, ratio in sorted(k for k in by_key if k[2] == "issp"):
+        issp, iht = by_key[(arch, scale, method, ratio)], by_key.get((arch, scale, "iht", ratio))
+        cells = [difference(issp, iht, s) for s in SCORE_KEYS]
+        cells += [difference(issp, dense.get((arch, scale)), s) for s in SCORE_KEYS]
+        if any(cells):
+            lines.append(f"| {arch} x{scale} | {ratio:g} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "",
+        "ISS-P minus IHT and ISS-P minus dense at each ratio (PSNR, dB; positive means ISS-P "
+        "is higher):",
+        "",
+        "| model | ratio | vs IHT, Set5 | vs IHT, Set14 | vs dense, Set5 | vs dense, Set14 |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ]
 
 
 def write_results(table: str) -> None:

@@ -78,6 +78,22 @@ def test_results_markdown_has_a_row_per_model_and_provenance():
     assert (
         "| edsr-tiny x2 | issp | 0.9 | 36.10 | 0.9500 | 32.00 | 0.9000 | 12,000 | 2.50 |" in table
     )
+    assert "vs IHT" not in table  # nothing to compare without an IHT row
+
+
+def test_results_markdown_compares_issp_with_iht_and_dense_at_each_ratio():
+    def row(method, ratio, set5, set14=None):
+        scores = {"set5": {"psnr": set5, "ssim": 0.9}}
+        if set14 is not None:
+            scores["set14"] = {"psnr": set14, "ssim": 0.9}
+        return {"arch": "edsr-tiny", "scale": 2, "method": method, "ratio": ratio,
+                "nonzeros": 1, "flops_sparse": 1.0, **scores}  # fmt: skip
+
+    rows = [row("dense", 0.0, 36.5, 32.3), row("iht", 0.9, 35.0, 31.3),
+            row("issp", 0.9, 35.3, 31.2), row("issp", 0.99, 34.0)]  # fmt: skip
+    table = zoo.results_markdown(rows, "cmd")
+    assert "| edsr-tiny x2 | 0.9 | +0.30 | -0.10 | -1.20 | -1.10 |" in table
+    assert "| edsr-tiny x2 | 0.99 |  |  | -2.50 |  |" in table
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=[r["file"] for r in RECORDS])
