@@ -261,6 +261,8 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
         return 1 if failed else 0
     rows = zoo.evaluate_zoo(args.data)
     table = zoo.results_markdown(rows, f"python -m issp zoo eval --data {args.data}")
+    dynamics = zoo.dynamics_markdown(rows)
+    table += f"\n{dynamics}" if dynamics else ""
     zoo.write_results(table)
     print(table)
 

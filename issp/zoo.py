@@ -475,6 +475,51 @@ def _comparison_lines(rows: list[dict]) -> list[str]:
     ]
 
 
+def dynamics_markdown(rows: list[dict], telemetry_dir: Path | None = None) -> str:
+    """What each sparse run's stored telemetry says about its mask during pruning.
+
+    Mask flips are counted over the pruning stage (steps before Kp) and over its last
+    fifth; the magnitude ratio is mean |w| of the selected (shrunk or zeroed) weights over
+    mean |w| of the kept ones on the last pruning step, averaged over layers: near 0 means
+    freezing the mask at Kp changes little, near 1 means it removes weights still in use.
+    """
+    telemetry_dir = TELEMETRY_DIR if telemetry_dir is None else telemetry_dir
+    lines = []
+    for row in rows:
+        path = telemetry_dir / f"{Path(row.get('file', '')).stem}.npz"
+        if row["method"] not in ("issp", "iht") or not path.is_file():
+            continue
+        with np.load(path) as telemetry:
+            flips = telemetry["flips"].sum(axis=1)
+            kept, selected = telemetry["kept_abs"], telemetry["selected_abs"]
+        # Row t - 1 is step t; the pruning stage is steps 1 .. Kp - 1, the freeze is step Kp.
+        last = int(row["prune_steps"]) - 1
+        late = flips[last - max(last // 5, 1) : last].sum()
+        ratio = float(np.mean(selected[last - 1] / np.maximum(kept[last - 1], 1e-12)))
+        alpha = "" if row.get("alpha") is None else f"{row['alpha']:g}"
+        lines.append(
+            f"| {row['arch']} x{row['scale']} | {row['method']} | {alpha} | {row['ratio']:g} "
+            f"| {flips[:last].sum():,.0f} | {late:,.0f} | {ratio:.4f} |"
+        )
+    if not lines:
+        return ""
+    return (
+        "\n".join(
+            [
+                "Mask dynamics from the stored telemetry (`analysis/telemetry/`): mask flips over "
+                "the pruning stage and over its last fifth, and mean |w| of the selected weights "
+                "over mean |w| of the kept ones on the last pruning step.",
+                "",
+                "| model | method | alpha | ratio | flips before Kp | flips, last fifth "
+                "| selected/kept |w| at Kp |",
+                "|---|---|---|---|---|---|---|",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
+
+
 def write_results(table: str) -> None:
     """Store the table in analysis/results.md and between the README's markers."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

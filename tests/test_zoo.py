@@ -193,3 +193,24 @@ def test_builds_side_by_side_split_the_plan_instead_of_training_twice(tiny_zoo):
     assert f"skipping {taken.name}: another build has it" in lines[0]
     built = {r["file"] for r in zoo.load_manifest()["checkpoints"]}
     assert built == {e.file for e in zoo.zoo_plan()} - {taken.file}
+
+
+def test_dynamics_table_counts_flips_before_kp_and_the_magnitude_gap(tmp_path):
+    steps, kp = 10, 6  # pruning stage: steps 1..5 (rows 0..4); the freeze is row 5
+    flips = np.zeros((steps, 2), np.float32)
+    flips[:5] = 1.0  # one flip per layer per pruning step
+    flips[5] = 100.0  # the freeze step is not part of the pruning stage
+    kept = np.full((steps, 2), 0.1, np.float32)
+    selected = np.full((steps, 2), 0.05, np.float32)
+    selected[4] = [0.002, 0.004]  # step 5, the last step before Kp
+    np.savez(tmp_path / "m_issp.npz", flips=flips, kept_abs=kept, selected_abs=selected)
+    rows = [
+        {"file": "m_issp.safetensors", "arch": "edsr-tiny", "scale": 2, "method": "issp",
+         "ratio": 0.9, "alpha": 0.9, "prune_steps": kp},
+        {"file": "no_telemetry.safetensors", "arch": "edsr-tiny", "scale": 2, "method": "iht",
+         "ratio": 0.9, "alpha": None, "prune_steps": kp},
+    ]  # fmt: skip
+    table = zoo.dynamics_markdown(rows, tmp_path)
+    assert "| edsr-tiny x2 | issp | 0.9 | 0.9 | 10 | 2 | 0.0300 |" in table
+    assert "iht" not in table.split("|---|")[-1]
+    assert zoo.dynamics_markdown(rows[1:], tmp_path) == ""
