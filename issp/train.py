@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     pruner = make_pruner(config, model, optimizer)
     history = {"loss": [], "val_steps": [], "val_psnr": []}
-    start = 0
+    start, seconds_before = 0, 0.0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     saved = state_path(out)
     if resume and saved.exists():
@@ -196,6 +197,7 @@ def train(
         pruner.load_state_dict(state["pruner"])
         history = {k: list(v) for k, v in state["history"].items()}
         start = state["step"]
+        seconds_before = state.get("seconds", 0.0)
     train_paths, val_paths, source = training_images(config)
     dataset = patch_dataset(config, train_paths, world)
     val_set = validation_crops(val_paths, config.scale)
@@ -215,6 +217,7 @@ def train(
     )
     model.train()
     step = start
+    started = time.monotonic()
     for lr_batch, hr_batch in batch_loader(dataset, config, start, rank, world):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(config, step)
@@ -236,7 +239,8 @@ def train(
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", val_psnr=_last(history["val_psnr"]))
         if rank == 0 and (step % config.save_every == 0 or step == config.steps):
-            _save_state(saved, config, model, optimizer, pruner, history, step)
+            seconds = seconds_before + time.monotonic() - started
+            _save_state(saved, config, model, optimizer, pruner, history, step, seconds)
     bar.close()
     if world > 1:
         _check_masks_agree(pruner)
@@ -255,6 +259,8 @@ def train(
             "data": source,
             "device": _device_name(device),
             "world_size": world,
+            # Training time over all sessions of a resumed run (validation included).
+            "train_seconds": round(seconds_before + time.monotonic() - started, 1),
         }
         model.eval()
         save_checkpoint(out, model, metadata, pruner.pruned_layers())
@@ -288,6 +294,7 @@ def _save_state(
     pruner: Pruner,
     history: dict,
     step: int,
+    seconds: float,
 ) -> None:
     state = {
         "config": dataclasses.asdict(config),
@@ -296,6 +303,7 @@ def _save_state(
         "pruner": pruner.state_dict(),
         "history": history,
         "step": step,
+        "seconds": seconds,
     }
     tmp = Path(f"{path}.tmp")
     torch.save(state, tmp)

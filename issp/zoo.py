@@ -280,7 +280,8 @@ def _train_entry(
     os.replace(work, final)
     os.replace(telemetry_path(work), TELEMETRY_DIR / f"{entry.name}.npz")
     record = _record(entry, final, model, meta)
-    record["train_seconds"] = round(time.time() - started, 1)
+    # The checkpoint counts every session of a resumed run; older ones only this one.
+    record["train_seconds"] = float(meta.get("train_seconds", round(time.time() - started, 1)))
     if test is not None:
         record.update(evaluate_checkpoint(model, test, entry.scale))
     with _manifest_for_update() as manifest:
@@ -442,7 +443,25 @@ def results_markdown(rows: list[dict], command: str) -> str:
             f"| {set14.get('psnr', float('nan')):.2f} | {set14.get('ssim', float('nan')):.4f} "
             f"| {nonzeros} | {flops} |"
         )
-    return "\n".join(lines + _comparison_lines(rows)) + "\n"
+    return "\n".join(lines + _comparison_lines(rows) + _training_time_lines(rows)) + "\n"
+
+
+def _training_time_lines(rows: list[dict]) -> list[str]:
+    """Wall-clock training time per arch and scale, summed from the manifest's records."""
+    totals: dict[str, list] = {}
+    for row in rows:
+        if row.get("train_seconds") is not None:
+            total = totals.setdefault(f"{row['arch']} x{row['scale']}", [0.0, 0, set()])
+            total[0] += row["train_seconds"]
+            total[1] += 1
+            total[2].add(row.get("device", "unknown"))
+    if not totals:
+        return []
+    parts = [
+        f"{name}: {seconds / 3600:.1f} h for {count} checkpoints ({', '.join(sorted(devices))})"
+        for name, (seconds, count, devices) in totals.items()
+    ]
+    return ["", "Training time (wall clock, one thread per run): " + "; ".join(parts) + "."]
 
 
 def _comparison_lines(rows: list[dict]) -> list[str]:

@@ -71,6 +71,26 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+def test_resumed_checkpoint_counts_training_time_before_the_interruption(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("issp.train.time.monotonic", lambda: clock[0])
+    original_step = Pruner.step
+
+    def slow_then_crash(self):
+        original_step(self)
+        clock[0] += 100.0  # every step of the first session takes 100 s
+        if self.t == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "step", slow_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), tmp_path / "cut.safetensors", progress=False)
+    monkeypatch.setattr(Pruner, "step", original_step)  # the second session takes no time
+    train(tiny(), tmp_path / "cut.safetensors", resume=True, progress=False)
+    _, meta = load_checkpoint(tmp_path / "cut.safetensors")
+    assert float(meta["train_seconds"]) == 400.0  # saved at step 4, the last state before 5
+
+
 def test_dense_training_reduces_the_loss(tmp_path):
     history = train(
         tiny(method="dense", steps=40, batch_size=4, val_every=40, lr=2e-3),
