@@ -253,6 +253,8 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
         print(zoo.sweep_alpha(data, steps=args.steps, device=args.device))
         return
     if args.zoo_command == "verify":
+        if args.data is not None and not (args.data / "Set5").is_dir():
+            raise IsspError(f"{args.data} has no Set5/ folder to check PSNR on")
         rows = zoo.verify_zoo(args.data)
         for row in rows:
             print(_verify_line(row))

@@ -157,6 +157,8 @@ def test_zoo_verify_passes_a_fresh_build_and_names_what_fails(tiny_zoo, capsys):
     assert f"FAIL {manifest['checkpoints'][0]['file']}: sha256 ok" in out
     assert f"FAIL {broken.name}: sha256 MISMATCH" in out
     assert "1 of 3 checkpoints verified" in out
+    assert main(["zoo", "verify", "--data", str(set5)]) == 2  # Set5 itself, not its parent
+    assert "has no Set5/ folder" in capsys.readouterr().err
 
 
 def test_zoo_eval_keeps_a_record_that_a_parallel_build_adds_meanwhile(tiny_zoo, monkeypatch):
