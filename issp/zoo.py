@@ -530,7 +530,7 @@ def dynamics_markdown(rows: list[dict], telemetry_dir: Path | None = None) -> st
                 "over mean |w| of the kept ones on the last pruning step.",
                 "",
                 "| model | method | alpha | ratio | flips before Kp | flips, last fifth "
-                "| selected/kept |w| at Kp |",
+                "| selected/kept magnitude at Kp |",
                 "|---|---|---|---|---|---|---|",
                 *lines,
             ]
