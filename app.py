@@ -12,7 +12,7 @@ import inspect
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # Before gradio is imported: it reads this at import time, and a Space must not phone home.
@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from plotly.graph_objects import Figure  # noqa: E402
 
 from analysis import live  # noqa: E402
@@ -48,22 +49,26 @@ FIGURE_TABS = {
 }
 
 
-def upload_path(payload: dict | None) -> str | None:
-    """The uploaded file's path from an image input that Gradio did not preprocess.
+def upload_path(payload: object, folders: Sequence[Path]) -> Path | None:
+    """The uploaded file's real path from an image input that Gradio did not preprocess.
 
     ``gr.Image`` opens every upload with Pillow before the handler runs, so a broken file
     would fail inside Gradio with a generic error, and EXIF, 16-bit and CMYK handling would
     be Gradio's rather than the library's. The upload handlers therefore run with
-    ``preprocess=False``: Gradio still moves the file into its cache and checks the path,
-    then :func:`issp.data.load_image` applies the library's rules (the size limit read
+    ``preprocess=False``, and then Gradio checks the path only of a payload marked as a
+    file: an unmarked ``{"path": ...}`` arrives as sent. So the path is checked here, for
+    every payload, against the folders the app owns (:func:`issp.service.uploaded_file`),
+    and :func:`issp.data.load_image` applies the library's rules (the size limit read
     from the header first) and messages. The other inputs arrive as sent and
     :mod:`issp.service` validates them.
     """
-    return payload.get("path") if payload else None
+    path = payload.get("path") if isinstance(payload, dict) else payload
+    return service.uploaded_file(path, folders)
 
 
 def shown_to_user(fn: Callable) -> Callable:
-    """Turn the library's user-facing errors into ``gr.Error`` so the UI and API show them.
+    """Turn the library's user-facing errors into ``gr.Error`` so the UI and API show them,
+    without the server's paths (:func:`issp.service.user_message`).
 
     Generator functions stay generator functions, because Gradio streams only those.
     """
@@ -74,7 +79,7 @@ def shown_to_user(fn: Callable) -> Callable:
             try:
                 yield from fn(*args)
             except IsspError as err:
-                raise gr.Error(str(err), print_exception=False) from err
+                raise gr.Error(service.user_message(str(err)), print_exception=False) from err
 
         return streaming
 
@@ -83,7 +88,7 @@ def shown_to_user(fn: Callable) -> Callable:
         try:
             return fn(*args)
         except IsspError as err:
-            raise gr.Error(str(err), print_exception=False) from err
+            raise gr.Error(service.user_message(str(err)), print_exception=False) from err
 
     return wrapper
 
@@ -111,6 +116,9 @@ def build_app(
     """Lay out the app and wire each widget to an :mod:`issp.service` or
     :mod:`analysis.live` function."""
     runs = live.LiveRuns()
+    # Where Gradio writes uploads (and copies the examples to), and the examples' own
+    # folder: the only places an image input may name.
+    uploads = [Path(get_upload_folder()), *{path.parent for path in examples}]
 
     @shown_to_user
     def upscale(
@@ -123,7 +131,7 @@ def build_app(
         """Upscale an image; returns the full-size PNG, a (bicubic, model) pair, a summary."""
         folder = outputs.new()
         result = service.upscale(
-            zoo, upload_path(image), scale, ratio, method, arch, limits, folder
+            zoo, upload_path(image, uploads), scale, ratio, method, arch, limits, folder
         )
         previews = (str(result.bicubic_preview), str(result.model_preview))
         return str(result.png), previews, result.summary
@@ -133,7 +141,8 @@ def build_app(
         image: dict | None, scale: int, ratio: float, arch: str = service.DEFAULT_ARCH
     ) -> tuple[pd.DataFrame, Figure, str]:
         """Score bicubic, dense, ISS-P and IHT with the upload as ground truth."""
-        result = service.evaluate(zoo, upload_path(image), scale, ratio, arch, limits)
+        path = upload_path(image, uploads)
+        result = service.evaluate(zoo, path, scale, ratio, arch, limits)
         table = pd.DataFrame(result.rows, columns=list(service.EVALUATE_COLUMNS))
         return table, result.figure, result.note
 

@@ -9,12 +9,15 @@ Models come from a :class:`ModelZoo`: its manifest is re-read when the file chan
 checkpoints finished while the server runs appear without a restart) and loaded models
 sit in a bounded, thread-safe LRU cache. A requested pruning ratio snaps to the nearest
 ratio the zoo has for that method, architecture and scale; ratio 0 is the dense model.
+
+The app reads files only from folders it owns (:func:`uploaded_file`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -60,6 +63,11 @@ MANIFEST_COLUMNS = (
     "steps",
 )
 EVALUATE_COLUMNS = ("model", "ratio", "checkpoint", "psnr", "ssim")
+# A request quoted back in an error is cut to this many characters, a whole message to
+# MESSAGE_CHARS: an error must not hand a megabyte argument back to its sender.
+ECHO_CHARS = 80
+MESSAGE_CHARS = 1000
+UPLOAD_REFUSED = "that file was not uploaded to this app; upload the image again"
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,50 @@ def configure_threads(concurrency: int) -> int:
     threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
     torch.set_num_threads(threads)
     return threads
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a request back in an error."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+# An absolute path: a slash not preceded by a word character, dot, colon or slash (so
+# "x2/x4", "../a" and URLs are left alone), then one or more segments.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"()\[\],;:]+)+")
+
+
+def user_message(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """An error message as shown to a user: absolute paths cut to their last part, and at
+    most ``limit`` characters.
+
+    The library names files by their paths, which are the server's business; the request
+    echoes are cut where they are made (:func:`echo`), this is the last line of defence.
+    """
+    text = _ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name, text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def uploaded_file(path: object, folders: Sequence[str | Path]) -> Path | None:
+    """The real path of an upload inside one of ``folders``; None when nothing was sent.
+
+    The path comes from the request, so it is resolved first (``..`` and symlinks
+    followed) and then must lie inside a folder the app owns: Gradio's upload folder or
+    the examples'. Every other path gets the same IsspError whether or not a file is there,
+    so the answer says nothing about the server's files.
+    """
+    if path is None or path == "":
+        return None
+    if not isinstance(path, str):
+        raise IsspError(UPLOAD_REFUSED)
+    try:
+        real = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        # A NUL byte, a symlink loop: nothing that an upload folder holds.
+        raise IsspError(UPLOAD_REFUSED) from None
+    if any(real.is_relative_to(Path(folder).resolve()) for folder in folders):
+        return real
+    raise IsspError(UPLOAD_REFUSED)
 
 
 def parse_method(method: str) -> str:

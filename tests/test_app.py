@@ -5,6 +5,7 @@ import math
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,8 +325,14 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
     assert {"upscale", "evaluate", "results", "options"} <= set(public)
     # Uploads reach the library undecoded, so its rules and messages apply.
     assert not public["upscale"].preprocess and not public["evaluate"].preprocess
-    assert app.upload_path({"path": "/tmp/x.png", "orig_name": "x.png"}) == "/tmp/x.png"
-    assert app.upload_path(None) is None
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    inside = str(folder / "x.png")
+    assert app.upload_path({"path": inside, "orig_name": "x.png"}, [folder]) == Path(inside)
+    assert app.upload_path(inside, [folder]) == Path(inside)
+    assert app.upload_path(None, [folder]) is None
+    with pytest.raises(IsspError, match=service.UPLOAD_REFUSED):
+        app.upload_path({"path": str(tmp_path / "x.png")}, [folder])
 
     @app.shown_to_user
     def fails():
@@ -333,6 +340,44 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
 
     with pytest.raises(gr.Error, match="clear words"):
         fails()
+
+
+def test_only_files_inside_the_upload_folders_are_read(tmp_path):
+    uploads, outside = tmp_path / "uploads", tmp_path / "outside"
+    uploads.mkdir(), outside.mkdir()
+    photo().save(outside / "secret.png")
+    photo().save(uploads / "in.png")
+    (uploads / "link.png").symlink_to(outside / "secret.png")
+    assert service.uploaded_file(str(uploads / "in.png"), [uploads]) == uploads / "in.png"
+    assert service.uploaded_file("", [uploads]) is None
+    refused = [
+        str(outside / "secret.png"),
+        str(outside / "missing.png"),
+        str(uploads / "link.png"),
+        str(uploads / ".." / "outside" / "secret.png"),
+        "secret.png",
+        "/etc/passwd",
+        "nul\0byte",
+        ["a", "list"],
+    ]
+    messages = set()
+    for path in refused:
+        with pytest.raises(IsspError) as err:
+            service.uploaded_file(path, [uploads])
+        messages.add(str(err.value))
+    # One message for all: whether a file exists outside the uploads is not told.
+    assert messages == {service.UPLOAD_REFUSED}
+
+
+def test_user_messages_hold_no_server_paths_and_are_bounded():
+    message = service.user_message(
+        "/srv/zoo/edsr-tiny_x2_dense.safetensors does not match; see /tmp/ab/c.png: bad"
+    )
+    assert message == "edsr-tiny_x2_dense.safetensors does not match; see c.png: bad"
+    kept = "scale x2/x4, ../up, https://host/a/b.png and 1/2"
+    assert service.user_message(kept) == kept
+    assert len(service.user_message("x" * 10**6)) == service.MESSAGE_CHARS
+    assert service.echo("y" * 10**6) == "'" + "y" * 76 + "..."
 
 
 def test_lock_is_not_held_across_requests(zoo):
