@@ -33,9 +33,9 @@ from issp.pruning import TELEMETRY_KEYS
 from issp.train import (
     TrainConfig,
     batch_loader,
-    cosine_lr,
-    make_pruner,
     patch_dataset,
+    setup_run,
+    train_step,
     training_images,
 )
 
@@ -67,6 +67,7 @@ class LockstepConfig:
     batch_size: int = 4
     patch: int = 24  # LR patch side
     lr: float = 1e-3
+    protocol: str = "cosine"  # schedule, Kp fraction, Adam betas, pruned layers
     val_every: int = 25
     val_crop: int = 96  # HR side of the centre crops PSNR is measured on
     data: str | None = None  # None: photos shipped in installed packages
@@ -76,7 +77,8 @@ class LockstepConfig:
 
     def train_config(self) -> TrainConfig:
         """The training settings shared by every method (the method itself is per run)."""
-        return TrainConfig(
+        return TrainConfig.of_protocol(
+            self.protocol,
             arch=self.arch,
             scale=self.scale,
             ratio=self.ratio,
@@ -153,26 +155,19 @@ class Dynamics:
 
 
 class _Run:
-    """One method's model, optimizer and pruner inside a lockstep comparison."""
+    """One method's training run inside a lockstep comparison, and what it recorded."""
 
     def __init__(self, method: str, model: nn.Module, config: TrainConfig) -> None:
         self.method = method
-        self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        self.pruner = make_pruner(config, model, self.optimizer, method=method)
+        self.run = setup_run(config, model, method=method)
+        self.model = self.run.model
+        self.pruner = self.run.pruner
         self.loss: list[float] = []
         self.psnr_steps: list[int] = []
         self.psnr: list[float] = []
 
-    def train_step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss = nn.functional.l1_loss(self.model(lr_batch), hr_batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.pruner.step()
-        self.loss.append(loss.item())
+    def train_step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor, step: int) -> None:
+        self.loss.append(train_step(self.run, lr_batch, hr_batch, step))
 
     def validate(self, step: int, val_set: list[Pair], scale: int) -> None:
         self.model.eval()
@@ -248,9 +243,8 @@ def _lockstep(
     for step, (lr_batch, hr_batch) in enumerate(batch_loader(dataset, train_config, 0, 0, 1), 1):
         if stop is not None and stop.is_set():
             return
-        lr = cosine_lr(train_config, step - 1)
         for run in runs:
-            run.train_step(lr_batch, hr_batch, lr)
+            run.train_step(lr_batch, hr_batch, step - 1)
         if step % config.val_every == 0 or step == config.steps:
             for run in runs:
                 run.validate(step, val_set, config.scale)

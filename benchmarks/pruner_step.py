@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from issp.models import build_model
-from issp.pruning import Pruner
+from issp.train import TrainConfig, setup_run, train_step
 from issp.zoo import machine_description
 
 
@@ -51,29 +51,24 @@ def torch_prune_l1(weights: dict[str, nn.Parameter], modules: dict[str, nn.Modul
 
 
 def benchmark(preset: str, batch: int, patch: int, ratio: float, repeats: int) -> list[tuple]:
-    torch.manual_seed(0)
-    model = build_model(preset, 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    pruner = Pruner(model, "issp", ratio, prune_steps=10**9, alpha=0.99, optimizer=optimizer)
+    # Kp beyond the run: every pruner step is a pruning-stage ISS-P step.
+    config = TrainConfig(arch=preset, ratio=ratio, steps=10**9, batch_size=batch, patch=patch)
+    run = setup_run(config)
+    pruner = run.pruner
     lr_batch, hr_batch = (
         torch.rand(batch, 3, patch, patch),
         torch.rand(batch, 3, 2 * patch, 2 * patch),
     )
-
-    def training_step() -> None:
-        loss = (model(lr_batch) - hr_batch).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    train_time = seconds_per_call(training_step, repeats)
-    modules = dict(model.named_modules())
-    rows = [("training step (fwd+bwd+Adam)", train_time)]
+    train_time = seconds_per_call(lambda: train_step(run, lr_batch, hr_batch, 0), repeats)
+    modules = dict(run.model.named_modules())
+    rows = [("training step (fwd+bwd+Adam+pruner)", train_time)]
     rows.append(("issp Pruner.step (torch, telemetry on)", seconds_per_call(pruner.step, repeats)))
     rows.append(
         (
             "numpy argsort selection",
-            seconds_per_call(lambda: numpy_argsort_shrink(pruner.weights, ratio, 0.99), repeats),
+            seconds_per_call(
+                lambda: numpy_argsort_shrink(pruner.weights, ratio, config.alpha), repeats
+            ),
         )
     )
     rows.append(

@@ -22,50 +22,53 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from analysis.lockstep import LockstepConfig, run_lockstep
 from issp.models import build_model
-from issp.train import TrainConfig, batch_loader, make_pruner, patch_dataset, training_images
+from issp.train import (
+    TrainConfig,
+    batch_loader,
+    patch_dataset,
+    setup_run,
+    train_step,
+    training_images,
+)
 from issp.zoo import machine_description
 
 
 def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float]:
-    """Median seconds per training step (``on``, ``off``) and per ``pruner.step()``
+    """Median seconds per training step (``on``, ``off``) and per ``pruner.step()`` alone
     (``pruner_on``, ``pruner_off``) with telemetry recorded and not.
 
-    The pruner's share is timed on its own too: a short interval is rarely interrupted by
-    other processes, so the difference of its medians is the steadier estimate of what
-    recording costs.
+    The pruner's share is timed on its own too (the same step again on a copy of the run's
+    weights): a short interval is rarely interrupted by other processes, so the difference
+    of its medians is the steadier estimate of what recording costs.
     """
     train_paths, _, _ = training_images(config)
     dataset = patch_dataset(config, train_paths)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
-    runs = {}
-    for name, telemetry in (("on", True), ("off", False)):
-        model = copy.deepcopy(initial)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        pruner = make_pruner(config, model, optimizer, telemetry=telemetry)
-        runs[name] = (model, optimizer, pruner)
+    runs = {
+        name: setup_run(config, copy.deepcopy(initial), telemetry=telemetry)
+        for name, telemetry in (("on", True), ("off", False))
+    }
+    probes = {
+        name: setup_run(config, copy.deepcopy(initial), telemetry=telemetry).pruner
+        for name, telemetry in (("on", True), ("off", False))
+    }
     times: dict[str, list[float]] = {"on": [], "off": [], "pruner_on": [], "pruner_off": []}
     for step, (lr_batch, hr_batch) in enumerate(batch_loader(dataset, config, 0, 0, 1)):
         # Alternate which run goes first, so neither always meets a warmer cache.
         order = ("on", "off") if step % 2 else ("off", "on")
         for name in order:
-            model, optimizer, pruner = runs[name]
             start = time.perf_counter()
-            loss = nn.functional.l1_loss(model(lr_batch), hr_batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            before_pruner = time.perf_counter()
-            pruner.step()
+            train_step(runs[name], lr_batch, hr_batch, step)
+            middle = time.perf_counter()
+            probes[name].step()
             end = time.perf_counter()
-            loss.item()
             if step >= warmup:
-                times[name].append(end - start)
-                times[f"pruner_{name}"].append(end - before_pruner)
+                times[name].append(middle - start)
+                times[f"pruner_{name}"].append(end - middle)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -26,7 +26,7 @@ from issp.models import build_from_args, build_model, model_summary
 
 FORMAT = "issp-sparse-v1"
 # Keys whose metadata values are JSON rather than plain strings.
-JSON_KEYS = ("preset_args", "pruned_layers", "shapes", "extra")
+JSON_KEYS = ("preset_args", "pruned_layers", "shapes", "extra", "betas")
 
 
 def save_checkpoint(

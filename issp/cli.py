@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.9,0.99, got {text}") from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text}")
+    return values
+
+
 def _existing(text: str) -> Path:
     path = Path(text)
     if not path.exists():
@@ -54,6 +79,7 @@ def _existing(text: str) -> Path:
 def build_parser() -> Parser:
     from issp.models import PRESETS
     from issp.pruning import METHODS
+    from issp.train import PROTOCOLS
 
     parser = Parser(prog="issp", description="Sparse SR networks by Iterative Soft Shrinkage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -63,7 +89,13 @@ def build_parser() -> Parser:
     train.add_argument("--scale", type=int, default=2, choices=[2, 3, 4])
     train.add_argument("--method", default="issp", choices=list(METHODS))
     train.add_argument("--ratio", type=_ratio, default=0.9, help="pruning ratio r in [0, 1)")
-    train.add_argument("--alpha", type=_alpha, default=0.99, help="ISS-P shrink factor in (0, 1)")
+    train.add_argument(
+        "--protocol",
+        default="cosine",
+        choices=list(PROTOCOLS),
+        help="schedule, Kp fraction, Adam betas, pruned layers, default lr and alpha",
+    )
+    train.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor (default: protocol's)")
     train.add_argument("--steps", type=_positive, default=2000, help="total training steps")
     train.add_argument(
         "--prune-steps", type=_positive, default=None, help="Kp, end of the pruning stage"
@@ -71,7 +103,11 @@ def build_parser() -> Parser:
     train.add_argument("--scope", choices=["local", "global"], default="local")
     train.add_argument("--batch-size", type=_positive, default=16)
     train.add_argument("--patch", type=_positive, default=48, help="LR patch size")
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: protocol's)")
+    train.add_argument(
+        "--bf16", action="store_true", help="bfloat16 forward pass (loss, Adam, pruner in fp32)"
+    )
+    train.add_argument("--channels-last", action="store_true", help="channels-last convs")
     train.add_argument("--data", type=_existing, help="folder of training images")
     train.add_argument("--val", type=_existing, help="folder of validation images")
     train.add_argument("--val-every", type=_positive, default=200)
@@ -124,6 +160,33 @@ def build_parser() -> Parser:
     verify.add_argument("--data", type=_existing, help="folder with Set5/ (PSNR check)")
 
     # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
+    study = commands.add_parser("study", help="paired-seed ISS-P vs IHT study and its grid")
+    study_commands = study.add_subparsers(dest="study_command", required=True, parser_class=Parser)
+    grid = study_commands.add_parser("grid", help="choose alpha and lr on a validation split")
+    run = study_commands.add_parser("run", help="train and score every run of the study")
+    report = study_commands.add_parser("report", help="write analysis/study.md from results")
+    for sub in (grid, run, report):
+        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
+        sub.add_argument("--protocol", default="two-stage", choices=list(PROTOCOLS))
+        sub.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="e.g. 0,1,2")
+        sub.add_argument("--ratios", type=_floats, default=(0.9, 0.95, 0.99), help="e.g. 0.9,0.99")
+        sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
+        sub.add_argument("--fp32", action="store_true", help="no bf16 / channels-last")
+        sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
+        sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
+    grid.add_argument("--steps", type=_positive, default=1000)
+    grid.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4, 1e-3), help="e.g. 1e-4,1e-3")
+    grid.add_argument("--alphas", type=_floats, default=(0.9, 0.95, 0.99), help="ISS-P's")
+    for sub in (run, report):
+        sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
+        sub.add_argument("--extra-test", type=_existing, action="append", default=[])
+        sub.add_argument("--scales", type=_ints, default=(2, 4), help="e.g. 2,4")
+        sub.add_argument(
+            "--steps", type=_ints, default=(6000, 6000), help="per scale, e.g. 6000,6000"
+        )
+        sub.add_argument("--lr", type=_positive_float, help="default: the protocol's")
+        sub.add_argument("--alpha", type=_alpha, help="default: the protocol's")
+
     analyze = commands.add_parser(
         "analyze", help="ISS-P vs IHT in lockstep (same init, same batches), written as JSON"
     )
@@ -151,18 +214,21 @@ def build_parser() -> Parser:
 def cmd_train(args: argparse.Namespace) -> None:
     from issp.train import TrainConfig, train
 
-    config = TrainConfig(
+    chosen = {"alpha": args.alpha, "lr": args.lr}
+    config = TrainConfig.of_protocol(
+        args.protocol,
         arch=args.arch,
         scale=args.scale,
         method=args.method,
         ratio=args.ratio,
-        alpha=args.alpha,
         steps=args.steps,
         prune_steps=args.prune_steps,
         scope=args.scope,
         batch_size=args.batch_size,
         patch=args.patch,
-        lr=args.lr,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        **{key: value for key, value in chosen.items() if value is not None},
         data=str(args.data) if args.data else None,
         val=str(args.val) if args.val else None,
         val_every=args.val_every,
@@ -329,12 +395,62 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} files to {args.out}")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from issp import study
+
+    data = str(args.data) if args.data else None
+    command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
+    work = args.work or study.WORK_DIR
+    out = args.out or study.REPORT_DIR
+    if args.study_command == "grid":
+        runs = study.grid_plan(
+            args.protocol,
+            args.steps,
+            data,
+            args.lrs,
+            args.alphas,
+            args.ratios,
+            args.seeds,
+            fast=not args.fp32,
+        )
+        results = study.execute(runs, work / "grid", {}, jobs=args.jobs)
+        if len(results) < len(runs):
+            raise IsspError(f"{len(runs) - len(results)} grid runs are unfinished; run it again")
+        choice = study.write_grid(results, command, out)
+        print(f"chosen: lr {choice['lr']:g}, alpha {choice['alpha']:g} (written to {out})")
+        return
+    if len(args.steps) != len(args.scales):
+        raise IsspError(f"give one --steps value per scale ({len(args.scales)})")
+    runs = study.study_plan(
+        args.protocol,
+        dict(zip(args.scales, args.steps, strict=True)),
+        data,
+        args.scales,
+        args.ratios,
+        args.seeds,
+        fast=not args.fp32,
+        lr=args.lr,
+        alpha=args.alpha,
+    )
+    work = work / args.protocol
+    tests = study.test_folders(args.test, args.extra_test)
+    if args.study_command == "run":
+        results = study.execute(runs, work, tests, jobs=args.jobs)
+    else:
+        results = study.load_results(runs, work)
+    if not results:
+        raise IsspError(f"no finished runs in {work}; start them with `issp study run`")
+    study.write_study(results, list(tests) + ["val"], command, out)
+    print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "upscale": cmd_upscale,
     "info": cmd_info,
     "zoo": cmd_zoo,
+    "study": cmd_study,
     "analyze": cmd_analyze,
     "plot": cmd_plot,
 }

@@ -1,4 +1,21 @@
-"""The training loop: L1 loss, Adam with cosine decay, a pruner stepped after the optimizer.
+"""The training loop: L1 loss, Adam, a learning-rate schedule, a pruner stepped after the
+optimizer.
+
+``setup_run`` builds a run's model, optimizer and pruner from a ``TrainConfig``, and
+``train_step`` is the one training step: the trainer below, the live lockstep comparison
+and the benchmarks all call these two, so a change to how we train is made once.
+
+Two protocols (``PROTOCOLS``) differ in everything but the pruning rule:
+
+- ``cosine``: the first zoo's. One cosine decay of the learning rate over the whole run,
+  Kp at 60% of the steps, Adam betas (0.9, 0.999), first and last conv left dense.
+- ``two-stage``: the authors' code (Jiamian-Wang/Iterative-Soft-Shrinkage-SR). The
+  learning rate is constant while pruning (``keep_pruned_learning_rate``,
+  ``basicsr/models/base_model.py``) and fine-tuning starts a fresh schedule at the initial
+  rate that halves once, two thirds of the way (``milestones: [200000]`` of
+  ``total_iter: 300000``, ``options/train/EDSR/train_EDSRL_X4_DF2K_IST_*.yml``); Kp at a
+  quarter of the steps (their stopping criterion ends pruning near 100k of 400k
+  iterations); Adam betas (0.9, 0.99); every conv pruned (``--skip_layers *none*``).
 
 Runs on one process or under ``torchrun`` (DistributedDataParallel, gloo on CPU, nccl on
 GPU). Batches are a pure function of (seed, step), so a resumed or distributed run sees
@@ -30,23 +47,57 @@ from issp.evaluate import evaluate_arrays, validation_crops
 from issp.models import PRESETS, build_model, preset_args
 from issp.pruning import Pruner
 
+SCHEDULES = ("cosine", "two-stage")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every method of a comparison is trained; only the pruning rule differs."""
+
+    name: str
+    schedule: str  # one of SCHEDULES
+    kp_fraction: float  # Kp as a fraction of the steps
+    betas: tuple[float, float]  # Adam's
+    prune_edges: bool  # prune the first and last conv too
+    lr: float
+    alpha: float  # ISS-P's shrink factor
+
+
+PROTOCOLS = {
+    p.name: p
+    for p in (
+        Protocol("cosine", "cosine", 0.6, (0.9, 0.999), False, lr=1e-3, alpha=0.9),
+        Protocol("two-stage", "two-stage", 0.25, (0.9, 0.99), True, lr=1e-4, alpha=0.95),
+    )
+}
+
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; the defaults suit ``edsr-tiny`` on a CPU."""
+    """Everything that defines a training run; the defaults are the ``cosine`` protocol on
+    ``edsr-tiny`` and a CPU. ``TrainConfig.of_protocol`` starts from another protocol."""
 
     arch: str = "edsr-tiny"
     scale: int = 2
     method: str = "issp"
     ratio: float = 0.9
-    alpha: float = 0.99
+    alpha: float = PROTOCOLS["cosine"].alpha
     steps: int = 2000
-    prune_steps: int | None = None  # Kp; None means 60% of the steps
+    prune_steps: int | None = None  # Kp; None means kp_fraction of the steps
     batch_size: int = 16
     patch: int = 48  # LR patch side; HR patches are scale times larger
-    lr: float = 1e-3
-    min_lr: float = 1e-5
+    lr: float = PROTOCOLS["cosine"].lr
+    min_lr: float = 1e-5  # the end of the cosine schedule
+    protocol: str = "cosine"
+    schedule: str = PROTOCOLS["cosine"].schedule
+    kp_fraction: float = PROTOCOLS["cosine"].kp_fraction
+    betas: tuple[float, float] = PROTOCOLS["cosine"].betas
+    prune_edges: bool = PROTOCOLS["cosine"].prune_edges
     scope: str = "local"
+    # Speed settings: bfloat16 autocast of the network's forward pass (the loss, Adam's
+    # weights and the pruner's selection stay fp32), and channels-last convolutions.
+    bf16: bool = False
+    channels_last: bool = False
     data: str | None = None  # None: photos shipped in installed packages
     val: str | None = None  # None: a split carved out of the training images
     val_every: int = 200
@@ -55,9 +106,20 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 1
 
+    @classmethod
+    def of_protocol(cls, name: str, **settings) -> TrainConfig:
+        """A config of protocol ``name`` (see ``PROTOCOLS``), with ``settings`` on top."""
+        if name not in PROTOCOLS:
+            raise IsspError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+        protocol = dataclasses.asdict(PROTOCOLS[name])
+        protocol["protocol"] = protocol.pop("name")
+        return cls(**(protocol | settings))
+
     @property
     def kp(self) -> int:
-        return self.prune_steps if self.prune_steps is not None else max(1, int(0.6 * self.steps))
+        if self.prune_steps is not None:
+            return self.prune_steps
+        return max(1, int(self.kp_fraction * self.steps))
 
     def validate(self) -> None:
         """Raise IsspError for arguments no run could use."""
@@ -69,12 +131,31 @@ class TrainConfig:
             raise IsspError(f"pruning ratio must be in [0, 1), got {self.ratio}")
         if not 0 < self.alpha < 1:
             raise IsspError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.schedule not in SCHEDULES:
+            raise IsspError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
+        if not 0 < self.kp_fraction <= 1:
+            raise IsspError(f"Kp fraction must be in (0, 1], got {self.kp_fraction}")
         if self.steps < 1 or self.kp < 1 or self.kp > self.steps:
             raise IsspError(f"need 1 <= prune-steps <= steps, got {self.kp} and {self.steps}")
+        if not self.lr > 0:
+            raise IsspError(f"learning rate must be positive, got {self.lr}")
         if self.batch_size < 1 or self.patch < 8:
             raise IsspError("batch size must be >= 1 and patch >= 8")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise IsspError("--device cuda was asked for, but no CUDA device is available")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based) under ``config.schedule``."""
+    if config.schedule == "cosine":
+        progress = min(step / config.steps, 1.0)
+        return config.min_lr + 0.5 * (config.lr - config.min_lr) * (
+            1 + math.cos(math.pi * progress)
+        )
+    if step < config.kp:
+        return config.lr
+    fine_tune = max(config.steps - config.kp, 1)
+    return config.lr * (0.5 if step - config.kp >= 2 * fine_tune / 3 else 1.0)
 
 
 def training_images(config: TrainConfig) -> tuple[list[Path], list[Path], str]:
@@ -87,25 +168,84 @@ def training_images(config: TrainConfig) -> tuple[list[Path], list[Path], str]:
     return train, val, source
 
 
-def make_pruner(
+@dataclass
+class Run:
+    """One method's training state: what ``train_step`` advances."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    pruner: Pruner
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def setup_run(
     config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | None = None,
     method: str | None = None,
     telemetry: bool = True,
-) -> Pruner:
-    """The pruner of ``config`` (or of another ``method`` with the same settings)."""
-    return Pruner(
+    device: torch.device | str = "cpu",
+    world: int = 1,
+) -> Run:
+    """Model, Adam and pruner of ``config`` (or of another ``method`` with its settings).
+
+    Without ``model``, the preset is built after seeding torch with ``config.seed``, so
+    every method of the same seed starts from the same weights. A ``model`` given (a copy
+    of one initial network, say) is used as it is.
+    """
+    device = torch.device(device)
+    if model is None:
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, config.scale)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    pruner = Pruner(
         model,
         method or config.method,
         config.ratio,
         prune_steps=config.kp,
         alpha=config.alpha,
         scope=config.scope,
+        skip=[] if config.prune_edges else None,
         optimizer=optimizer,
         seed=config.seed,
         telemetry=telemetry,
     )
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return Run(config, model, optimizer, pruner, net)
+
+
+def train_step(run: Run, lr_batch: torch.Tensor, hr_batch: torch.Tensor, step: int) -> float:
+    """One training step (0-based ``step``): schedule, L1 loss, Adam, ``pruner.step()``.
+
+    Returns the loss. Under ``config.bf16`` only the network's forward pass runs in
+    bfloat16; the loss, the gradients Adam applies and the pruner's selection are fp32.
+    """
+    config = run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(config, step)
+    device = run.device
+    lr_batch, hr_batch = lr_batch.to(device), hr_batch.to(device)
+    if config.channels_last:
+        lr_batch = lr_batch.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        sr = run.net(lr_batch)
+    loss = nn.functional.l1_loss(sr.float(), hr_batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.pruner.step()
+    return loss.item()
 
 
 def patch_dataset(config: TrainConfig, paths: list[Path], world: int = 1) -> PatchDataset:
@@ -135,11 +275,6 @@ def batch_loader(
         num_workers=config.workers,
         persistent_workers=False,
     )
-
-
-def cosine_lr(config: TrainConfig, step: int) -> float:
-    progress = min(step / config.steps, 1.0)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def state_path(out: str | Path) -> Path:
@@ -180,10 +315,8 @@ def train(
     device = torch.device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.scale).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    pruner = make_pruner(config, model, optimizer)
+    run = setup_run(config, device=device, world=world)
+    model, optimizer, pruner = run.model, run.optimizer, run.pruner
     history = {"loss": [], "val_steps": [], "val_psnr": []}
     start, seconds_before = 0, 0.0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -201,12 +334,6 @@ def train(
     train_paths, val_paths, source = training_images(config)
     dataset = patch_dataset(config, train_paths, world)
     val_set = validation_crops(val_paths, config.scale)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    loss_fn = nn.L1Loss()
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -219,15 +346,9 @@ def train(
     step = start
     started = time.monotonic()
     for lr_batch, hr_batch in batch_loader(dataset, config, start, rank, world):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(config, step)
-        loss = loss_fn(net(lr_batch.to(device)), hr_batch.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        pruner.step()
+        loss = train_step(run, lr_batch, hr_batch, step)
         step += 1
-        history["loss"].append(loss.item())
+        history["loss"].append(loss)
         bar.update(1)
         if step % config.val_every == 0 or step == config.steps:
             if rank == 0:
@@ -235,9 +356,9 @@ def train(
                 history["val_steps"].append(step)
                 history["val_psnr"].append(evaluate_arrays(model, val_set, config.scale)["psnr"])
                 model.train()
-            bar.set_postfix(loss=f"{loss.item():.4f}", val_psnr=_last(history["val_psnr"]))
+            bar.set_postfix(loss=f"{loss:.4f}", val_psnr=_last(history["val_psnr"]))
         elif step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", val_psnr=_last(history["val_psnr"]))
+            bar.set_postfix(loss=f"{loss:.4f}", val_psnr=_last(history["val_psnr"]))
         if rank == 0 and (step % config.save_every == 0 or step == config.steps):
             seconds = seconds_before + time.monotonic() - started
             _save_state(saved, config, model, optimizer, pruner, history, step, seconds)
@@ -256,6 +377,14 @@ def train(
             "prune_steps": config.kp,
             "steps": config.steps,
             "seed": config.seed,
+            "protocol": config.protocol,
+            "schedule": config.schedule,
+            "lr": config.lr,
+            "betas": list(config.betas),
+            "prune_edges": config.prune_edges,
+            "batch_size": config.batch_size,
+            "patch": config.patch,
+            "precision": "bf16" if config.bf16 else "fp32",
             "data": source,
             "device": _device_name(device),
             "world_size": world,

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from issp import IsspError
 from issp.checkpoint import load_checkpoint
 from issp.pruning import Pruner
-from issp.train import TrainConfig, state_path, telemetry_path, train
+from issp.train import (
+    TrainConfig,
+    learning_rate,
+    setup_run,
+    state_path,
+    telemetry_path,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,4 +123,62 @@ def test_torchrun_two_cpu_processes_train_with_identical_masks(tmp_path):
     assert meta["world_size"] == "2"
     params = dict(model.named_parameters())
     for name in meta["pruned_layers"]:
+        assert int((params[name] == 0).sum()) == math.ceil(0.75 * params[name].numel())
+
+
+def test_two_stage_schedule_is_constant_while_pruning_and_restarts_for_fine_tuning():
+    config = TrainConfig.of_protocol("two-stage", steps=400, lr=2e-4)
+    assert config.kp == 100 and config.betas == (0.9, 0.99) and config.prune_edges
+    rates = [learning_rate(config, step) for step in range(config.steps)]
+    assert set(rates[: config.kp]) == {2e-4}
+    # Fine-tuning: a fresh schedule from the initial rate, halved two thirds of the way.
+    assert rates[config.kp] == 2e-4 and rates[config.kp + 199] == 2e-4
+    assert rates[config.kp + 200] == 1e-4 and rates[-1] == 1e-4
+
+
+def test_cosine_schedule_decays_over_the_whole_run():
+    config = TrainConfig.of_protocol("cosine", steps=100)
+    assert config.kp == 60 and config.betas == (0.9, 0.999) and not config.prune_edges
+    rates = [learning_rate(config, step) for step in range(config.steps)]
+    assert rates[0] == config.lr and all(a > b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_unknown_protocol_is_a_clear_error():
+    with pytest.raises(IsspError, match="unknown protocol 'paper'"):
+        TrainConfig.of_protocol("paper")
+
+
+def test_setup_run_gives_every_method_of_a_seed_the_same_initial_weights():
+    config = tiny(seed=3)
+    issp, iht = setup_run(config, method="issp"), setup_run(config, method="iht")
+    for a, b in zip(issp.model.parameters(), iht.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(
+        next(setup_run(tiny(seed=4)).model.parameters()), next(issp.model.parameters())
+    )
+
+
+def test_two_stage_prunes_the_first_and_last_conv_and_records_its_protocol(tmp_path):
+    config = TrainConfig.of_protocol(
+        "two-stage", steps=8, batch_size=2, patch=16, val_every=8, workers=0, ratio=0.5
+    )
+    out = tmp_path / "two.safetensors"
+    train(config, out, progress=False)
+    model, meta = load_checkpoint(out)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert f"{convs[0]}.weight" in meta["pruned_layers"]
+    assert f"{convs[-1]}.weight" in meta["pruned_layers"]
+    assert meta["protocol"] == "two-stage" and meta["schedule"] == "two-stage"
+    assert meta["betas"] == [0.9, 0.99] and meta["precision"] == "fp32"
+
+
+def test_bf16_channels_last_run_trains_and_saves_an_exactly_sparse_checkpoint(tmp_path):
+    out = tmp_path / "fast.safetensors"
+    history = train(tiny(bf16=True, channels_last=True, ratio=0.75), out, progress=False)
+    assert all(math.isfinite(loss) for loss in history["loss"])
+    model, meta = load_checkpoint(out)
+    assert meta["precision"] == "bf16"
+    params = dict(model.named_parameters())
+    for name in meta["pruned_layers"]:
+        assert params[name].is_contiguous()
         assert int((params[name] == 0).sum()) == math.ceil(0.75 * params[name].numel())

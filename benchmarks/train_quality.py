@@ -1,0 +1,84 @@
+"""Does a speed setting change what training learns? A paired check on real data.
+
+    python -m benchmarks.train_quality --data ../shared/data/train --test ../shared/data/test
+
+For ISS-P and IHT, the same seed, steps and batches are trained in fp32 eager and with
+each speed setting (bf16 autocast + channels-last by default); the final Set5 PSNR of
+each pair is compared against the goal (within 0.05 dB). Runs go two at a time, one torch
+thread each, and resume after a kill (each is an ``issp train --resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from issp.checkpoint import load_checkpoint
+from issp.evaluate import evaluate_folder
+from issp.train import TrainConfig, train
+from issp.zoo import machine_description
+
+SETTINGS = {"fp32": {}, "bf16+channels-last": {"bf16": True, "channels_last": True}}
+
+
+def _train_and_score(config: TrainConfig, out: Path, test: Path) -> float:
+    torch.set_num_threads(1)
+    if not out.exists():
+        train(config, out, resume=True, progress=False)
+    model, _ = load_checkpoint(out)
+    return evaluate_folder(model, test / "Set5", config.scale)["psnr"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="training images")
+    parser.add_argument("--test", type=Path, required=True, help="folder with Set5/")
+    parser.add_argument("--protocol", default="two-stage")
+    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--ratio", type=float, default=0.95)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/train_quality"))
+    args = parser.parse_args()
+    patch = 48 if args.scale == 2 else 24
+    jobs = {}
+    with ProcessPoolExecutor(2) as pool:
+        for method in ("issp", "iht"):
+            for name, speed in SETTINGS.items():
+                config = TrainConfig.of_protocol(
+                    args.protocol,
+                    scale=args.scale,
+                    method=method,
+                    ratio=args.ratio,
+                    steps=args.steps,
+                    patch=patch,
+                    seed=args.seed,
+                    data=args.data,
+                    workers=0,
+                    **speed,
+                )
+                tag = f"x{args.scale}_{method}_r{args.ratio:g}_s{args.seed}_{args.steps}"
+                out = args.work / f"{tag}_{name}.safetensors"
+                jobs[method, name] = pool.submit(_train_and_score, config, out, args.test)
+        psnr = {key: job.result() for key, job in jobs.items()}
+    print(f"machine: {machine_description()}")
+    print(
+        f"edsr-tiny x{args.scale}, {args.protocol} protocol, ratio {args.ratio}, "
+        f"{args.steps} steps, seed {args.seed}: Set5 PSNR (dB)"
+    )
+    names = list(SETTINGS)
+    print(f"{'method':8s} " + " ".join(f"{n:>20s}" for n in names) + "  difference  goal")
+    for method in ("issp", "iht"):
+        base = psnr[method, names[0]]
+        for name in names[1:]:
+            diff = psnr[method, name] - base
+            verdict = "met" if abs(diff) <= 0.05 else "NOT met"
+            row = " ".join(f"{psnr[method, n]:20.3f}" for n in names)
+            print(f"{method:8s} {row}  {diff:+10.3f}  {verdict} (|d| <= 0.05)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The paired-seed study of ISS-P against IHT, and the validation grid that sets its alpha
+and learning rate.
+
+A run is one ``TrainConfig``. For each seed, every method starts from the same
+initialisation (the model is built right after ``torch.manual_seed(seed)``) and sees the
+same batches (they are a pure function of seed and step), so ISS-P minus IHT at one seed
+is a paired difference: the only thing that differs between the two runs is the pruning
+rule. Runs execute two at a time (one torch thread each), each claims a lock so that
+several ``study run`` processes split the plan, and a killed run resumes from its state.
+Each finished run leaves ``<name>.json`` with its scores; the report reads only those.
+
+    python -m issp study grid --data ../shared/data/train     # alpha and lr, validation only
+    python -m issp study run --data ../shared/data/train --test ../shared/data/test
+    python -m issp study report                               # analysis/study.md and .json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from scipy import stats
+
+from issp.checkpoint import load_checkpoint
+from issp.evaluate import evaluate_folder
+from issp.train import TrainConfig, train
+from issp.zoo import ROOT, machine_description
+
+WORK_DIR = ROOT / "runs" / "study"
+REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
+TEST_SETS = ("Set5", "Set14")
+RATIOS = (0.9, 0.95, 0.99)
+SEEDS = (0, 1, 2)
+# The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
+PATCH = {2: 48, 3: 32, 4: 24}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One training run of the study or the grid: a name and the config it trains."""
+
+    name: str
+    config: TrainConfig
+
+    def result_path(self, work: Path) -> Path:
+        return work / f"{self.name}.json"
+
+
+def run_name(config: TrainConfig) -> str:
+    """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies."""
+    if config.method == "dense":
+        what = "dense"
+    elif config.method == "issp":
+        what = f"issp_r{config.ratio:g}_a{config.alpha:g}"
+    else:
+        what = f"{config.method}_r{config.ratio:g}"
+    return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}_s{config.seed}"
+
+
+def study_plan(
+    protocol: str,
+    steps: dict[int, int],
+    data: str | None,
+    scales: Sequence[int] = (2, 4),
+    ratios: Sequence[float] = RATIOS,
+    seeds: Sequence[int] = SEEDS,
+    methods: Sequence[str] = ("issp", "iht", "dense"),
+    fast: bool = True,
+    lr: float | None = None,
+    alpha: float | None = None,
+) -> list[StudyRun]:
+    """Every run of the study, seed-major so that whole pairs finish early. ``lr`` and
+    ``alpha`` default to the protocol's."""
+    chosen = {"lr": lr, "alpha": alpha}
+    runs = []
+    for seed in seeds:
+        for scale in scales:
+            base = TrainConfig.of_protocol(
+                protocol,
+                scale=scale,
+                steps=steps[scale],
+                patch=PATCH[scale],
+                seed=seed,
+                data=data,
+                workers=0,
+                bf16=fast,
+                channels_last=fast,
+                val_every=steps[scale],
+                **{key: value for key, value in chosen.items() if value is not None},
+            )
+            for method in methods:
+                for ratio in [0.0] if method == "dense" else ratios:
+                    config = dataclasses.replace(base, method=method, ratio=ratio)
+                    runs.append(StudyRun(run_name(config), config))
+    return runs
+
+
+def grid_plan(
+    protocol: str,
+    steps: int,
+    data: str | None,
+    lrs: Sequence[float],
+    alphas: Sequence[float],
+    ratios: Sequence[float] = RATIOS,
+    seeds: Sequence[int] = SEEDS,
+    fast: bool = True,
+) -> list[StudyRun]:
+    """IHT at each learning rate and ISS-P at each (alpha, learning rate), edsr-tiny x2."""
+    runs = []
+    for seed in seeds:
+        for ratio in ratios:
+            for lr in lrs:
+                base = TrainConfig.of_protocol(
+                    protocol,
+                    ratio=ratio,
+                    lr=lr,
+                    steps=steps,
+                    seed=seed,
+                    data=data,
+                    workers=0,
+                    bf16=fast,
+                    channels_last=fast,
+                    val_every=steps,
+                )
+                configs = [dataclasses.replace(base, method="iht")]
+                configs += [dataclasses.replace(base, method="issp", alpha=a) for a in alphas]
+                runs += [StudyRun(run_name(c), c) for c in configs]
+    return runs
+
+
+def test_folders(test: Path | None, extra: Sequence[Path] = ()) -> dict[str, Path]:
+    """Evaluation folders by result key: Set5 and Set14 under ``test``, then ``extra``."""
+    folders = {name.lower(): test / name for name in TEST_SETS} if test is not None else {}
+    return folders | {Path(folder).name.lower(): Path(folder) for folder in extra}
+
+
+def execute(
+    runs: Sequence[StudyRun],
+    work: Path,
+    tests: dict[str, Path],
+    jobs: int = 2,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train and score every run without a result yet, ``jobs`` at a time; return all
+    results (those finished by other processes included)."""
+    work.mkdir(parents=True, exist_ok=True)
+    pending = [run for run in runs if not run.result_path(work).exists()]
+    log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(_execute_one, run, work, tests, threads) for run in pending]
+        for run, future in zip(pending, futures, strict=True):
+            message = future.result()
+            log(f"[{time.strftime('%H:%M:%S')}] {run.name}: {message}")
+    return load_results(runs, work)
+
+
+def _execute_one(run: StudyRun, work: Path, tests: dict[str, Path], threads: int) -> str:
+    torch.set_num_threads(threads)
+    out = work / f"{run.name}.safetensors"
+    try:
+        with FileLock(work / f"{run.name}.lock", timeout=0):
+            if run.result_path(work).exists():
+                return "done by another process"
+            history = train(run.config, out, resume=True, progress=False)
+            model, meta = load_checkpoint(out)
+            result = {
+                "name": run.name,
+                "config": _plain(dataclasses.asdict(run.config)),
+                "val_psnr": history["val_psnr"][-1],
+                "train_seconds": float(meta["train_seconds"]),
+                "device": meta["device"],
+            }
+            for key, folder in tests.items():
+                scores = evaluate_folder(model, folder, run.config.scale)
+                result[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+            tmp = run.result_path(work).with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            os.replace(tmp, run.result_path(work))
+            Path(f"{out}.state.pt").unlink(missing_ok=True)
+            scores = ", ".join(f"{k} {result[k]['psnr']:.3f}" for k in tests)
+            return f"val {result['val_psnr']:.3f} dB" + (f", {scores}" if scores else "")
+    except Timeout:
+        return "skipped: another process is training it"
+
+
+def _plain(settings: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def load_results(runs: Sequence[StudyRun], work: Path) -> list[dict]:
+    """The results of ``runs`` that have finished, in plan order."""
+    paths = [run.result_path(work) for run in runs]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """ISS-P minus IHT over seeds at one (scale, ratio, metric): the study's statistic."""
+
+    differences: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.differences))
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% t-interval of the mean difference (NaN with fewer than two seeds)."""
+        if self.n < 2:
+            return math.nan, math.nan
+        half = stats.t.ppf(0.975, self.n - 1) * np.std(self.differences, ddof=1) / self.n**0.5
+        return self.mean - half, self.mean + half
+
+    @property
+    def wins(self) -> int:
+        return sum(d > 0 for d in self.differences)
+
+    @property
+    def verdict(self) -> str:
+        low, high = self.interval
+        if low > 0:
+            return "ISS-P ahead"
+        if high < 0:
+            return "ISS-P behind"
+        return "tie" if self.n >= 2 else "too few seeds"
+
+
+def paired(results: Sequence[dict], scale: int, ratio: float, metric: str) -> Paired:
+    """ISS-P minus IHT per seed where both finished; ``metric`` is e.g. ``set5``."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for result in results:
+        config = result["config"]
+        if config["scale"] == scale and math.isclose(config["ratio"], ratio):
+            score = result["val_psnr"] if metric == "val" else result[metric]["psnr"]
+            by_seed.setdefault(config["seed"], {})[config["method"]] = score
+    return Paired(
+        tuple(
+            scores["issp"] - scores["iht"]
+            for _, scores in sorted(by_seed.items())
+            if {"issp", "iht"} <= scores.keys()
+        )
+    )
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _scores(results: Sequence[dict], scale: int, method: str, ratio: float, key: str) -> list:
+    return [
+        r["val_psnr"] if key == "val" else r[key]["psnr"]
+        for r in results
+        if r["config"]["scale"] == scale
+        and r["config"]["method"] == method
+        and math.isclose(r["config"]["ratio"], ratio)
+        and (key == "val" or key in r)
+    ]
+
+
+def study_summary(results: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """Per scale, ratio and metric: each method's scores and the paired ISS-P minus IHT."""
+    summary = {}
+    for scale in sorted({r["config"]["scale"] for r in results}):
+        ratios = sorted({r["config"]["ratio"] for r in results if r["config"]["scale"] == scale})
+        for ratio in [r for r in ratios if r > 0]:
+            for metric in metrics:
+                pair = paired(results, scale, ratio, metric)
+                low, high = pair.interval
+                summary[f"x{scale} r{ratio:g} {metric}"] = {
+                    "scale": scale,
+                    "ratio": ratio,
+                    "metric": metric,
+                    "dense": _scores(results, scale, "dense", 0.0, metric),
+                    "issp": _scores(results, scale, "issp", ratio, metric),
+                    "iht": _scores(results, scale, "iht", ratio, metric),
+                    "differences": list(pair.differences),
+                    "mean_difference": pair.mean if pair.n else None,
+                    "interval95": [low, high] if pair.n >= 2 else None,
+                    "issp_wins": pair.wins,
+                    "seeds": pair.n,
+                    "verdict": pair.verdict,
+                }
+    return summary
+
+
+def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
+    """``analysis/study.md``: the per-ratio verdicts, then every run's scores."""
+    summary = study_summary(results, metrics)
+    configs = [r["config"] for r in results]
+    devices = sorted({r["device"] for r in results})
+    protocols = sorted({c["protocol"] for c in configs})
+    lines = [
+        "# Does ISS-P beat IHT? The paired-seed study",
+        "",
+        f"Made by `{command}`; runs trained on {', '.join(devices)} "
+        f"(this report written on {machine_description()}, {time.strftime('%Y-%m-%d')}).",
+        f"Protocol: {', '.join(protocols)} (`issp/train.py`). edsr-tiny, {len(results)} runs. "
+        "For each seed, ISS-P and IHT start from the same initial weights and see the same "
+        "batches, so each seed gives one paired difference. PSNR in dB on the Y channel "
+        "(`crop_border = scale`). The interval is the 95% t-interval of the mean paired "
+        "difference; the verdict says ahead or behind only where it excludes 0.",
+        "",
+        "| scale | ratio | test set | dense | IHT | ISS-P | ISS-P − IHT (mean) | 95% interval "
+        "| ISS-P wins | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary.values():
+        interval = row["interval95"]
+        mean = row["mean_difference"]
+        lines.append(
+            f"| x{row['scale']} | {row['ratio']:g} | {row['metric']} | {_mean_sd(row['dense'])} "
+            f"| {_mean_sd(row['iht'])} | {_mean_sd(row['issp'])} "
+            f"| {'-' if mean is None else f'{mean:+.3f}'} "
+            f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
+            f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} |"
+        )
+    lines += ["", "Scores are mean ± standard deviation over seeds.", "", "## Every run", ""]
+    metrics = [m for m in metrics if m != "val"]
+    lines += [
+        "| run | " + " | ".join(f"{m} PSNR / SSIM" for m in metrics) + " | val PSNR | train s |",
+        "|---|" + "---|" * (len(metrics) + 2),
+    ]
+    for r in results:
+        cells = [f"{r[m]['psnr']:.3f} / {r[m]['ssim']:.4f}" if m in r else "-" for m in metrics]
+        seconds = f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['name']} | {' | '.join(cells)} | {r['val_psnr']:.3f} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_study(
+    results: Sequence[dict], metrics: Sequence[str], command: str, out: Path = REPORT_DIR
+) -> str:
+    """Write ``study.md`` and ``study.json`` into ``out``; return the Markdown."""
+    text = study_markdown(results, metrics, command)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.md").write_text(text)
+    data = {
+        "command": command,
+        "summary": study_summary(results, metrics),
+        "runs": list(results),
+    }
+    (out / "study.json").write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
+    return text
+
+
+def _json_number(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def choose_protocol(results: Sequence[dict]) -> dict:
+    """The grid's choice, on validation PSNR only: the learning rate with the best mean of
+    the two methods' means (IHT, and ISS-P over all alphas), then ISS-P's best alpha at it."""
+    val: dict[tuple[str, float, float | None], list[float]] = {}
+    for r in results:
+        c = r["config"]
+        alpha = c["alpha"] if c["method"] == "issp" else None
+        val.setdefault((c["method"], c["lr"], alpha), []).append(r["val_psnr"])
+    lrs = sorted({lr for _, lr, _ in val})
+
+    def lr_score(lr: float) -> float:
+        issp = [v for (m, x, _), vs in val.items() if m == "issp" and x == lr for v in vs]
+        return (np.mean(val[("iht", lr, None)]) + np.mean(issp)) / 2
+
+    lr = max(lrs, key=lr_score)
+    alphas = sorted(a for (m, x, a) in val if m == "issp" and x == lr)
+    alpha = max(alphas, key=lambda a: np.mean(val[("issp", lr, a)]))
+    table = {
+        f"{'IHT' if m == 'iht' else f'ISS-P alpha {a:g}'} lr {x:g}": {
+            "mean_val_psnr": float(np.mean(vs)),
+            "runs": len(vs),
+        }
+        for (m, x, a), vs in sorted(val.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] or 0))
+    }
+    return {
+        "lr": lr,
+        "alpha": alpha,
+        "lr_scores": {f"{x:g}": lr_score(x) for x in lrs},
+        "table": table,
+    }
+
+
+def grid_markdown(results: Sequence[dict], command: str) -> str:
+    """``analysis/protocol_grid.md``: the validation grid and what it chose."""
+    choice = choose_protocol(results)
+    configs = [r["config"] for r in results]
+    lines = [
+        "# Alpha and learning rate for the two-stage protocol (validation split only)",
+        "",
+        f"Made by `{command}` on {', '.join(sorted({r['device'] for r in results}))}, "
+        f"{time.strftime('%Y-%m-%d')}. edsr-tiny x2, {configs[0]['steps']} steps, "
+        f"ratios {', '.join(f'{x:g}' for x in sorted({c['ratio'] for c in configs}))}, "
+        f"seeds {', '.join(str(x) for x in sorted({c['seed'] for c in configs}))}. "
+        "Scored on the validation images carved out of the training folder (never "
+        "Set5/Set14). The learning rate is the one with the best mean of the two methods' "
+        "mean validation PSNR (so it is not picked for ISS-P alone); alpha is ISS-P's best "
+        "at that rate.",
+        "",
+        "| run | mean validation PSNR (dB) | runs |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {row['mean_val_psnr']:.3f} | {row['runs']} |"
+        for name, row in choice["table"].items()
+    ]
+    lines += [
+        "",
+        "Per learning rate, mean of the two methods' means: "
+        + ", ".join(f"{lr}: {score:.3f} dB" for lr, score in choice["lr_scores"].items())
+        + ".",
+        "",
+        f"**Chosen: lr {choice['lr']:g}, alpha {choice['alpha']:g}.**",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_grid(results: Sequence[dict], command: str, out: Path = REPORT_DIR) -> dict:
+    """Write ``protocol_grid.md`` and ``protocol_grid.json`` into ``out``; return the choice."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol_grid.md").write_text(grid_markdown(results, command))
+    choice = choose_protocol(results)
+    data = {"command": command, "choice": choice, "runs": list(results)}
+    (out / "protocol_grid.json").write_text(json.dumps(data, indent=1) + "\n")
+    return choice
