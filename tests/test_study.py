@@ -1,0 +1,114 @@
+import dataclasses
+import json
+import math
+
+import pytest
+
+from issp.cli import main
+from issp.study import Paired, choose_protocol, paired, study_plan, study_summary
+
+
+def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0):
+    config = {
+        "scale": scale,
+        "method": method,
+        "ratio": ratio,
+        "seed": seed,
+        "lr": lr,
+        "alpha": alpha,
+        "protocol": "two-stage",
+    }
+    return {
+        "name": f"{method}_{ratio}_{seed}_{lr}_{alpha}",
+        "config": config,
+        "set5": {"psnr": set5, "ssim": 0.9},
+        "val_psnr": val,
+        "train_seconds": 1.0,
+        "device": "cpu",
+    }
+
+
+def test_paired_interval_is_the_t_interval_of_the_mean_difference():
+    pair = Paired((0.1, 0.2, 0.3))
+    low, high = pair.interval
+    # t(0.975, 2) = 4.3027; sd = 0.1; half-width = 4.3027 * 0.1 / sqrt(3).
+    assert pair.mean == pytest.approx(0.2)
+    assert high - pair.mean == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
+    assert low == pytest.approx(0.2 - 0.24842, abs=1e-4)
+    assert pair.verdict == "tie" and pair.wins == 3
+
+
+def test_verdict_is_ahead_or_behind_only_when_the_interval_excludes_zero():
+    assert Paired((0.30, 0.31, 0.29)).verdict == "ISS-P ahead"
+    assert Paired((-0.30, -0.31, -0.29)).verdict == "ISS-P behind"
+    assert Paired((0.5, -0.4, 0.3)).verdict == "tie"
+    assert Paired((0.5,)).verdict == "too few seeds"
+
+
+def test_paired_differences_match_seeds_and_skip_unpaired_runs():
+    results = [
+        result(2, "issp", 0.9, 0, 35.2),
+        result(2, "iht", 0.9, 0, 35.0),
+        result(2, "issp", 0.9, 1, 35.0),
+        result(2, "iht", 0.9, 1, 35.1),
+        result(2, "issp", 0.9, 2, 35.5),  # IHT of seed 2 unfinished: no pair
+        result(2, "iht", 0.95, 0, 20.0),  # another ratio
+    ]
+    pair = paired(results, 2, 0.9, "set5")
+    assert pair.differences == pytest.approx((0.2, -0.1))
+    row = study_summary(results, ["set5"])["x2 r0.9 set5"]
+    assert row["seeds"] == 2 and row["issp_wins"] == 1 and row["verdict"] == "tie"
+
+
+def test_study_pairs_differ_only_in_the_pruning_rule():
+    runs = study_plan("two-stage", {2: 100, 4: 100}, None, seeds=(0, 1))
+    by_key = {(r.config.scale, r.config.seed, r.config.ratio, r.config.method): r for r in runs}
+    for (scale, seed, ratio, method), run in by_key.items():
+        if method == "issp":
+            iht = by_key[(scale, seed, ratio, "iht")].config
+            assert dataclasses.replace(run.config, method="iht") == iht
+    assert len({r.name for r in runs}) == len(runs) == 2 * 2 * (3 * 2 + 1)
+
+
+def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
+    # At lr 1e-3 ISS-P is best but IHT collapses; at 1e-4 both are good.
+    results = [
+        result(2, "issp", 0.9, 0, 0, lr=1e-3, alpha=0.9, val=31.0),
+        result(2, "iht", 0.9, 0, 0, lr=1e-3, val=25.0),
+        result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.9, val=30.5),
+        result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.99, val=30.8),
+        result(2, "iht", 0.9, 0, 0, lr=1e-4, val=30.4),
+    ]
+    choice = choose_protocol(results)
+    assert choice["lr"] == 1e-4 and choice["alpha"] == 0.99
+
+
+@pytest.mark.slow
+def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
+    args = [
+        "study",
+        "run",
+        "--scales",
+        "2",
+        "--steps",
+        "4",
+        "--seeds",
+        "0,1",
+        "--ratios",
+        "0.9",
+        "--work",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "report"),
+        "--fp32",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "report" / "study.json").read_text())["summary"]
+    row = summary["x2 r0.9 val"]
+    assert row["seeds"] == 2 and len(row["differences"]) == 2
+    assert "| x2 | 0.9 | val |" in (tmp_path / "report" / "study.md").read_text()
+    finished = sorted((tmp_path / "runs" / "two-stage").glob("*.json"))
+    assert len(finished) == 6
+    stamps = [p.stat().st_mtime_ns for p in finished]
+    assert main(args) == 0
+    assert [p.stat().st_mtime_ns for p in finished] == stamps
