@@ -119,6 +119,7 @@ class Pruner:
         self.prune_steps, self.gmp_interval = prune_steps, gmp_interval
         self.optimizer = optimizer
         self.recording = telemetry
+        self._model = model
         self.weights = prunable_weights(model, skip)
         self.names = list(self.weights)
         self.t = 0
@@ -260,6 +261,22 @@ class Pruner:
             self._freeze(masks)
         records = state["records"]
         self._records = list(records.unbind(0)) if records is not None else []
+
+    def remove(self) -> nn.Module:
+        """Detach the pruner, as ``torch.ao.pruning``'s ``squash_mask`` does: bake the mask's
+        zeros into the weights (freezing the current selection first if the pruning stage
+        has not ended), take the gradient hooks off, and return the plain model. The model
+        can then be saved, exported or trained on without the pruner; its zeros are no
+        longer enforced."""
+        if self.method != "dense" and not self.frozen:
+            self._freeze(self._select(self.ratio))
+        if self.masks is not None:
+            self._apply_mask()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self.masks, self.frozen = None, False
+        return self._model
 
     def pruned_layers(self) -> list[str]:
         """Names of the weights this pruner acts on (empty for ``dense``)."""

@@ -185,3 +185,21 @@ def test_telemetry_off_prunes_the_same_and_records_nothing():
     for name in recorded.masks:
         assert torch.equal(recorded.masks[name], silent.masks[name])
     assert silent.telemetry()["flips"].shape == (0, 3)
+
+
+def test_remove_bakes_in_the_zeros_and_frees_the_model_to_train_without_the_pruner():
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = Pruner(model, "issp", 0.75, prune_steps=100, alpha=0.5, optimizer=optimizer)
+    pruner.step()  # still in the pruning stage: the selection is only shrunk, not zero
+    plain = pruner.remove()
+    assert plain is model
+    for name, w in prunable_weights(model).items():
+        assert int((w == 0).sum()) == math.ceil(0.75 * w.numel()), name
+    # No hooks left: a masked weight gets its gradient and moves again.
+    loss = model(torch.rand(1, 3, 8, 8)).square().mean()
+    loss.backward()
+    optimizer.step()
+    weight = model.body[0].weight
+    assert int((weight == 0).sum()) < math.ceil(0.75 * weight.numel())
