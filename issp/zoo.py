@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from issp import IsspError
@@ -126,8 +126,7 @@ def _manifest_for_update():
     Several builds may run side by side (one per core) while ``zoo eval`` refreshes the
     scores: each reads the manifest under the lock, so none overwrites another's records.
     """
-    with open(MANIFEST.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(MANIFEST.with_suffix(".lock")):
         manifest = load_manifest()
         yield manifest
         _write_json(MANIFEST, manifest)
@@ -259,13 +258,11 @@ def _is_built(entry: ZooEntry) -> bool:
 @contextlib.contextmanager
 def _claim(work: Path):
     """Hold a lock on one zoo entry, so that builds running side by side split the plan."""
-    with open(work.with_suffix(".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    try:
+        with FileLock(work.with_suffix(".lock"), timeout=0):
+            yield True
+    except Timeout:
+        yield False
 
 
 def _train_entry(
