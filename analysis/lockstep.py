@@ -33,6 +33,7 @@ from issp.pruning import TELEMETRY_KEYS
 from issp.train import (
     TrainConfig,
     batch_loader,
+    learning_rate,
     patch_dataset,
     setup_run,
     train_step,
@@ -260,6 +261,20 @@ def run_to_end(config: LockstepConfig, stop: threading.Event | None = None) -> D
         if snapshot.finished:
             return snapshot
     return None
+
+
+def learning_rates(config: dict) -> np.ndarray | None:
+    """The learning rate of every step of a run described by ``Dynamics.config``, or None
+    where the config does not say its protocol and rate (runs stored before they did)."""
+    if "protocol" not in config or "lr" not in config:
+        return None
+    train_config = TrainConfig.of_protocol(
+        config["protocol"],
+        lr=float(config["lr"]),
+        steps=int(config["steps"]),
+        prune_steps=int(config["prune_steps"]),
+    )
+    return np.array([learning_rate(train_config, step) for step in range(train_config.steps)])
 
 
 def gradient_spread(grad_norm: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure as MplFigure
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from analysis.lockstep import Dynamics, gradient_spread, label, summarize
+from analysis.lockstep import Dynamics, gradient_spread, label, learning_rates, summarize
 
 MAX_POINTS = 1000
 METHOD_COLORS = {"issp": "#d62728", "iht": "#1f77b4", "dense": "#7f7f7f", "gmp": "#2ca02c"}
@@ -76,8 +76,26 @@ def _finish(fig: go.Figure, title: str, rows: int) -> go.Figure:
 
 
 def loss_figure(dynamics: Dynamics) -> go.Figure:
-    """Training L1 loss per step and validation PSNR, one line per method."""
-    fig = make_subplots(1, 2, subplot_titles=("training L1 loss", "validation PSNR (dB)"))
+    """Training L1 loss per step and validation PSNR, one line per method, and the
+    learning rate (shared by the methods), where the two stages of a protocol show."""
+    fig = make_subplots(
+        1, 3, subplot_titles=("training L1 loss", "validation PSNR (dB)", "learning rate")
+    )
+    rates = learning_rates(dynamics.config)
+    if rates is not None:
+        steps = np.arange(1, min(dynamics.step, len(rates)) + 1)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=rates[: len(steps)],
+                mode="lines",
+                name="learning rate",
+                line_color="black",
+                showlegend=False,
+            ),
+            1,
+            3,
+        )
     for method, s in dynamics.series.items():
         style = {"name": label(method), "legendgroup": method, "line_color": _method_color(method)}
         steps, loss = binned(s.loss)

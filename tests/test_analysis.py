@@ -233,3 +233,11 @@ def test_cli_plot_rejects_a_file_that_is_not_a_result(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "bad.json"), "--out", str(tmp_path)]) == 2
     (tmp_path / "other.json").write_text('{"a": 1}')
     assert main(["plot", str(tmp_path / "other.json"), "--out", str(tmp_path)]) == 2
+
+
+def test_loss_figure_shows_the_two_stage_learning_rate(images):
+    final = run_to_end(tiny(images, protocol="two-stage", lr=2e-4, steps=12, prune_steps=3))
+    rate = [t for t in FIGURES["loss"](final).data if t.name == "learning rate"][0]
+    assert len(rate.y) == 12
+    # Constant while pruning, the full rate again when fine-tuning starts, then halved.
+    assert list(rate.y[:3]) == [2e-4] * 3 and rate.y[3] == 2e-4 and rate.y[-1] == 1e-4
