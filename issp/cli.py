@@ -403,20 +403,16 @@ def cmd_study(args: argparse.Namespace) -> None:
     work = args.work or study.WORK_DIR
     out = args.out or study.REPORT_DIR
     if args.study_command == "grid":
-        runs = study.grid_plan(
-            args.protocol,
-            args.steps,
-            data,
-            args.lrs,
-            args.alphas,
-            args.ratios,
-            args.seeds,
-            fast=not args.fp32,
-        )
-        results = study.execute(runs, work / "grid", {}, jobs=args.jobs)
-        if len(results) < len(runs):
-            raise IsspError(f"{len(runs) - len(results)} grid runs are unfinished; run it again")
-        choice = study.write_grid(results, command, out)
+        cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": not args.fp32}
+        reference = study.AUTHORS_ALPHA
+        first = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
+        results = study.execute(first, work / "grid", {}, jobs=args.jobs)
+        lr = study.choose_protocol(results, reference)["lr"]
+        others = [a for a in args.alphas if a != reference]
+        second = study.grid_plan(args.protocol, args.steps, data, [lr], others, **cells)
+        second = [run for run in second if run.config.method == "issp"]
+        results = study.execute(first + second, work / "grid", {}, jobs=args.jobs)
+        choice = study.write_grid(results, command, reference, out)
         print(f"chosen: lr {choice['lr']:g}, alpha {choice['alpha']:g} (written to {out})")
         return
     if len(args.steps) != len(args.scales):

@@ -39,6 +39,10 @@ from issp.zoo import ROOT, machine_description
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
 TEST_SETS = ("Set5", "Set14")
+# The authors' shrink factor: every ISS-P command in their README passes --ist_ratio 0.95
+# (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, README.md lines 138 and 187). The grid runs it
+# at every learning rate as ISS-P's reference when it chooses the rate.
+AUTHORS_ALPHA = 0.95
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
@@ -115,7 +119,7 @@ def grid_plan(
     seeds: Sequence[int] = SEEDS,
     fast: bool = True,
 ) -> list[StudyRun]:
-    """IHT at each learning rate and ISS-P at each (alpha, learning rate), edsr-tiny x2."""
+    """edsr-tiny x2 runs of IHT at each learning rate and ISS-P at each (alpha, rate)."""
     runs = []
     for seed in seeds:
         for ratio in ratios:
@@ -368,9 +372,10 @@ def _json_number(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def choose_protocol(results: Sequence[dict]) -> dict:
-    """The grid's choice, on validation PSNR only: the learning rate with the best mean of
-    the two methods' means (IHT, and ISS-P over all alphas), then ISS-P's best alpha at it."""
+def choose_protocol(results: Sequence[dict], reference_alpha: float) -> dict:
+    """The grid's choice, on validation PSNR only. First the learning rate: the best mean of
+    IHT's and ISS-P's (at ``reference_alpha``, run at every rate) mean validation PSNR, so
+    the rate is not picked for ISS-P alone. Then ISS-P's best alpha at that rate."""
     val: dict[tuple[str, float, float | None], list[float]] = {}
     for r in results:
         c = r["config"]
@@ -379,30 +384,34 @@ def choose_protocol(results: Sequence[dict]) -> dict:
     lrs = sorted({lr for _, lr, _ in val})
 
     def lr_score(lr: float) -> float:
-        issp = [v for (m, x, _), vs in val.items() if m == "issp" and x == lr for v in vs]
-        return (np.mean(val[("iht", lr, None)]) + np.mean(issp)) / 2
+        return (
+            float(np.mean(val[("iht", lr, None)]) + np.mean(val[("issp", lr, reference_alpha)])) / 2
+        )
 
     lr = max(lrs, key=lr_score)
     alphas = sorted(a for (m, x, a) in val if m == "issp" and x == lr)
     alpha = max(alphas, key=lambda a: np.mean(val[("issp", lr, a)]))
+    order = sorted(val, key=lambda key: (key[1], key[0], key[2] or 0))
     table = {
-        f"{'IHT' if m == 'iht' else f'ISS-P alpha {a:g}'} lr {x:g}": {
-            "mean_val_psnr": float(np.mean(vs)),
-            "runs": len(vs),
+        f"{'IHT' if m == 'iht' else f'ISS-P alpha {a:g}'}, lr {x:g}": {
+            "mean_val_psnr": float(np.mean(val[m, x, a])),
+            "runs": len(val[m, x, a]),
         }
-        for (m, x, a), vs in sorted(val.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] or 0))
+        for m, x, a in order
     }
+    scores = {f"{x:g}": lr_score(x) for x in lrs}
     return {
         "lr": lr,
         "alpha": alpha,
-        "lr_scores": {f"{x:g}": lr_score(x) for x in lrs},
+        "reference_alpha": reference_alpha,
+        "lr_scores": scores,
         "table": table,
     }
 
 
-def grid_markdown(results: Sequence[dict], command: str) -> str:
+def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float) -> str:
     """``analysis/protocol_grid.md``: the validation grid and what it chose."""
-    choice = choose_protocol(results)
+    choice = choose_protocol(results, reference_alpha)
     configs = [r["config"] for r in results]
     lines = [
         "# Alpha and learning rate for the two-stage protocol (validation split only)",
@@ -412,9 +421,11 @@ def grid_markdown(results: Sequence[dict], command: str) -> str:
         f"ratios {', '.join(f'{x:g}' for x in sorted({c['ratio'] for c in configs}))}, "
         f"seeds {', '.join(str(x) for x in sorted({c['seed'] for c in configs}))}. "
         "Scored on the validation images carved out of the training folder (never "
-        "Set5/Set14). The learning rate is the one with the best mean of the two methods' "
-        "mean validation PSNR (so it is not picked for ISS-P alone); alpha is ISS-P's best "
-        "at that rate.",
+        "Set5/Set14). First, IHT and ISS-P at alpha "
+        f"{reference_alpha:g} (the authors' shrink factor) at every learning rate; the rate "
+        "with the best mean of the two methods' mean validation PSNR is chosen (so it is not "
+        "picked for ISS-P alone). Then ISS-P at the other alphas at that rate only, and its "
+        "best alpha is chosen.",
         "",
         "| run | mean validation PSNR (dB) | runs |",
         "|---|---|---|",
@@ -434,11 +445,13 @@ def grid_markdown(results: Sequence[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_grid(results: Sequence[dict], command: str, out: Path = REPORT_DIR) -> dict:
+def write_grid(
+    results: Sequence[dict], command: str, reference_alpha: float, out: Path = REPORT_DIR
+) -> dict:
     """Write ``protocol_grid.md`` and ``protocol_grid.json`` into ``out``; return the choice."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "protocol_grid.md").write_text(grid_markdown(results, command))
-    choice = choose_protocol(results)
+    (out / "protocol_grid.md").write_text(grid_markdown(results, command, reference_alpha))
+    choice = choose_protocol(results, reference_alpha)
     data = {"command": command, "choice": choice, "runs": list(results)}
     (out / "protocol_grid.json").write_text(json.dumps(data, indent=1) + "\n")
     return choice

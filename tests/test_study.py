@@ -71,16 +71,19 @@ def test_study_pairs_differ_only_in_the_pruning_rule():
 
 
 def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
-    # At lr 1e-3 ISS-P is best but IHT collapses; at 1e-4 both are good.
+    # At lr 1e-3 ISS-P is best but IHT collapses; at 1e-4 both are good. The other alphas
+    # run only at the chosen rate, and their scores do not move the choice of rate.
     results = [
-        result(2, "issp", 0.9, 0, 0, lr=1e-3, alpha=0.9, val=31.0),
+        result(2, "issp", 0.9, 0, 0, lr=1e-3, alpha=0.95, val=31.0),
         result(2, "iht", 0.9, 0, 0, lr=1e-3, val=25.0),
-        result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.9, val=30.5),
+        result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.95, val=30.5),
+        result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.9, val=20.0),
         result(2, "issp", 0.9, 0, 0, lr=1e-4, alpha=0.99, val=30.8),
         result(2, "iht", 0.9, 0, 0, lr=1e-4, val=30.4),
     ]
-    choice = choose_protocol(results)
+    choice = choose_protocol(results, reference_alpha=0.95)
     assert choice["lr"] == 1e-4 and choice["alpha"] == 0.99
+    assert choice["lr_scores"] == {"0.0001": pytest.approx(30.45), "0.001": pytest.approx(28.0)}
 
 
 @pytest.mark.slow
@@ -112,3 +115,16 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in finished]
     assert main(args) == 0
     assert [p.stat().st_mtime_ns for p in finished] == stamps
+
+
+@pytest.mark.slow
+def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tmp_path):
+    args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9", "--fp32"]
+    args += ["--lrs", "1e-4,1e-3", "--alphas", "0.9,0.95"]
+    args += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "report" / "protocol_grid.json").read_text())
+    choice = data["choice"]
+    alpha_runs = [r["config"] for r in data["runs"] if r["config"]["alpha"] == 0.9]
+    assert len(data["runs"]) == 5 and [c["lr"] for c in alpha_runs] == [choice["lr"]]
+    assert f"Chosen: lr {choice['lr']:g}" in (tmp_path / "report" / "protocol_grid.md").read_text()
