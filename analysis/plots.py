@@ -361,6 +361,63 @@ def save_figures(dynamics: Dynamics, out_dir: str | Path) -> list[Path]:
     return [*written, page]
 
 
+def _draw_trace(figure: MplFigure, ax, trace, colorbar_x: float) -> None:
+    """One plotly scatter, bar or heatmap trace onto a matplotlib axis."""
+    if isinstance(trace, go.Heatmap):
+        image = ax.imshow(
+            np.asarray(trace.z, dtype=float),
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            vmin=trace.zmin,
+            vmax=trace.zmax,
+            extent=(trace.x[0], trace.x[-1], -0.5, len(trace.y) - 0.5),
+            interpolation="nearest",
+        )
+        ax.set_yticks(range(len(trace.y)), trace.y, fontsize=6)
+        if trace.showscale is not False:
+            # A colorbar axis of its own, so the panels keep equal widths.
+            box = ax.get_position()
+            figure.colorbar(image, cax=figure.add_axes((colorbar_x, box.y0, 0.01, box.height)))
+    elif isinstance(trace, go.Bar):
+        ax.bar(
+            trace.x,
+            trace.y,
+            width=trace.width,
+            color=trace.marker.color,
+            alpha=trace.opacity,
+            label=trace.name,
+        )
+    else:
+        ax.plot(
+            trace.x,
+            np.asarray(trace.y, dtype=float),
+            marker="o" if "markers" in (trace.mode or "") else None,
+            markersize=3,
+            color=trace.line.color,
+            linestyle="--" if trace.line.dash == "dash" else "-",
+            linewidth=trace.line.width or 1.5,
+            label=trace.name if trace.showlegend is not False else None,
+        )
+
+
+def _figure_legend(figure: MplFigure, axes: list) -> None:
+    """One legend for the whole figure, each name once, right of the panels."""
+    handles = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
+    if handles:
+        figure.legend(
+            handles.values(),
+            handles.keys(),
+            loc="upper left",
+            bbox_to_anchor=(0.87, 0.88),
+            fontsize=7,
+            frameon=False,
+        )
+
+
 def to_matplotlib(fig: go.Figure) -> MplFigure:
     """Redraw a figure built here with matplotlib (Agg): its scatter, bar and heatmap
     traces, log axes, subplot titles and Kp lines. Heatmaps use viridis."""
@@ -391,46 +448,7 @@ def to_matplotlib(fig: go.Figure) -> MplFigure:
         return axes[(xref, yref)]
 
     for trace in fig.data:
-        ax = axis_for(trace.xaxis or "x", trace.yaxis or "y")
-        if isinstance(trace, go.Heatmap):
-            image = ax.imshow(
-                np.asarray(trace.z, dtype=float),
-                aspect="auto",
-                origin="lower",
-                cmap="viridis",
-                vmin=trace.zmin,
-                vmax=trace.zmax,
-                extent=(trace.x[0], trace.x[-1], -0.5, len(trace.y) - 0.5),
-                interpolation="nearest",
-            )
-            ax.set_yticks(range(len(trace.y)), trace.y, fontsize=6)
-            if trace.showscale is not False:
-                # A colorbar axis of its own, so the panels keep equal widths.
-                box = ax.get_position()
-                figure.colorbar(
-                    image, cax=figure.add_axes((right + 0.01, box.y0, 0.01, box.height))
-                )
-        elif isinstance(trace, go.Bar):
-            ax.bar(
-                trace.x,
-                trace.y,
-                width=trace.width,
-                color=trace.marker.color,
-                alpha=trace.opacity,
-                label=trace.name,
-            )
-        else:
-            marker = "o" if "markers" in (trace.mode or "") else None
-            ax.plot(
-                trace.x,
-                np.asarray(trace.y, dtype=float),
-                marker=marker,
-                markersize=3,
-                color=trace.line.color,
-                linestyle="--" if trace.line.dash == "dash" else "-",
-                linewidth=trace.line.width or 1.5,
-                label=trace.name if trace.showlegend is not False else None,
-            )
+        _draw_trace(figure, axis_for(trace.xaxis or "x", trace.yaxis or "y"), trace, right + 0.01)
     for shape in layout.shapes:
         key = (shape.xref, shape.yref.removesuffix(" domain"))
         if key in axes:
@@ -442,18 +460,6 @@ def to_matplotlib(fig: go.Figure) -> MplFigure:
         else:
             ax = axis_for(note.xref.removesuffix(" domain"), note.yref.removesuffix(" domain"))
             ax.text(0.5, 0.5, note.text, ha="center", va="center", transform=ax.transAxes)
-    handles = {}
-    for ax in axes.values():
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(name, handle)
-    if handles:
-        figure.legend(
-            handles.values(),
-            handles.keys(),
-            loc="upper left",
-            bbox_to_anchor=(0.87, 0.88),
-            fontsize=7,
-            frameon=False,
-        )
+    _figure_legend(figure, list(axes.values()))
     figure.suptitle(layout.title.text or "", fontsize=12)
     return figure
