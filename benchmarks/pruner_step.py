@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from issp.machine import machine_description
 from issp.models import build_model
 from issp.train import TrainConfig, setup_run, train_step
-from issp.zoo import machine_description
 
 
 def seconds_per_call(fn, repeats: int) -> float:

@@ -24,6 +24,7 @@ import time
 import torch
 
 from analysis.lockstep import LockstepConfig, run_lockstep
+from issp.machine import machine_description
 from issp.models import build_model
 from issp.train import (
     TrainConfig,
@@ -33,7 +34,6 @@ from issp.train import (
     train_step,
     training_images,
 )
-from issp.zoo import machine_description
 
 
 def training_step_times(config: TrainConfig, warmup: int = 5) -> dict[str, float]:

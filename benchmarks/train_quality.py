@@ -18,8 +18,8 @@ import torch
 
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
+from issp.machine import machine_description
 from issp.train import TrainConfig, train
-from issp.zoo import machine_description
 
 SETTINGS = {"fp32": {}, "bf16+channels-last": {"bf16": True, "channels_last": True}}
 

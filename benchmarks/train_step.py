@@ -25,6 +25,7 @@ import time
 import torch
 from torch import nn
 
+from issp.machine import machine_description
 from issp.models import build_model
 from issp.train import (
     TrainConfig,
@@ -34,7 +35,6 @@ from issp.train import (
     train_step,
     training_images,
 )
-from issp.zoo import machine_description
 
 CASES = {  # name: (arch, scale, LR patch)
     "edsr-tiny x2": ("edsr-tiny", 2, 48),

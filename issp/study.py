@@ -33,8 +33,9 @@ from scipy import stats
 
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
+from issp.machine import available_cpus, machine_description
 from issp.train import TrainConfig, train
-from issp.zoo import ROOT, machine_description
+from issp.zoo import ROOT
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
@@ -160,7 +161,7 @@ def execute(
     work.mkdir(parents=True, exist_ok=True)
     pending = [run for run in runs if not run.result_path(work).exists()]
     log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
         futures = [pool.submit(_execute_one, run, work, tests, threads) for run in pending]
         for run, future in zip(pending, futures, strict=True):

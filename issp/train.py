@@ -44,6 +44,7 @@ from issp import IsspError
 from issp.checkpoint import save_checkpoint
 from issp.data import PatchDataset, default_image_paths, find_images, split_train_val
 from issp.evaluate import evaluate_arrays, validation_crops
+from issp.machine import available_cpus
 from issp.models import PRESETS, build_model, preset_args
 from issp.pruning import Pruner
 
@@ -412,7 +413,7 @@ def _last(values: list[float]) -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
+    return f"cpu ({available_cpus()} cores)"
 
 
 def _save_state(

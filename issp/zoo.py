@@ -12,19 +12,18 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
 from issp import IsspError
 from issp.checkpoint import checkpoint_info, load_checkpoint, sha256
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
+from issp.machine import machine_description
 from issp.models import model_summary
 from issp.train import TrainConfig, telemetry_path, train, training_images
 
@@ -175,19 +174,6 @@ def load_zoo_model(
         raise IsspError(f"{path} does not match the manifest's sha256; refusing to load it")
     model, _ = load_checkpoint(path, scale=scale, arch=arch)
     return model, record
-
-
-def machine_description() -> str:
-    """CPU model and core count (or GPU name) of this machine, for result provenance."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def evaluate_checkpoint(model: nn.Module | None, test_dir: Path, scale: int) -> dict:
