@@ -35,10 +35,18 @@ CONCURRENCY = 2
 QUEUE_SIZE = 32
 # One "Evaluate" sweep touches a dense model and 2 methods x 5 ratios: 11 models fit.
 MODEL_CACHE = 16
-# Live training runs and alpha sweeps share one slot server-wide, so a training user
-# takes one core at most and upscaling keeps the other; the rest wait in the queue.
-TRAINING = "training"
+# Live training runs and alpha sweeps run one at a time server-wide, so training takes one
+# core at most and upscaling keeps the other. They wait in a line of their own (see
+# live.LiveRuns), not in Gradio's queue: at most TRAINING_RUNS running or waiting, one
+# per session, and past that a new one is refused at once, so the queue keeps room for
+# upscaling however many training requests arrive.
 TRAINING_SLOTS = 1
+TRAINING_RUNS = 4
+TRAINING_LINE = (
+    f"Live runs and sweeps run {TRAINING_SLOTS} at a time server-wide; at most "
+    f"{TRAINING_RUNS} run or wait at once, one per user (a new one replaces yours), and "
+    "past that a new one is refused until one ends."
+)
 # The dynamics figures grouped into sub-tabs: a browser redraws only the visible ones, and
 # all eight redrawn at every live update kept a busy machine's browser from responding.
 FIGURE_TABS = {
@@ -115,7 +123,7 @@ def build_app(
 ) -> gr.Blocks:
     """Lay out the app and wire each widget to an :mod:`issp.service` or
     :mod:`analysis.live` function."""
-    runs = live.LiveRuns()
+    runs = live.LiveRuns(capacity=TRAINING_RUNS, slots=TRAINING_SLOTS)
     # Where Gradio writes uploads (and copies the examples to), and the examples' own
     # folder: the only places an image input may name.
     uploads = [Path(get_upload_folder()), *{path.parent for path in examples}]
@@ -174,10 +182,11 @@ def build_app(
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Train ISS-P and IHT (and the extras) in lockstep, streaming figures and status."""
-        # Inside `running`, so a bad request still releases the session's claim.
-        with runs.running(request.session_hash) as stop:
-            config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed, extra)
-            for view in live.live_run(config, stop, outputs.new):
+        config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed, extra)
+        with runs.admitted(request.session_hash) as run:
+            for status in runs.wait(run):
+                yield *(None,) * len(FIGURES), status, None
+            for view in live.live_run(config, run.stop, outputs.new):
                 download = None if view.download is None else str(view.download)
                 yield *view.figures, view.status, download
 
@@ -191,21 +200,20 @@ def build_app(
         seed: int,
         alphas: list[float],
         request: gr.Request,
-    ) -> Iterator[tuple[pd.DataFrame, Figure | None, str]]:
+    ) -> Iterator[tuple[pd.DataFrame | None, Figure | None, str]]:
         """Run ISS-P once per alpha (0 is IHT), streaming the table as rows arrive."""
-        with runs.running(request.session_hash) as stop:
-            # alpha_sweep sets alpha per run; any valid one passes the check here.
-            alpha = LockstepConfig.alpha
-            config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed)
-            for view in live.sweep_run(config, alphas, stop):
+        # alpha_sweep sets alpha per run; any valid one passes the check here.
+        alpha = LockstepConfig.alpha
+        config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed)
+        live.sweep_alphas(alphas, config.steps)
+        with runs.admitted(request.session_hash) as run:
+            for status in runs.wait(run):
+                yield None, None, status
+            for view in live.sweep_run(config, alphas, run.stop):
                 table = pd.DataFrame(view.rows, columns=list(live.SWEEP_COLUMNS))
                 # float32 PSNR printed in full reads as noise.
                 table = table.round({"psnr": 2})
                 yield table, view.figure, view.status
-
-    def claim(request: gr.Request) -> None:
-        """Stop this session's run and reserve the next one before it is queued."""
-        runs.claim(request.session_hash)
 
     def stop_live(request: gr.Request) -> None:
         """Stop this session's live run or sweep; it ends at its next step."""
@@ -293,7 +301,7 @@ def build_app(
                 gr.Markdown(
                     "ISS-P and IHT train side by side from the same initial weights on the "
                     "same batches, so the pruning rule is the only difference. "
-                    f"At most {MAX_STEPS:,} steps; one run per user, others queue."
+                    f"At most {MAX_STEPS:,} steps. {TRAINING_LINE}"
                 )
                 live_arch = gr.Dropdown(
                     list(live.LIVE_ARCHS), value="edsr-tiny", label="Architecture"
@@ -324,7 +332,8 @@ def build_app(
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown(
                     "The same small ISS-P run once per alpha, from alpha 0 (which is IHT) "
-                    "towards 1: how much the mask moves, and what it costs or gains in PSNR."
+                    "towards 1: how much the mask moves, and what it costs or gains in PSNR. "
+                    f"At most {MAX_STEPS:,} steps in all. {TRAINING_LINE}"
                 )
                 sweep_arch = gr.Dropdown(
                     list(live.LIVE_ARCHS), value="edsr-tiny", label="Architecture"
@@ -396,18 +405,15 @@ def build_app(
             live_extra,
         ]
         training = {
-            "concurrency_id": TRAINING,
-            "concurrency_limit": TRAINING_SLOTS,
+            # Started at once: runs wait in `runs`, whose line is bounded, and so a second
+            # Train press or Stop reaches a waiting run at once.
+            "concurrency_limit": None,
             # The plots stay readable while they update.
             "show_progress": "minimal",
             # A second press submits its run while the first is still winding down.
             "trigger_mode": "multiple",
         }
-        # Claiming first (outside the training slot) lets a second Train press stop the
-        # first run at once, and Stop end a run still waiting in the queue.
         train_button.click(
-            claim, None, None, api_visibility="private", concurrency_limit=None
-        ).then(
             train_live,
             live_inputs,
             [*live_plots, live_status, live_download],
@@ -425,8 +431,6 @@ def build_app(
             sweep_alphas,
         ]
         sweep_button.click(
-            claim, None, None, api_visibility="private", concurrency_limit=None
-        ).then(
             sweep,
             sweep_inputs,
             [sweep_table, sweep_plot, sweep_status],

@@ -2,10 +2,11 @@
 
 ``app.py`` lays out the widgets and wires them here; the tests call these without a UI.
 A live run is a generator of views (figures, a status line, at the end a JSON file), so
-the UI can stream it. ``LiveRuns`` keeps one run per browser session and the stop event
-that ends it: a new run from the same session stops the old one, and the Stop button sets
-the event, which ``run_lockstep`` checks before every step. (A closed tab needs nothing
-from us: Gradio stops iterating a run whose client has gone.)
+the UI can stream it. ``LiveRuns`` admits runs (a bounded number, one per browser
+session), lines them up and keeps the stop event of each: a new run from the same session
+stops the old one, and the Stop button sets the event, which ``run_lockstep`` checks
+before every step. (A closed tab needs nothing from us: Gradio stops iterating a run
+whose client has gone.)
 """
 
 from __future__ import annotations
@@ -47,79 +48,97 @@ UPDATES = 25
 EVERY_BOUNDS = (5, 50)
 
 
-@dataclass
-class _Claim:
+@dataclass(frozen=True)
+class LiveRun:
+    """One admitted live run or sweep: its session and the event that stops it."""
+
+    session: str
     stop: threading.Event
-    started: bool
 
 
 class LiveRuns:
-    """The live run (or alpha sweep) of each session and the event that stops it.
+    """The live runs and alpha sweeps the server has admitted, in the order they run.
 
-    Thread-safe. An entry lives from ``claim`` (or the start of a run) to the end of the
-    run. A claim whose run never comes (the queue was full, the tab was closed while it
-    waited) would stay, so past ``capacity`` entries the oldest such claims are dropped.
+    Training is slow and the server small, so admission is bounded: at most ``capacity``
+    runs are admitted at once (running or waiting), ``slots`` of them run at a time and the
+    rest wait their turn here rather than in Gradio's queue, which so always has room for
+    upscaling. Past ``capacity`` a new run is refused at once. A session has one run at a
+    time: a new one stops the session's old one and takes its place in the line. A run
+    leaves the line when its ``with`` block ends, however it ends. Thread-safe.
     """
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 4, slots: int = 1) -> None:
+        if not 1 <= slots <= capacity:
+            raise IsspError(f"need 1 <= slots <= capacity, got {slots} and {capacity}")
         self.capacity = capacity
-        self._lock = threading.Lock()
-        # In order of claiming, oldest first.
-        self._claims: dict[str, _Claim] = {}
-
-    def claim(self, session: str) -> None:
-        """Stop the session's run, if any, and reserve a fresh stop event for its next one.
-
-        The UI calls this before the run is queued, so Stop works while the run still
-        waits for its turn, and a second Train press replaces the first run at once.
-        """
-        with self._lock:
-            self._replace(session, started=False)
-            waiting = [name for name, claim in self._claims.items() if not claim.started]
-            for name in waiting[: max(len(self._claims) - self.capacity, 0)]:
-                del self._claims[name]
-
-    def _replace(self, session: str, started: bool) -> threading.Event:
-        old = self._claims.pop(session, None)
-        if old is not None:
-            old.stop.set()
-        self._claims[session] = _Claim(threading.Event(), started)
-        return self._claims[session].stop
+        self.slots = slots
+        self._changed = threading.Condition()
+        # Admitted runs, oldest first; the first `slots` of them run.
+        self._line: list[LiveRun] = []
 
     @contextmanager
-    def running(self, session: str) -> Iterator[threading.Event]:
-        """The stop event for a run of ``session`` while the ``with`` block lasts.
+    def admitted(self, session: str) -> Iterator[LiveRun]:
+        """A place in the line for a run of ``session`` while the ``with`` block lasts.
 
-        Takes the event ``claim`` reserved, or else stops the session's earlier run and
-        makes a new one.
+        Raises IsspError at once, taking no place, when ``capacity`` other sessions have
+        runs admitted already. (A session's replaced run, still ending, does not count
+        twice.)
         """
-        with self._lock:
-            claim = self._claims.get(session)
-            if claim is not None and not claim.started:
-                claim.started = True
-                stop = claim.stop
-            else:
-                stop = self._replace(session, started=True)
+        with self._changed:
+            earlier = [run for run in self._line if run.session == session]
+            if not earlier and len({run.session for run in self._line}) >= self.capacity:
+                raise IsspError(
+                    f"the server is busy training: {self.capacity} runs are running or "
+                    "waiting, the most it takes at once; try again when one has finished"
+                )
+            run = LiveRun(session, threading.Event())
+            for old in earlier:
+                old.stop.set()
+            # The session keeps its place: its stopped run ends at its next step.
+            place = self._line.index(earlier[-1]) + 1 if earlier else len(self._line)
+            self._line.insert(place, run)
+            self._changed.notify_all()
         try:
-            yield stop
+            yield run
         finally:
-            with self._lock:
-                if session in self._claims and self._claims[session].stop is stop:
-                    del self._claims[session]
+            with self._changed:
+                self._line.remove(run)
+                self._changed.notify_all()
+
+    def _ahead(self, run: LiveRun) -> int:
+        return max(self._line.index(run) - self.slots + 1, 0)
+
+    def wait(self, run: LiveRun, every: float = 5.0) -> Iterator[str]:
+        """Until ``run`` may start or is stopped, yield a status saying how many runs are
+        ahead of it: at once, whenever that changes, and at least every ``every`` seconds
+        (a stream that yields now and then notices a client that has gone)."""
+        with self._changed:
+            ahead = self._ahead(run)
+        while ahead and not run.stop.is_set():
+            yield (
+                f"**Waiting:** {ahead} run{'s' if ahead > 1 else ''} ahead of yours (runs go "
+                f"{self.slots} at a time; at most {self.capacity} running or waiting)."
+            )
+            with self._changed:
+                self._changed.wait_for(
+                    lambda seen=ahead: self._ahead(run) != seen or run.stop.is_set(),
+                    timeout=every,
+                )
+                ahead = self._ahead(run)
 
     def stop(self, session: str) -> bool:
-        """Ask the session's run to stop; False if it had none."""
-        with self._lock:
-            claim = self._claims.get(session)
-        if claim is None:
-            return False
-        claim.stop.set()
-        return True
+        """Ask the session's run to stop (a waiting one stops waiting); False if none."""
+        with self._changed:
+            runs = [run for run in self._line if run.session == session]
+            for run in runs:
+                run.stop.set()
+            self._changed.notify_all()
+        return bool(runs)
 
     def active(self) -> int:
-        """How many sessions have a run claimed or going (at most ``capacity`` claimed)."""
-        with self._lock:
-            return len(self._claims)
+        """How many runs are admitted now, running or waiting."""
+        with self._changed:
+            return len(self._line)
 
 
 def _whole(value: object, name: str, low: int, high: int | None = None) -> int:

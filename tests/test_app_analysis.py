@@ -47,9 +47,11 @@ def config(base, steps=12, **overrides) -> LockstepConfig:
 
 
 def session_run(runs, session, run_config, folders, every=3):
-    """What the app's Train handler does, minus the UI."""
-    with runs.running(session) as stop:
-        yield from live.live_run(run_config, stop, folders.new, every)
+    """What the app's Train handler does, minus the UI: wait in line, then run."""
+    with runs.admitted(session) as run:
+        for status in runs.wait(run, every=0.05):
+            yield live.LiveView((None,) * len(FIGURES), status)
+        yield from live.live_run(run_config, run.stop, folders.new, every)
 
 
 def test_a_run_streams_snapshots_then_a_summary_and_its_json(base, tmp_path):
@@ -104,41 +106,52 @@ def test_stop_ends_a_run_at_once(base, tmp_path):
 
 
 def test_a_second_run_from_the_same_session_stops_the_first(base, tmp_path):
-    runs, folders = live.LiveRuns(), service.ResultFolders(tmp_path)
+    runs, folders = live.LiveRuns(capacity=2, slots=1), service.ResultFolders(tmp_path)
     first = session_run(runs, "alice", config(base, steps=MAX_STEPS), folders)
-    next(first)
+    assert "Running" in next(first).status
     second = session_run(runs, "alice", config(base), folders)
-    others = session_run(runs, "bob", config(base, steps=MAX_STEPS), folders)
-    next(second), next(others)
-    assert "Stopped" in next(first).status
-    assert "Running" in next(others).status, "another session's run is left alone"
+    # It waits only for the first to end at its next step, and takes its place.
+    assert next(second).status.startswith("**Waiting:** 1 run ahead of yours")
+    assert list(first)[-1].status.startswith("**Stopped**")
     assert list(second)[-1].status.startswith("**Finished**")
-    others.close()
-    assert runs.active() == 0, "finished and closed runs leave nothing behind"
+    assert runs.active() == 0, "finished runs leave nothing behind"
 
 
-def test_stop_reaches_a_run_claimed_but_still_queued(base, tmp_path):
-    runs = live.LiveRuns()
-    runs.claim("alice")
-    assert runs.stop("alice")
-    views = list(session_run(runs, "alice", config(base), service.ResultFolders(tmp_path)))
-    assert [v.status for v in views] == ["**Stopped** before the first snapshot."]
-    assert views[0].figures == (None,) * len(FIGURES)
-    assert not runs.stop("alice") and runs.active() == 0
+def test_runs_wait_their_turn_and_past_the_bound_are_refused_at_once(base, tmp_path):
+    runs, folders = live.LiveRuns(capacity=2, slots=1), service.ResultFolders(tmp_path)
+    alice = session_run(runs, "alice", config(base, steps=MAX_STEPS), folders)
+    bob = session_run(runs, "bob", config(base), folders)
+    next(alice)
+    assert next(bob).status.startswith("**Waiting:** 1 run ahead of yours")
+    carol = session_run(runs, "carol", config(base), folders)
+    with pytest.raises(IsspError, match="the server is busy training: 2 runs"):
+        next(carol)
+    assert runs.active() == 2, "a refused run takes no place"
+    # A session already in line may replace its run while the line is full.
+    again = session_run(runs, "alice", config(base, steps=MAX_STEPS), folders)
+    assert "Waiting" in next(again).status
+    alice.close(), again.close()
+    assert list(bob)[-1].status.startswith("**Finished**"), "bob's turn came"
+    assert runs.active() == 0
 
 
-def test_claims_whose_run_never_came_are_bounded(base, tmp_path):
-    runs = live.LiveRuns(capacity=2)
-    going = session_run(
-        runs, "alice", config(base, steps=MAX_STEPS), service.ResultFolders(tmp_path)
-    )
-    next(going)
-    for session in ("bob", "carol", "dave", "erin"):
-        runs.claim(session)
-    assert runs.active() == 2
-    assert runs.stop("alice"), "a running run is never dropped"
-    assert runs.stop("erin") and not runs.stop("bob")
-    assert "Stopped" in next(going).status
+def test_stop_reaches_a_waiting_run_and_a_closed_one_leaves_the_line(base, tmp_path):
+    runs, folders = live.LiveRuns(capacity=3, slots=1), service.ResultFolders(tmp_path)
+    alice = session_run(runs, "alice", config(base, steps=MAX_STEPS), folders)
+    next(alice)
+    bob = session_run(runs, "bob", config(base), folders)
+    carol = session_run(runs, "carol", config(base), folders)
+    next(bob), next(carol)
+    assert runs.stop("bob")
+    views = list(bob)
+    assert views[-1].status == "**Stopped** before the first snapshot."
+    assert views[-1].figures == (None,) * len(FIGURES)
+    # A client that goes while its run waits: Gradio drops the stream, closing it.
+    assert next(carol).status.startswith("**Waiting:** 1 run ahead")
+    carol.close()
+    assert runs.active() == 1 and not runs.stop("carol")
+    alice.close()
+    assert runs.active() == 0
 
 
 @pytest.mark.parametrize(
@@ -224,7 +237,7 @@ def test_stored_tab_draws_a_stored_pair_with_its_dense_run(tmp_path):
         live.stored_view(tmp_path, "edsr-tiny x4, ratio 0.5")
 
 
-def test_training_events_share_one_slot_server_wide(fake_zoo, tmp_path):
+def test_training_events_wait_in_their_own_bounded_line(fake_zoo, tmp_path):
     import app
 
     demo = app.build_app(
@@ -232,9 +245,10 @@ def test_training_events_share_one_slot_server_wide(fake_zoo, tmp_path):
     )
     public = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert {"train_live", "stop_live", "alpha_sweep", "stored", "stored_settings"} <= set(public)
+    # Never in Gradio's queue for long, so it always has room for upscaling.
     for name in ("train_live", "alpha_sweep"):
-        assert public[name].concurrency_id == app.TRAINING
-        assert public[name].concurrency_limit == app.TRAINING_SLOTS == 1
+        assert public[name].concurrency_limit is None
+    assert (app.TRAINING_SLOTS, app.TRAINING_RUNS) == (1, 4)
     # Stop must never wait behind the run it stops.
     assert public["stop_live"].concurrency_limit is None
     assert sorted(sum(app.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"

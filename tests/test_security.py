@@ -6,6 +6,8 @@ training queue filling up for everyone, a broken zoo stopping the server.
 """
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,22 +23,43 @@ FILE_ENDPOINTS = {
 }
 
 
-def call(url: str, api_name: str, data: list, timeout: float = 120) -> tuple[str, object]:
-    """POST ``data`` to ``/gradio_api/call/<api_name>`` and read the event stream to its
-    end: ``("complete", outputs)`` or ``("error", message)``."""
-    response = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, timeout=30)
+def submit(url: str, api_name: str, data: list, session_hash: str | None = None) -> str:
+    """POST ``data`` to ``/gradio_api/call/<api_name>``; returns the event id."""
+    body = {"data": data} if session_hash is None else {"data": data, "session_hash": session_hash}
+    response = httpx.post(f"{url}gradio_api/call/{api_name}", json=body, timeout=30)
     response.raise_for_status()
-    event_id = response.json()["event_id"]
+    return response.json()["event_id"]
+
+
+def events(url: str, api_name: str, event_id: str, timeout: float = 120) -> Iterator[tuple]:
+    """The ``(event, data)`` pairs of an event's stream as they come; an error's data is
+    its message."""
     stream_url = f"{url}gradio_api/call/{api_name}/{event_id}"
     event = None
     with httpx.stream("GET", stream_url, timeout=timeout) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and event in ("complete", "error"):
+            elif line.startswith("data: ") and event != "heartbeat":
                 data = json.loads(line.removeprefix("data: "))
-                return event, data["error"] if event == "error" else data
+                yield event, data["error"] if event == "error" else data
+
+
+def call(url: str, api_name: str, data: list, session_hash: str | None = None) -> tuple:
+    """Call an endpoint and wait: ``("complete", outputs)`` or ``("error", message)``."""
+    event_id = submit(url, api_name, data, session_hash)
+    for event, data in events(url, api_name, event_id):
+        if event in ("complete", "error"):
+            return event, data
     raise AssertionError(f"{api_name}: the event stream ended without a result")
+
+
+def upload(url: str, path: Path) -> str:
+    """Upload a file as the browser does; returns its path on the server."""
+    with open(path, "rb") as data:
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, data)})
+    response.raise_for_status()
+    return response.json()[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +95,7 @@ def test_no_endpoint_reads_a_file_outside_the_uploads(app_server, outside, api_n
 def test_an_uploaded_file_is_still_read(app_server, tmp_path):
     url, _ = app_server
     photo(40, 30).save(tmp_path / "in.png")
-    with open(tmp_path / "in.png", "rb") as data:
-        response = httpx.post(f"{url}gradio_api/upload", files={"files": ("in.png", data)})
-    (path,) = response.json()
+    path = upload(url, tmp_path / "in.png")
     event, outputs = call(url, "upscale", [{"path": path}, *FILE_ENDPOINTS["upscale"]])
     assert event == "complete", outputs
     assert "output 80x60" in outputs[2]
@@ -88,3 +109,32 @@ def test_gradio_file_route_serves_nothing_outside_the_app_s_folders(app_server, 
     path = target if target.startswith("/") else str(ROOT / target)
     response = httpx.get(f"{url}gradio_api/file={path}")
     assert response.status_code == 403
+
+
+def test_forty_training_requests_leave_room_for_upscaling(app_server, tmp_path):
+    url, _ = app_server
+    sessions = [f"trainer-{n}" for n in range(40)]
+    # Each from its own session, as 40 clients' would be; long runs, so none ends here.
+    submitted = [
+        (session, submit(url, "train_live", ["edsr-tiny", 2, 0.9, 0.99, 2000, 0, 0, []], session))
+        for session in sessions
+    ]
+    try:
+        photo(40, 30).save(tmp_path / "in.png")
+        path = upload(url, tmp_path / "in.png")
+        event, outputs = call(url, "upscale", [{"path": path}, *FILE_ENDPOINTS["upscale"]])
+        assert event == "complete", outputs
+        assert "output 80x60" in outputs[2]
+        first = [next(events(url, "train_live", event_id)) for _, event_id in submitted]
+    finally:
+        for session in sessions:
+            call(url, "stop_live", [], session)
+    refused = [data for event, data in first if event == "error"]
+    admitted = [data for event, data in first if event == "generating"]
+    assert len(admitted) == 4 and len(refused) == 36, first
+    assert set(refused) == {
+        "the server is busy training: 4 runs are running or waiting, the most it takes "
+        "at once; try again when one has finished"
+    }
+    statuses = [data[-2] for data in admitted]
+    assert sum(status.startswith("**Waiting:**") for status in statuses) == 3
