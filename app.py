@@ -362,7 +362,16 @@ def build_app(
                 "The full-length runs the zoo was trained with: the same figures, no training."
             )
             with gr.Row():
-                stored_choice = gr.Dropdown([], label="Setting (ISS-P and IHT both stored)")
+                # Listed now, so an API client sees them (view_api) and may pick one before
+                # its session has opened the tab; the zoo build may add more later, and
+                # these handlers skip Gradio's check against the list (preprocess=False)
+                # because live.stored_view checks against the folder itself.
+                settings = live.stored_choices(telemetry_dir)
+                stored_choice = gr.Dropdown(
+                    settings,
+                    value=next(iter(settings), None),
+                    label="Setting (ISS-P and IHT both stored)",
+                )
                 stored_refresh = gr.Button("Refresh", scale=0)
             stored_status = gr.Markdown(label="summary", elem_id="stored-status")
             stored_plots = figure_tabs("stored")
@@ -445,6 +454,7 @@ def build_app(
             [stored_choice],
             [stored_choice, *stored_outputs],
             api_name="stored_settings",
+            preprocess=False,
         )
         # Drawn when the tab is opened, not on every page load: stored runs are long.
         stored_tab.select(
@@ -452,8 +462,11 @@ def build_app(
             [stored_choice],
             [stored_choice, *stored_outputs],
             api_visibility="private",
+            preprocess=False,
         )
-        stored_choice.input(stored, [stored_choice], stored_outputs, api_name="stored")
+        stored_choice.input(
+            stored, [stored_choice], stored_outputs, api_name="stored", preprocess=False
+        )
     return demo
 
 

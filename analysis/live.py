@@ -36,6 +36,7 @@ from analysis.lockstep import (
 from analysis.plots import FIGURES, alpha_sweep_figure
 from analysis.stored import list_stored, load_stored, stored_pairs
 from issp import IsspError
+from issp.service import echo
 
 LIVE_ARCHS = ("edsr-tiny", "swinir-tiny")
 # Methods the user may add to the ISS-P vs IHT pair, by their UI names.
@@ -399,8 +400,8 @@ def stored_view(directory: str | Path, choice: str | None) -> StoredView:
         )
     if choice is None:
         choice = next(iter(pairs))
-    if choice not in pairs:
-        raise IsspError(f"no stored run {choice!r}; stored: {'; '.join(pairs)}")
+    if not isinstance(choice, str) or choice not in pairs:
+        raise IsspError(f"no stored run {echo(choice)}; stored: {'; '.join(pairs)}")
     arch, scale, ratio = pairs[choice]
     dense = any(
         (r.entry.arch, r.entry.scale, r.entry.method) == (arch, scale, "dense")

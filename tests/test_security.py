@@ -6,12 +6,14 @@ training queue filling up for everyone, a broken zoo stopping the server.
 """
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import photo
+from conftest import photo, started_app, write_stored_run
+from gradio_client import Client
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +140,30 @@ def test_forty_training_requests_leave_room_for_upscaling(app_server, tmp_path):
     }
     statuses = [data[-2] for data in admitted]
     assert sum(status.startswith("**Waiting:**") for status in statuses) == 3
+
+
+@pytest.fixture(scope="module")
+def own_zoo_app(fake_zoo, tmp_path_factory):
+    """An app of its own, on a copy of the fake zoo with stored dynamics."""
+    folder = tmp_path_factory.mktemp("own")
+    zoo = shutil.copytree(fake_zoo, folder / "zoo")
+    (zoo / "telemetry").mkdir()
+    for method, ratio in (("issp", 0.9), ("iht", 0.9), ("issp", 0.5), ("iht", 0.5)):
+        write_stored_run(zoo / "telemetry", method, ratio)
+    with started_app(zoo, folder / "app.log") as url:
+        yield url
+
+
+def test_a_fresh_api_session_can_pick_any_stored_setting_the_ui_lists(own_zoo_app):
+    client = Client(own_zoo_app, verbose=False)
+    (choice,) = client.view_api(print_info=False, return_format="dict")["named_endpoints"][
+        "/stored"
+    ]["parameters"]
+    listed = choice["type"]["enum"]
+    assert listed == ["edsr-tiny x2, ratio 0.5", "edsr-tiny x2, ratio 0.9"]
+    for label in listed:
+        *figures, status = client.predict(label, api_name="/stored")
+        assert "Mask entries flipped: ISS-P" in status
+        assert all(figure["type"] == "plotly" for figure in figures)
+    with pytest.raises(Exception, match="no stored run 'edsr-tiny x4, ratio 0.5'"):
+        client.predict("edsr-tiny x4, ratio 0.5", api_name="/stored")
