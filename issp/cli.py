@@ -208,6 +208,11 @@ def build_parser() -> Parser:
     plot = commands.add_parser("plot", help="figures (PNG + HTML) of an `analyze` result")
     plot.add_argument("result", type=_existing, help="JSON written by `issp analyze`")
     plot.add_argument("--out", type=Path, required=True, help="folder for the figures")
+
+    export = commands.add_parser("export", help="write a checkpoint as a dense ONNX model")
+    export.add_argument("checkpoint", type=_existing)
+    export.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--image", type=_existing, help="verify on it (default: a bundled photo)")
     return parser
 
 
@@ -395,6 +400,26 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} files to {args.out}")
 
 
+def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command: str, out: Path):
+    """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol)."""
+    from issp import study
+
+    cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": not args.fp32}
+    reference = study.AUTHORS_ALPHA
+    runs = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
+    lr = study.choose_protocol(study.execute(runs, work, {}, jobs=args.jobs), reference).lr
+    runs += study.grid_plan(
+        args.protocol, args.steps, data, [lr], [reference], prune_edges=False, **cells
+    )
+    choice = study.choose_protocol(study.execute(runs, work, {}, jobs=args.jobs), reference)
+    others = [a for a in args.alphas if a != reference]
+    third = study.grid_plan(
+        args.protocol, args.steps, data, [lr], others, prune_edges=choice.prune_edges, **cells
+    )
+    runs += [run for run in third if run.config.method == "issp"]
+    return study.write_grid(study.execute(runs, work, {}, jobs=args.jobs), command, reference, out)
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
@@ -403,17 +428,9 @@ def cmd_study(args: argparse.Namespace) -> None:
     work = args.work or study.WORK_DIR
     out = args.out or study.REPORT_DIR
     if args.study_command == "grid":
-        cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": not args.fp32}
-        reference = study.AUTHORS_ALPHA
-        first = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
-        results = study.execute(first, work / "grid", {}, jobs=args.jobs)
-        lr = study.choose_protocol(results, reference)["lr"]
-        others = [a for a in args.alphas if a != reference]
-        second = study.grid_plan(args.protocol, args.steps, data, [lr], others, **cells)
-        second = [run for run in second if run.config.method == "issp"]
-        results = study.execute(first + second, work / "grid", {}, jobs=args.jobs)
-        choice = study.write_grid(results, command, reference, out)
-        print(f"chosen: lr {choice['lr']:g}, alpha {choice['alpha']:g} (written to {out})")
+        choice = _study_grid(args, data, work / "grid", command, out)
+        edges = "pruned" if choice.prune_edges else "dense"
+        print(f"chosen: lr {choice.lr:g}, first/last conv {edges}, alpha {choice.alpha:g}")
         return
     if len(args.steps) != len(args.scales):
         raise IsspError(f"give one --steps value per scale ({len(args.scales)})")
@@ -440,6 +457,26 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
 
 
+def cmd_export(args: argparse.Namespace) -> int | None:
+    from issp.checkpoint import load_checkpoint
+    from issp.data import _to_tensor, default_image_paths, load_image, to_rgb_array
+    from issp.export import TOLERANCE, export_onnx, onnx_metadata, require, verify_onnx
+
+    require("onnxruntime")  # before the export, so a missing runtime fails fast
+    model, meta = load_checkpoint(args.checkpoint)
+    image = args.image or default_image_paths()[0]
+    lr = _to_tensor(to_rgb_array(load_image(image)))[None]
+    metadata = onnx_metadata(meta)
+    export_onnx(model, args.onnx, metadata)
+    diff = verify_onnx(args.onnx, model, lr, int(meta["scale"]))
+    print(f"wrote {args.onnx} ({', '.join(f'{k}={v}' for k, v in metadata.items())})")
+    size = f"{lr.shape[-1]}x{lr.shape[-2]}"
+    print(f"max abs difference, ONNX Runtime vs PyTorch, on {image} ({size}): {diff:.2g}")
+    if diff > TOLERANCE:
+        print(f"error: difference above {TOLERANCE:g}; do not deploy this model", file=sys.stderr)
+        return 1
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -449,6 +486,7 @@ COMMANDS = {
     "study": cmd_study,
     "analyze": cmd_analyze,
     "plot": cmd_plot,
+    "export": cmd_export,
 }
 
 

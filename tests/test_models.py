@@ -52,6 +52,14 @@ def test_swinir_pads_then_crops():
     torch.testing.assert_close(sr, padded[..., :26, :18])
 
 
+def test_pad_to_multiple_mirrors_again_when_the_image_is_smaller_than_the_padding():
+    row = torch.arange(3.0).view(1, 1, 1, 3)
+    padded = pad_to_multiple(row, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    assert padded[0, 0, 0].tolist() == [0, 1, 2, 2, 1, 0, 0, 1]
+    assert torch.equal(padded[0, 0], padded[0, 0, :1].expand(8, 8))
+
+
 def test_swinir_shifted_windows_do_not_mix_opposite_edges():
     # After the cyclic roll, the top-left window holds pixels from the far corner too; the
     # mask keeps them apart. One shifted layer, so only convs widen the receptive field.

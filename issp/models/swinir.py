@@ -20,13 +20,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Mirror-pad the bottom and right of ``x`` (B, C, H, W) up to multiples of ``multiple``.
 
     Symmetric padding, as SwinIR's own test script does; unlike ``F.pad(mode="reflect")``
-    it works when the image is smaller than the padding.
+    it works when the image is smaller than the padding (the mirror repeats with period
+    ``2 * size``). Written as one gather without branches on the size, so the ONNX export
+    keeps height and width dynamic.
     """
     for dim in (-2, -1):
-        target = -(-x.shape[dim] // multiple) * multiple
-        while (missing := target - x.shape[dim]) > 0:
-            k = min(missing, x.shape[dim])
-            x = torch.cat([x, x.narrow(dim, x.shape[dim] - k, k).flip(dim)], dim)
+        size = x.shape[dim]
+        # Not -(-size // multiple): the ONNX export turns floor division into truncation.
+        # fmod, not %: the exporter cannot convert % by a symbolic size; i >= 0 makes them equal.
+        i = torch.arange((size + multiple - 1) // multiple * multiple, device=x.device)
+        i = torch.fmod(i, 2 * size)
+        x = x.index_select(dim, torch.where(i < size, i, 2 * size - 1 - i))
     return x
 
 
@@ -61,11 +65,15 @@ def shifted_window_mask(
     After rolling by ``shift``, a window at the border mixes pixels from opposite edges of
     the image; they must not attend to each other.
     """
-    region = torch.zeros(1, h, w, 1, device=device)
-    spans = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    for i, (rows, cols) in enumerate((r, c) for r in spans for c in spans):
-        region[:, rows, cols] = i
-    region = window_partition(region, window).squeeze(-1)
+
+    def band(n: int) -> torch.Tensor:
+        # 0 before the last window, 1 in it up to the shift, 2 in the last `shift` pixels;
+        # comparisons rather than slice assignments, so the ONNX export keeps h, w dynamic.
+        i = torch.arange(n, device=device)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    region = (3 * band(h)[:, None] + band(w)[None, :]).float()
+    region = window_partition(region[None, :, :, None], window).squeeze(-1)
     return (region[:, None, :] != region[:, :, None]).float() * -100.0
 
 
