@@ -62,14 +62,16 @@ class StudyRun:
 
 
 def run_name(config: TrainConfig) -> str:
-    """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies."""
+    """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies (with
+    ``_edges-dense`` where the first and last conv are left dense)."""
     if config.method == "dense":
         what = "dense"
     elif config.method == "issp":
         what = f"issp_r{config.ratio:g}_a{config.alpha:g}"
     else:
         what = f"{config.method}_r{config.ratio:g}"
-    return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}_s{config.seed}"
+    edges = "" if config.prune_edges or config.method == "dense" else "_edges-dense"
+    return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}{edges}_s{config.seed}"
 
 
 def study_plan(
@@ -119,6 +121,7 @@ def grid_plan(
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
     fast: bool = True,
+    prune_edges: bool = True,
 ) -> list[StudyRun]:
     """edsr-tiny x2 runs of IHT at each learning rate and ISS-P at each (alpha, rate)."""
     runs = []
@@ -136,6 +139,7 @@ def grid_plan(
                     bf16=fast,
                     channels_last=fast,
                     val_every=steps,
+                    prune_edges=prune_edges,
                 )
                 configs = [dataclasses.replace(base, method="iht")]
                 configs += [dataclasses.replace(base, method="issp", alpha=a) for a in alphas]
@@ -373,41 +377,58 @@ def _json_number(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def choose_protocol(results: Sequence[dict], reference_alpha: float) -> dict:
-    """The grid's choice, on validation PSNR only. First the learning rate: the best mean of
-    IHT's and ISS-P's (at ``reference_alpha``, run at every rate) mean validation PSNR, so
-    the rate is not picked for ISS-P alone. Then ISS-P's best alpha at that rate."""
-    val: dict[tuple[str, float, float | None], list[float]] = {}
+@dataclass(frozen=True)
+class GridChoice:
+    """What the validation grid chose, and the scores it chose by."""
+
+    lr: float
+    prune_edges: bool
+    alpha: float
+    reference_alpha: float
+    lr_scores: dict[str, float]  # per rate: mean of IHT's and ISS-P's mean validation PSNR
+    edge_scores: dict[str, float]  # the same, first and last conv pruned or left dense
+    table: dict[str, dict]  # per grid setting: mean validation PSNR and number of runs
+
+
+def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoice:
+    """The grid's choice, on validation PSNR only, one setting at a time:
+
+    1. the learning rate: the best mean of IHT's and ISS-P's (at ``reference_alpha``)
+       mean validation PSNR with every conv pruned, so it is not picked for ISS-P alone;
+    2. at that rate, whether the first and last conv are pruned, by the same score;
+    3. at both, ISS-P's best alpha.
+    """
+    val: dict[tuple[str, float, float | None, bool], list[float]] = {}
     for r in results:
         c = r["config"]
-        alpha = c["alpha"] if c["method"] == "issp" else None
-        val.setdefault((c["method"], c["lr"], alpha), []).append(r["val_psnr"])
-    lrs = sorted({lr for _, lr, _ in val})
-
-    def lr_score(lr: float) -> float:
-        return (
-            float(np.mean(val[("iht", lr, None)]) + np.mean(val[("issp", lr, reference_alpha)])) / 2
+        key = (
+            c["method"],
+            c["lr"],
+            c["alpha"] if c["method"] == "issp" else None,
+            c["prune_edges"],
         )
+        val.setdefault(key, []).append(r["val_psnr"])
 
-    lr = max(lrs, key=lr_score)
-    alphas = sorted(a for (m, x, a) in val if m == "issp" and x == lr)
-    alpha = max(alphas, key=lambda a: np.mean(val[("issp", lr, a)]))
-    order = sorted(val, key=lambda key: (key[1], key[0], key[2] or 0))
-    table = {
-        f"{'IHT' if m == 'iht' else f'ISS-P alpha {a:g}'}, lr {x:g}": {
-            "mean_val_psnr": float(np.mean(val[m, x, a])),
-            "runs": len(val[m, x, a]),
+    def score(lr: float, edges: bool) -> float:
+        pair = (val[("iht", lr, None, edges)], val[("issp", lr, reference_alpha, edges)])
+        return float(np.mean(pair[0]) + np.mean(pair[1])) / 2
+
+    lrs = sorted({lr for _, lr, _, edges in val if edges})
+    lr_scores = {f"{x:g}": score(x, True) for x in lrs}
+    lr = max(lrs, key=lambda x: score(x, True))
+    edge_options = sorted({e for m, x, _, e in val if m == "iht" and x == lr})
+    edge_scores = {("pruned" if e else "dense"): score(lr, e) for e in edge_options}
+    edges = max(edge_options, key=lambda e: score(lr, e))
+    alphas = sorted(a for m, x, a, e in val if m == "issp" and x == lr and e == edges)
+    alpha = max(alphas, key=lambda a: np.mean(val[("issp", lr, a, edges)]))
+    table = {}
+    for m, x, a, e in sorted(val, key=lambda k: (k[1], not k[3], k[0], k[2] or 0)):
+        what = "IHT" if m == "iht" else f"ISS-P alpha {a:g}"
+        table[f"{what}, lr {x:g}, first/last conv {'pruned' if e else 'dense'}"] = {
+            "mean_val_psnr": float(np.mean(val[m, x, a, e])),
+            "runs": len(val[m, x, a, e]),
         }
-        for m, x, a in order
-    }
-    scores = {f"{x:g}": lr_score(x) for x in lrs}
-    return {
-        "lr": lr,
-        "alpha": alpha,
-        "reference_alpha": reference_alpha,
-        "lr_scores": scores,
-        "table": table,
-    }
+    return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, edge_scores, table)
 
 
 def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float) -> str:
@@ -422,10 +443,12 @@ def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float)
         f"ratios {', '.join(f'{x:g}' for x in sorted({c['ratio'] for c in configs}))}, "
         f"seeds {', '.join(str(x) for x in sorted({c['seed'] for c in configs}))}. "
         "Scored on the validation images carved out of the training folder (never "
-        "Set5/Set14). First, IHT and ISS-P at alpha "
-        f"{reference_alpha:g} (the authors' shrink factor) at every learning rate; the rate "
-        "with the best mean of the two methods' mean validation PSNR is chosen (so it is not "
-        "picked for ISS-P alone). Then ISS-P at the other alphas at that rate only, and its "
+        "Set5/Set14). One setting at a time: (1) IHT and ISS-P at alpha "
+        f"{reference_alpha:g} (the authors' shrink factor) at every learning rate, every conv "
+        "pruned as in the authors' code; the rate with the best mean of the two methods' mean "
+        "validation PSNR is chosen (so it is not picked for ISS-P alone). (2) At that rate, "
+        "the same two with the first and last conv left dense; the better of the two by the "
+        "same score is chosen. (3) ISS-P at the other alphas with both settings fixed; its "
         "best alpha is chosen.",
         "",
         "| run | mean validation PSNR (dB) | runs |",
@@ -433,26 +456,29 @@ def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float)
     ]
     lines += [
         f"| {name} | {row['mean_val_psnr']:.3f} | {row['runs']} |"
-        for name, row in choice["table"].items()
+        for name, row in choice.table.items()
     ]
     lines += [
         "",
         "Per learning rate, mean of the two methods' means: "
-        + ", ".join(f"{lr}: {score:.3f} dB" for lr, score in choice["lr_scores"].items())
+        + ", ".join(f"{lr}: {score:.3f} dB" for lr, score in choice.lr_scores.items())
+        + ". First and last conv at that rate: "
+        + ", ".join(f"{what}: {score:.3f} dB" for what, score in choice.edge_scores.items())
         + ".",
         "",
-        f"**Chosen: lr {choice['lr']:g}, alpha {choice['alpha']:g}.**",
+        f"**Chosen: lr {choice.lr:g}, first and last conv "
+        f"{'pruned' if choice.prune_edges else 'dense'}, alpha {choice.alpha:g}.**",
     ]
     return "\n".join(lines) + "\n"
 
 
 def write_grid(
     results: Sequence[dict], command: str, reference_alpha: float, out: Path = REPORT_DIR
-) -> dict:
+) -> GridChoice:
     """Write ``protocol_grid.md`` and ``protocol_grid.json`` into ``out``; return the choice."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol_grid.md").write_text(grid_markdown(results, command, reference_alpha))
     choice = choose_protocol(results, reference_alpha)
-    data = {"command": command, "choice": choice, "runs": list(results)}
+    data = {"command": command, "choice": dataclasses.asdict(choice), "runs": list(results)}
     (out / "protocol_grid.json").write_text(json.dumps(data, indent=1) + "\n")
     return choice

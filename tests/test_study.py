@@ -8,7 +8,7 @@ from issp.cli import main
 from issp.study import Paired, choose_protocol, paired, study_plan, study_summary
 
 
-def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0):
+def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0, edges=True):
     config = {
         "scale": scale,
         "method": method,
@@ -17,6 +17,7 @@ def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0):
         "lr": lr,
         "alpha": alpha,
         "protocol": "two-stage",
+        "prune_edges": edges,
     }
     return {
         "name": f"{method}_{ratio}_{seed}_{lr}_{alpha}",
@@ -82,8 +83,21 @@ def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
         result(2, "iht", 0.9, 0, 0, lr=1e-4, val=30.4),
     ]
     choice = choose_protocol(results, reference_alpha=0.95)
-    assert choice["lr"] == 1e-4 and choice["alpha"] == 0.99
-    assert choice["lr_scores"] == {"0.0001": pytest.approx(30.45), "0.001": pytest.approx(28.0)}
+    assert choice.lr == 1e-4 and choice.alpha == 0.99 and choice.prune_edges
+    assert choice.lr_scores == {"0.0001": pytest.approx(30.45), "0.001": pytest.approx(28.0)}
+
+
+def test_grid_keeps_the_edges_dense_only_where_both_methods_gain():
+    results = [
+        result(2, "iht", 0.9, 0, 0, val=30.0),
+        result(2, "issp", 0.9, 0, 0, val=30.0),
+        result(2, "iht", 0.9, 0, 0, val=30.5, edges=False),
+        result(2, "issp", 0.9, 0, 0, val=29.9, edges=False),
+        result(2, "issp", 0.9, 0, 0, alpha=0.9, val=31.0, edges=False),
+    ]
+    choice = choose_protocol(results, reference_alpha=0.95)
+    assert not choice.prune_edges and choice.alpha == 0.9
+    assert choice.edge_scores == {"dense": pytest.approx(30.2), "pruned": pytest.approx(30.0)}
 
 
 @pytest.mark.slow
@@ -126,5 +140,7 @@ def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tm
     data = json.loads((tmp_path / "report" / "protocol_grid.json").read_text())
     choice = data["choice"]
     alpha_runs = [r["config"] for r in data["runs"] if r["config"]["alpha"] == 0.9]
-    assert len(data["runs"]) == 5 and [c["lr"] for c in alpha_runs] == [choice["lr"]]
+    # 2 rates x (IHT, ISS-P), the same 2 at the chosen rate with dense edges, 1 more alpha.
+    assert len(data["runs"]) == 7 and [c["lr"] for c in alpha_runs] == [choice["lr"]]
+    assert alpha_runs[0]["prune_edges"] == choice["prune_edges"]
     assert f"Chosen: lr {choice['lr']:g}" in (tmp_path / "report" / "protocol_grid.md").read_text()
