@@ -232,6 +232,11 @@ def build_app(
             choice = next(iter(choices), None)
         return gr.update(choices=choices, value=choice), *stored(choice)
 
+    def zoo_status() -> str:
+        """What in the model zoo cannot be used and why; '' when all of it can."""
+        status = zoo.status()
+        return f"**Model zoo:** {service.user_message(status)}" if status else ""
+
     initial = service.model_options(zoo.manifest(), 2, service.DEFAULT_ARCH, "ISS-P", 0.9)
 
     with gr.Blocks(title="ISS-P sparse super-resolution", delete_cache=(1800, 3600)) as demo:
@@ -241,6 +246,8 @@ def build_app(
             "Hard Thresholding (IHT) to a chosen fraction of zero weights. "
             f"{limits.describe()}"
         )
+        # Empty unless part of the zoo cannot be used; re-checked on every page load.
+        zoo_note = gr.Markdown(zoo_status(), elem_id="zoo-status")
         with gr.Tab("Upscale"), gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(
@@ -384,6 +391,7 @@ def build_app(
         method.input(model_options, picks, pickers, api_visibility="private")
         ratio.release(model_options, picks, pickers, api_visibility="private")
         demo.load(model_options, picks, pickers, api_visibility="private")
+        demo.load(zoo_status, None, zoo_note, api_visibility="private")
         upscale_button.click(
             upscale,
             [image, scale, ratio, method, arch],

@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from issp import IsspError
+from issp.checkpoint import sha256
 from issp.data import default_image_paths, load_image, make_lr, modcrop, to_array
 from issp.evaluate import evaluate_arrays
 from issp.models import SCALES
@@ -100,12 +101,42 @@ class Limits:
         )
 
 
+# What every manifest record must hold for the app to serve and describe its checkpoint.
+RECORD_FIELDS = {
+    "file": str,
+    "arch": str,
+    "scale": int,
+    "method": str,
+    "ratio": (int, float),
+    "sha256": str,
+    "params": int,
+    "nonzeros": int,
+    "flops_dense": (int, float),
+    "flops_sparse": (int, float),
+}
+
+
+@dataclass(frozen=True)
+class ZooProblem:
+    """A part of the zoo that cannot be used: its name, why, and its manifest record when
+    that record is well formed (so the checkpoint's arch, scale and method are known)."""
+
+    name: str
+    reason: str
+    record: dict | None = None
+
+
 class ModelZoo:
     """The checkpoints of one zoo folder, loaded lazily into a bounded LRU cache.
 
     Thread-safe: the queue runs several requests at once. A model is keyed by its
     manifest sha256 as well as its name, so a retrained checkpoint is never served stale.
-    ``load_zoo_model`` verifies each file against the manifest's sha256 before use.
+
+    A damaged zoo never stops the app: an unreadable or missing manifest serves no
+    checkpoints, and a record that is malformed, or whose file is missing or does not
+    match its sha256, is left out of :meth:`manifest`; :meth:`problems` says what and why.
+    Files are checked each time the manifest is (re-)read, and ``load_zoo_model`` checks
+    each file again before use.
     """
 
     def __init__(self, zoo_dir: str | Path, capacity: int = 16) -> None:
@@ -116,14 +147,16 @@ class ModelZoo:
         self._lock = threading.Lock()
         self._models: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
         self._manifest: dict = {"checkpoints": []}
-        self._manifest_stamp: tuple[int, int] | None = None
+        self._problems: list[ZooProblem] = []
+        # Never equal to a file's stamp, so the first call reads the manifest.
+        self._manifest_stamp: object = object()
 
     @property
     def manifest_path(self) -> Path:
         return self.zoo_dir / MANIFEST.name
 
     def manifest(self) -> dict:
-        """The zoo's manifest, re-read only when the file has changed."""
+        """The zoo's usable checkpoints, re-read only when the manifest file has changed."""
         path = self.manifest_path
         with self._lock:
             try:
@@ -132,9 +165,63 @@ class ModelZoo:
             except FileNotFoundError:
                 stamp = None
             if stamp != self._manifest_stamp:
-                self._manifest = load_manifest(path)
+                self._manifest, self._problems = self._read()
                 self._manifest_stamp = stamp
             return self._manifest
+
+    def problems(self) -> list[ZooProblem]:
+        """What in the zoo cannot be used, as of the manifest now on disk."""
+        self.manifest()
+        with self._lock:
+            return list(self._problems)
+
+    def status(self) -> str:
+        """What is wrong with the zoo in a sentence for the UI; '' when nothing is."""
+        problems = self.problems()
+        if not problems:
+            return ""
+        listed = "; ".join(f"{p.name} {p.reason}" for p in problems)
+        if not self.manifest()["checkpoints"]:
+            return f"No checkpoint can be used: {listed}. Only bicubic is available."
+        return f"Left out of the model zoo: {listed}. The other checkpoints are served."
+
+    def _read(self) -> tuple[dict, list[ZooProblem]]:
+        name = f"{self.zoo_dir.name}/{self.manifest_path.name}"
+        empty = {"checkpoints": []}
+        if not self.manifest_path.exists():
+            return empty, [ZooProblem(name, "is missing")]
+        try:
+            raw = load_manifest(self.manifest_path)
+        except (OSError, ValueError) as err:
+            # ValueError covers invalid JSON and text that is not UTF-8.
+            return empty, [ZooProblem(name, f"could not be read ({err})")]
+        if not isinstance(raw, dict) or not isinstance(raw.get("checkpoints"), list):
+            return empty, [ZooProblem(name, "has no list of checkpoints")]
+        usable, problems = [], []
+        for index, record in enumerate(raw["checkpoints"]):
+            well_formed = isinstance(record, dict) and all(
+                isinstance(record.get(key), kind) for key, kind in RECORD_FIELDS.items()
+            )
+            if not well_formed:
+                reason = f"lacks one of {', '.join(RECORD_FIELDS)}"
+                problems.append(ZooProblem(f"manifest record {index + 1}", reason))
+                continue
+            reason = self._file_problem(record)
+            if reason is None:
+                usable.append(record)
+            else:
+                problems.append(ZooProblem(record["file"], reason, record))
+        return {**raw, "checkpoints": usable}, problems
+
+    def _file_problem(self, record: dict) -> str | None:
+        if Path(record["file"]).name != record["file"]:
+            return "is not a file name in the zoo folder"
+        path = self.zoo_dir / record["file"]
+        if not path.is_file():
+            return "is missing"
+        if sha256(path) != record["sha256"]:
+            return "does not match the manifest's sha256"
+        return None
 
     def model(self, arch: str, scale: int, method: str, ratio: float) -> tuple[nn.Module, dict]:
         """The model and manifest record of one checkpoint (``method`` as in the manifest)."""
@@ -147,7 +234,17 @@ class ModelZoo:
                 return self._models[key]
             # Loading under the lock keeps two requests from loading the same file twice;
             # a zoo checkpoint loads in milliseconds.
-            loaded = load_zoo_model(arch, scale, method, ratio, manifest, self.zoo_dir)
+            try:
+                loaded = load_zoo_model(arch, scale, method, ratio, manifest, self.zoo_dir)
+            except IsspError as err:
+                reason = user_message(str(err))
+                raise IsspError(f"checkpoint {record['file']} cannot be used: {reason}") from None
+            except Exception as err:
+                # A file that matches its sha256 yet does not load (the manifest was written
+                # for a broken file): whatever the reader raised, the user needs the name.
+                raise IsspError(
+                    f"checkpoint {record['file']} cannot be loaded ({type(err).__name__})"
+                ) from err
             self._models[key] = loaded
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
@@ -425,7 +522,10 @@ def upscale(
     Writes the full-size PNG and the two comparison images (bicubic and model, the same
     centre crop when the output is large) into ``out_dir``.
     """
-    choice = choose_model(zoo.manifest(), arch, scale, method, ratio)
+    manifest = zoo.manifest()
+    if not zoo_archs(manifest, check_scale(scale)) and zoo.problems():
+        raise IsspError(f"no x{scale} model can be used now. {zoo.status()}")
+    choice = choose_model(manifest, arch, scale, method, ratio)
     img = open_image(path, limits.max_upscale_pixels)
     model, record = zoo.model(choice.arch, choice.scale, choice.method, choice.ratio)
     started = time.perf_counter()
@@ -476,12 +576,14 @@ def evaluate(
     The upload is the HR image; its LR is made with the library's degradation
     (:func:`issp.data.make_lr`), and every model is scored with the benchmark protocol
     (:func:`issp.evaluate.evaluate_arrays`). Each pruned method is scored at its ratio
-    nearest to ``ratio`` and, for the figure, at every ratio it has.
+    nearest to ``ratio`` and, for the figure, at every ratio it has. A checkpoint that
+    cannot be used gets a row that says why, with no scores; a zoo with nothing at
+    ``scale`` still gets bicubic scored.
     """
     scale = check_scale(scale)
     ratio = check_ratio(ratio)
     manifest = zoo.manifest()
-    arch = resolve_arch(manifest, arch, scale)
+    arch = resolve_arch(manifest, arch, scale) if zoo_archs(manifest, scale) else None
     img = open_image(path, limits.max_evaluate_pixels)
     hr = modcrop(to_array(img), scale)
     # Both metrics drop `scale` px per border and SSIM needs an 11x11 window inside.
@@ -497,29 +599,43 @@ def evaluate(
         result = evaluate_arrays(model, [pair], scale, tile=limits.tile)
         return {"psnr": round(result["psnr"], 3), "ssim": round(result["ssim"], 4)}
 
+    def unusable(label: str, ratio: float, why: str) -> dict:
+        return {"model": label, "ratio": ratio, "checkpoint": why, "psnr": None, "ssim": None}
+
     rows = [{"model": "bicubic", "ratio": None, "checkpoint": "", **score(None)}]
-    dense = [r for r in manifest["checkpoints"] if _is(r, arch, scale, "dense")]
-    if dense:
-        model, record = zoo.model(arch, scale, "dense", 0.0)
-        rows.append({"model": "dense", "ratio": 0.0, "checkpoint": record["file"], **score(model)})
     sweep: dict[str, list[tuple[float, float]]] = {}
     missing = []
-    for label, method in METHODS.items():
+    for label, method in (("dense", "dense"), *METHODS.items()):
         ratios = sorted(r["ratio"] for r in manifest["checkpoints"] if _is(r, arch, scale, method))
         if not ratios:
             missing.append(label)
             continue
         chosen = nearest(ratio, ratios)
-        for each in ratios:
-            model, record = zoo.model(arch, scale, method, each)
+        for each in ratios if method != "dense" else [0.0]:
+            try:
+                model, record = zoo.model(arch, scale, method, each)
+            except IsspError as err:
+                if each == chosen:
+                    rows.append(unusable(label, each, str(err)))
+                continue
             scores = score(model)
-            sweep.setdefault(label, []).append((each, scores["psnr"]))
+            if method != "dense":
+                sweep.setdefault(label, []).append((each, scores["psnr"]))
             if each == chosen:
                 rows.append({"model": label, "ratio": each, "checkpoint": record["file"], **scores})
-    note = f"{arch} x{scale} on {img.width}x{img.height} px used as ground truth."
-    if missing:
-        note += f" No {' or '.join(missing)} checkpoints of {arch} x{scale} yet."
-    return EvaluateResult(rows, _sweep_figure(rows, sweep, arch, scale), note)
+    for problem in zoo.problems():
+        record = problem.record
+        if record is not None and record["scale"] == scale and arch in (None, record["arch"]):
+            label = METHOD_LABELS.get(record["method"], record["method"])
+            rows.append(unusable(label, record["ratio"], f"{problem.name} {problem.reason}"))
+    if arch is None:
+        note = f"Only bicubic is scored: no x{scale} checkpoint can be used. {zoo.status()}"
+    else:
+        note = f"{arch} x{scale} on {img.width}x{img.height} px used as ground truth."
+        if set(missing) & set(METHODS):
+            pruned = " or ".join(m for m in missing if m in METHODS)
+            note += f" No {pruned} checkpoints of {arch} x{scale} yet."
+    return EvaluateResult(rows, _sweep_figure(rows, sweep, arch, scale), note.strip())
 
 
 def _is(record: dict, arch: str, scale: int, method: str) -> bool:
@@ -527,10 +643,12 @@ def _is(record: dict, arch: str, scale: int, method: str) -> bool:
 
 
 def _sweep_figure(
-    rows: list[dict], sweep: dict[str, list[tuple[float, float]]], arch: str, scale: int
+    rows: list[dict], sweep: dict[str, list[tuple[float, float]]], arch: str | None, scale: int
 ) -> go.Figure:
     # Both methods prune the same dense start, so each line begins at the dense score.
-    dense = [(0.0, row["psnr"]) for row in rows if row["model"] == "dense"]
+    dense = [
+        (0.0, row["psnr"]) for row in rows if row["model"] == "dense" and row["psnr"] is not None
+    ]
     figure = go.Figure()
     for label, points in sweep.items():
         ratios, psnrs = zip(*dense, *points, strict=True)
@@ -546,7 +664,7 @@ def _sweep_figure(
     bicubic = rows[0]["psnr"]
     figure.add_hline(y=bicubic, line_dash="dot", annotation_text=f"bicubic {bicubic:.2f} dB")
     figure.update_layout(
-        title=f"PSNR on this image, {arch} x{scale} (ratio 0 = dense)",
+        title=f"PSNR on this image, {arch or 'bicubic'} x{scale} (ratio 0 = dense)",
         xaxis_title="pruning ratio",
         yaxis_title="PSNR (dB, Y channel)",
         template="plotly_white",

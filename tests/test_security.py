@@ -6,6 +6,7 @@ training queue filling up for everyone, a broken zoo stopping the server.
 """
 
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,14 +145,24 @@ def test_forty_training_requests_leave_room_for_upscaling(app_server, tmp_path):
 
 @pytest.fixture(scope="module")
 def own_zoo_app(fake_zoo, tmp_path_factory):
-    """An app of its own, on a copy of the fake zoo with stored dynamics."""
+    """An app of its own, on a copy of the fake zoo with stored dynamics, one checkpoint
+    missing and one corrupt."""
     folder = tmp_path_factory.mktemp("own")
     zoo = shutil.copytree(fake_zoo, folder / "zoo")
     (zoo / "telemetry").mkdir()
     for method, ratio in (("issp", 0.9), ("iht", 0.9), ("issp", 0.5), ("iht", 0.5)):
         write_stored_run(zoo / "telemetry", method, ratio)
+    (zoo / "edsr-tiny_x2_iht_r0.9.safetensors").unlink()
+    (zoo / "edsr-tiny_x2_issp_r0.9.safetensors").write_bytes(b"not a checkpoint")
     with started_app(zoo, folder / "app.log") as url:
         yield url
+
+
+def shown_status(url: str) -> str:
+    """The zoo status line the page shows, from the app's config as a browser reads it."""
+    config = httpx.get(f"{url}config").json()
+    (status,) = [c for c in config["components"] if c["props"].get("elem_id") == "zoo-status"]
+    return status["props"]["value"]
 
 
 def test_a_fresh_api_session_can_pick_any_stored_setting_the_ui_lists(own_zoo_app):
@@ -167,3 +178,46 @@ def test_a_fresh_api_session_can_pick_any_stored_setting_the_ui_lists(own_zoo_ap
         assert all(figure["type"] == "plotly" for figure in figures)
     with pytest.raises(Exception, match="no stored run 'edsr-tiny x4, ratio 0.5'"):
         client.predict("edsr-tiny x4, ratio 0.5", api_name="/stored")
+
+
+def test_a_damaged_checkpoint_is_shown_left_out_and_marked_by_evaluate(own_zoo_app, tmp_path):
+    assert shown_status(own_zoo_app) == (
+        "**Model zoo:** Left out of the model zoo: edsr-tiny_x2_issp_r0.9.safetensors does "
+        "not match the manifest's sha256; edsr-tiny_x2_iht_r0.9.safetensors is missing. "
+        "The other checkpoints are served."
+    )
+    photo(48, 40).save(tmp_path / "in.png")
+    image = {"path": upload(own_zoo_app, tmp_path / "in.png")}
+    event, (png, _, summary) = call(own_zoo_app, "upscale", [image, *FILE_ENDPOINTS["upscale"]])
+    assert event == "complete" and "edsr-tiny_x2_issp_r0.5.safetensors" in summary
+    event, (table, _, note) = call(own_zoo_app, "evaluate", [image, *FILE_ENDPOINTS["evaluate"]])
+    assert event == "complete", table
+    # The table's empty cells arrive as NaN.
+    rows = {(row[0], None if math.isnan(row[1]) else row[1]): row for row in table["data"]}
+    assert set(rows) == {
+        ("bicubic", None),
+        ("dense", 0.0),
+        ("ISS-P", 0.5),
+        ("IHT", 0.5),
+        ("ISS-P", 0.9),
+        ("IHT", 0.9),
+    }
+    assert rows[("IHT", 0.9)][2] == "edsr-tiny_x2_iht_r0.9.safetensors is missing"
+    assert math.isnan(rows[("IHT", 0.9)][3]) and rows[("ISS-P", 0.5)][3] > 0
+
+
+def test_the_app_starts_with_a_corrupt_manifest_and_says_so(fake_zoo, tmp_path):
+    zoo = shutil.copytree(fake_zoo, tmp_path / "zoo")
+    (zoo / "manifest.json").write_text('{"checkpoints": [')
+    with started_app(zoo, tmp_path / "app.log") as url:
+        reason = "zoo/manifest.json could not be read (Expecting value: line 1 column 18"
+        assert shown_status(url).startswith(f"**Model zoo:** No checkpoint can be used: {reason}")
+        photo(48, 40).save(tmp_path / "in.png")
+        image = {"path": upload(url, tmp_path / "in.png")}
+        event, message = call(url, "upscale", [image, *FILE_ENDPOINTS["upscale"]])
+        assert event == "error"
+        expected = f"no x2 model can be used now. No checkpoint can be used: {reason}"
+        assert message.startswith(expected)
+        assert message.endswith("Only bicubic is available.")
+        event, (table, _, note) = call(url, "evaluate", [image, *FILE_ENDPOINTS["evaluate"]])
+        assert event == "complete" and [row[0] for row in table["data"]] == ["bicubic"]
