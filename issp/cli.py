@@ -459,13 +459,13 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int | None:
     from issp.checkpoint import load_checkpoint
-    from issp.data import _to_tensor, default_image_paths, load_image, to_rgb_array
+    from issp.data import default_image_paths, load_image, to_rgb_array, to_tensor
     from issp.export import TOLERANCE, export_onnx, onnx_metadata, require, verify_onnx
 
     require("onnxruntime")  # before the export, so a missing runtime fails fast
     model, meta = load_checkpoint(args.checkpoint)
     image = args.image or default_image_paths()[0]
-    lr = _to_tensor(to_rgb_array(load_image(image)))[None]
+    lr = to_tensor(to_rgb_array(load_image(image)))[None]
     metadata = onnx_metadata(meta)
     export_onnx(model, args.onnx, metadata)
     diff = verify_onnx(args.onnx, model, lr, int(meta["scale"]))

@@ -20,7 +20,7 @@ from issp import IsspError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
 
-# Natural colour photos shipped inside scikit-image and scikit-learn, so training works
+# Natural colour photos shipped inside scikit-image, so training works
 # with nothing to download. Synthetic, greyscale, tiny or alpha-matted files are left out.
 _SKIMAGE_PHOTOS = (
     "astronaut.png",
@@ -33,7 +33,6 @@ _SKIMAGE_PHOTOS = (
     "retina.jpg",
     "rocket.jpg",
 )
-_SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 # What Pillow raises for files that are not images, are cut short or are malformed.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
@@ -251,7 +250,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.augment:
             flip_h, flip_v, transpose = rng.random(3) < 0.5
             lr, hr = (_dihedral(a, flip_h, flip_v, transpose) for a in (lr, hr))
-        return _to_tensor(lr), _to_tensor(hr)
+        return to_tensor(lr), to_tensor(hr)
 
 
 def _dihedral(img: np.ndarray, flip_h: bool, flip_v: bool, transpose: bool) -> np.ndarray:
@@ -265,27 +264,23 @@ def _dihedral(img: np.ndarray, flip_h: bool, flip_v: bool, transpose: bool) -> n
     return img
 
 
-def _to_tensor(img: np.ndarray) -> torch.Tensor:
+def to_tensor(img: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 array -> 3xHxW float tensor in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
 
 
 def default_image_paths() -> list[Path]:
-    """Colour photos bundled with scikit-image and scikit-learn, for training out of the box.
+    """Colour photos bundled with scikit-image, for training out of the box.
 
     Only files present in the installed packages are returned (scikit-image fetches some
     data lazily), so this never touches the network.
     """
     import skimage
-    import sklearn
 
     skimage_dir = Path(skimage.__file__).parent / "data"
-    sklearn_dir = Path(sklearn.__file__).parent / "datasets" / "images"
-    candidates = [skimage_dir / name for name in _SKIMAGE_PHOTOS]
-    candidates += [sklearn_dir / name for name in _SKLEARN_PHOTOS]
-    paths = [p for p in candidates if p.is_file()]
+    paths = [skimage_dir / name for name in _SKIMAGE_PHOTOS if (skimage_dir / name).is_file()]
     if not paths:
-        raise IsspError("no sample photos found in the installed scikit-image / scikit-learn")
+        raise IsspError("no sample photos found in the installed scikit-image")
     return paths
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from issp import IsspError
-from issp.data import bicubic_resize, to_array
+from issp.data import bicubic_resize, to_array, to_tensor
 
 
 def upscale_tensor(
@@ -84,7 +84,7 @@ def upscale_array(
     if model is None:
         return bicubic_resize(img, (width * scale, height * scale))
     rgb = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
-    lr = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div(255.0)
+    lr = to_tensor(rgb)
     sr = upscale_tensor(model, lr[None], scale, tile=tile, overlap=overlap)[0]
     sr_rgb = sr.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if img.ndim == 2:
