@@ -3,7 +3,8 @@ watch ISS-P and IHT prune side by side (live, as an alpha sweep, or from stored 
 
 ``python app.py`` serves it (host and port from ``GRADIO_SERVER_NAME`` /
 ``GRADIO_SERVER_PORT``, as on a Hugging Face Space). ``ISSP_ZOO_DIR`` points it at another
-checkpoint folder (default ``checkpoints/``). The layout lives here; the work is done by
+checkpoint folder (default ``checkpoints/``); ``ISSP_DISK_MB`` bounds the disk its files
+take (default ``DISK_MB``). The layout lives here; the work is done by
 :mod:`issp.service` and :mod:`analysis.live`, which the tests call without a UI.
 """
 
@@ -12,6 +13,7 @@ import inspect
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +37,12 @@ CONCURRENCY = 2
 QUEUE_SIZE = 32
 # One "Evaluate" sweep touches a dense model and 2 methods x 5 ratios: 11 models fit.
 MODEL_CACHE = 16
+# Results and Gradio's cache (uploads, and the files sent back: about 0.6 MB for a small
+# upscale, 42 MB for a 1 MP x4 one) are kept under DISK_MB (ISSP_DISK_MB overrides it),
+# oldest files deleted first, checked every PRUNE_SECONDS; Gradio's delete_cache also
+# removes each file after an hour. Under sustained load that is what bounds the disk.
+DISK_MB = 1024
+PRUNE_SECONDS = 10
 # Live training runs and alpha sweeps run one at a time server-wide, so training takes one
 # core at most and upscaling keeps the other. They wait in a line of their own (see
 # live.LiveRuns), not in Gradio's queue: at most TRAINING_RUNS running or waiting, one
@@ -324,7 +332,9 @@ def build_app(
                 live_kp = gr.Number(
                     value=0, precision=0, label="Pruning stage Kp (steps; 0 = 60% of them)"
                 )
-                live_seed = gr.Number(value=0, precision=0, label="Seed")
+                live_seed = gr.Number(
+                    value=0, precision=0, minimum=0, maximum=live.MAX_SEED, label="Seed"
+                )
                 live_extra = gr.CheckboxGroup(list(live.EXTRA_METHODS), label="Also train")
                 with gr.Row():
                     train_button = gr.Button("Train", variant="primary", elem_id="live-train")
@@ -351,7 +361,9 @@ def build_app(
                 sweep_kp = gr.Number(
                     value=0, precision=0, label="Pruning stage Kp (steps; 0 = 60% of them)"
                 )
-                sweep_seed = gr.Number(value=0, precision=0, label="Seed")
+                sweep_seed = gr.Number(
+                    value=0, precision=0, minimum=0, maximum=live.MAX_SEED, label="Seed"
+                )
                 sweep_alphas = gr.CheckboxGroup(
                     [(live.alpha_name(a), a) for a in live.SWEEP_ALPHAS],
                     value=[0.0, 0.5, 0.9, 0.99],
@@ -370,9 +382,8 @@ def build_app(
             )
             with gr.Row():
                 # Listed now, so an API client sees them (view_api) and may pick one before
-                # its session has opened the tab; the zoo build may add more later, and
-                # these handlers skip Gradio's check against the list (preprocess=False)
-                # because live.stored_view checks against the folder itself.
+                # its session has opened the tab; the zoo build may add more later, which
+                # live.stored_view finds, as it checks against the folder, not this list.
                 settings = live.stored_choices(telemetry_dir)
                 stored_choice = gr.Dropdown(
                     settings,
@@ -383,33 +394,37 @@ def build_app(
             stored_status = gr.Markdown(label="summary", elem_id="stored-status")
             stored_plots = figure_tabs("stored")
 
+        # Every handler takes its inputs as sent (preprocess=False) and the library checks
+        # them: Gradio's own checks quote a bad value back whole, a megabyte if sent one.
+        raw = {"preprocess": False}
         picks = [scale, arch, method, ratio]
         pickers = [arch, ratio, note]
-        scale.input(model_options, picks, pickers, api_name="options")
+        scale.input(model_options, picks, pickers, api_name="options", **raw)
         # The other triggers run the same function, already public as "options".
-        arch.input(model_options, picks, pickers, api_visibility="private")
-        method.input(model_options, picks, pickers, api_visibility="private")
-        ratio.release(model_options, picks, pickers, api_visibility="private")
-        demo.load(model_options, picks, pickers, api_visibility="private")
+        arch.input(model_options, picks, pickers, api_visibility="private", **raw)
+        method.input(model_options, picks, pickers, api_visibility="private", **raw)
+        ratio.release(model_options, picks, pickers, api_visibility="private", **raw)
+        demo.load(model_options, picks, pickers, api_visibility="private", **raw)
         demo.load(zoo_status, None, zoo_note, api_visibility="private")
         upscale_button.click(
             upscale,
             [image, scale, ratio, method, arch],
             [download, compare, summary],
             api_name="upscale",
-            preprocess=False,
+            **raw,
         )
         evaluate_button.click(
             evaluate,
             [image, scale, ratio, arch],
             [eval_table, eval_plot, eval_note],
             api_name="evaluate",
-            preprocess=False,
+            **raw,
         )
         results_outputs = [results_table, provenance, manifest_table, results_plot]
-        demo.load(results, [x_axis, test_set], results_outputs, api_name="results")
-        x_axis.input(results, [x_axis, test_set], results_outputs, api_visibility="private")
-        test_set.input(results, [x_axis, test_set], results_outputs, api_visibility="private")
+        tables = [x_axis, test_set]
+        demo.load(results, tables, results_outputs, api_name="results", **raw)
+        x_axis.input(results, tables, results_outputs, api_visibility="private", **raw)
+        test_set.input(results, tables, results_outputs, api_visibility="private", **raw)
 
         live_inputs = [
             live_arch,
@@ -429,6 +444,7 @@ def build_app(
             "show_progress": "minimal",
             # A second press submits its run while the first is still winding down.
             "trigger_mode": "multiple",
+            **raw,
         }
         train_button.click(
             train_live,
@@ -462,7 +478,7 @@ def build_app(
             [stored_choice],
             [stored_choice, *stored_outputs],
             api_name="stored_settings",
-            preprocess=False,
+            **raw,
         )
         # Drawn when the tab is opened, not on every page load: stored runs are long.
         stored_tab.select(
@@ -470,11 +486,9 @@ def build_app(
             [stored_choice],
             [stored_choice, *stored_outputs],
             api_visibility="private",
-            preprocess=False,
+            **raw,
         )
-        stored_choice.input(
-            stored, [stored_choice], stored_outputs, api_name="stored", preprocess=False
-        )
+        stored_choice.input(stored, [stored_choice], stored_outputs, api_name="stored", **raw)
     return demo
 
 
@@ -485,7 +499,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     """Start the server; blocks until interrupted (Ctrl-C or SIGTERM)."""
     # SIGTERM (a Space restarting, a test finishing) then closes the server like Ctrl-C
-    # does, and the temporary folder below is removed instead of left behind.
+    # does, and the work folder below is removed instead of left behind.
     signal.signal(signal.SIGTERM, _interrupt)
     limits = service.Limits()
     service.configure_threads(CONCURRENCY)
@@ -495,17 +509,38 @@ def main() -> None:
     default_zoo = zoo_dir.resolve() == ZOO_DIR.resolve()
     results_path = RESULTS if default_zoo else zoo_dir / "results.md"
     telemetry_dir = TELEMETRY_DIR if default_zoo else zoo_dir / "telemetry"
-    with tempfile.TemporaryDirectory(prefix="issp-app-") as work:
+    disk_bytes = int(os.environ.get("ISSP_DISK_MB", DISK_MB)) * 2**20
+    # GRADIO_TEMP_DIR, if set, says where the work folder goes. Gradio's cache then lives
+    # inside it, so it holds this server's files only: pruning it touches nobody else's,
+    # and a server killed with kill -9 leaves it to the next one to remove.
+    root = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "issp-app"
+    with service.work_folder(root) as work:
+        os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")
+        results = work / "results"
         demo = build_app(
             service.ModelZoo(zoo_dir, capacity=MODEL_CACHE),
             limits,
             results_path,
-            service.make_examples(Path(work) / "examples"),
-            service.ResultFolders(Path(work) / "results"),
+            service.make_examples(work / "examples"),
+            service.ResultFolders(results),
             telemetry_dir,
         )
+        # The examples Gradio copied into its cache are needed as long as the page is.
+        examples = {
+            path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())
+        }
+        stop = threading.Event()
+        pruner = threading.Thread(
+            target=service.prune_until,
+            args=(stop, PRUNE_SECONDS, [work / "gradio", results], disk_bytes, examples),
+            daemon=True,
+        )
+        pruner.start()
         demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-        demo.launch(max_file_size=f"{limits.max_upload_mb}mb")
+        try:
+            demo.launch(max_file_size=f"{limits.max_upload_mb}mb")
+        finally:
+            stop.set()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ LIVE_ARCHS = ("edsr-tiny", "swinir-tiny")
 EXTRA_METHODS = {"dense": "dense", "GMP": "gmp"}
 SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.95, 0.99)
 SWEEP_COLUMNS = ("alpha", "method", "flips", "psnr")
+# Seeds any torch and NumPy call takes: larger ones (2**63 and up) overflow inside them.
+MAX_SEED = 2**31 - 1
 # Snapshots every steps/UPDATES steps, within these bounds: often enough to watch, while
 # drawing the eight figures (about 0.2 s) stays a small part of the run.
 UPDATES = 25
@@ -146,21 +148,21 @@ def _whole(value: object, name: str, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high], else IsspError naming ``name``."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise IsspError(f"{name} must be a whole number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise IsspError(f"{name} must be a whole number, got {echo(value)}") from None
     if not number.is_integer():
-        raise IsspError(f"{name} must be a whole number, got {value!r}")
+        raise IsspError(f"{name} must be a whole number, got {echo(value)}")
     if number < low or (high is not None and number > high):
         bound = f"at least {low}" if high is None else f"from {low} to {high:,}"
-        raise IsspError(f"{name} must be {bound}, got {int(number):,}")
+        raise IsspError(f"{name} must be {bound}, got {echo(value)}")
     return int(number)
 
 
 def _number(value: object, name: str) -> float:
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise IsspError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise IsspError(f"{name} must be a number, got {echo(value)}") from None
 
 
 def live_config(
@@ -181,10 +183,14 @@ def live_config(
     patch, data, one torch thread).
     """
     if arch not in LIVE_ARCHS:
-        raise IsspError(f"architecture must be one of {', '.join(LIVE_ARCHS)}, got {arch!r}")
-    unknown = [m for m in extra or () if m not in EXTRA_METHODS]
-    if unknown:
-        raise IsspError(f"extra methods must be among {', '.join(EXTRA_METHODS)}, got {unknown}")
+        raise IsspError(f"architecture must be one of {', '.join(LIVE_ARCHS)}, got {echo(arch)}")
+    extra = extra or ()
+    if not isinstance(extra, list | tuple) or not all(
+        isinstance(m, str) and m in EXTRA_METHODS for m in extra
+    ):
+        raise IsspError(
+            f"extra methods must be among {', '.join(EXTRA_METHODS)}, got {echo(extra)}"
+        )
     config = dataclasses.replace(
         base or LockstepConfig(),
         arch=arch,
@@ -194,7 +200,7 @@ def live_config(
         steps=_whole(steps, "steps", 1),
         # A number box cannot be empty, so 0 stands for the default as None does.
         prune_steps=_whole(prune_steps, "pruning stage", 1) if prune_steps else None,
-        seed=_whole(seed, "seed", 0),
+        seed=_whole(seed, "seed", 0, MAX_SEED),
         methods=("issp", "iht", *(EXTRA_METHODS[m] for m in EXTRA_METHODS if m in extra)),
     )
     config.validate()
@@ -319,10 +325,12 @@ def sweep_alphas(alphas: Sequence[float], steps: int) -> tuple[float, ...]:
     many steps in all."""
     if not alphas:
         raise IsspError("pick at least one alpha")
+    if not isinstance(alphas, list | tuple):
+        raise IsspError(f"alphas must be a list of numbers, got {echo(alphas)}")
     values = tuple(sorted({_number(a, "alpha") for a in alphas}))
     # alpha_sweep checks this too, but only once its first run is over.
     if not all(0 <= a < 1 for a in values):
-        raise IsspError(f"alphas must be in [0, 1), got {', '.join(map(str, values))}")
+        raise IsspError(f"alphas must be in [0, 1), got {echo(list(values))}")
     if len(values) * steps > MAX_STEPS:
         raise IsspError(
             f"a sweep runs at most {MAX_STEPS:,} steps in all; {len(values)} alphas of "

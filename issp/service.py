@@ -10,11 +10,13 @@ checkpoints finished while the server runs appear without a restart) and loaded 
 sit in a bounded, thread-safe LRU cache. A requested pruning ratio snaps to the nearest
 ratio the zoo has for that method, architecture and scale; ratio 0 is the dense model.
 
-The app reads files only from folders it owns (:func:`uploaded_file`).
+The app reads files only from folders it owns (:func:`uploaded_file`), keeps its own in
+one folder per server (:func:`work_folder`) and bounds their size (:func:`prune_files`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -23,9 +25,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import plotly.graph_objects as go
 import torch
@@ -367,12 +371,99 @@ def uploaded_file(path: object, folders: Sequence[str | Path]) -> Path | None:
     raise IsspError(UPLOAD_REFUSED)
 
 
+@contextmanager
+def work_folder(root: str | Path) -> Iterator[Path]:
+    """A new folder under ``root`` for one server's files, removed when the server stops.
+
+    Folders left by servers that died without cleaning up (``kill -9``, a crash) are
+    removed first. A running server holds a lock on its folder's lock file, and the
+    operating system drops the lock however the process ends, so a folder whose lock can
+    be taken belongs to no live server. ``root``'s own lock keeps two servers starting at
+    once from taking each other's new folder for a leftover.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as root_lock:
+        fcntl.flock(root_lock, fcntl.LOCK_EX)
+        for old in root.iterdir():
+            if old.is_dir() and not _locked(old / ".lock"):
+                shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(dir=root))
+        lock = open(folder / ".lock", "w")  # noqa: SIM115 (held until the server stops)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield folder
+    finally:
+        lock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _locked(path: Path) -> bool:
+    try:
+        with open(path, "a") as file:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def prune_files(folders: Sequence[Path], max_bytes: int, keep: Collection[str] = ()) -> int:
+    """Delete the oldest files under ``folders`` until they hold at most ``max_bytes``.
+
+    ``keep`` lists paths never deleted (the examples Gradio copied into its cache); lock
+    files are kept too. Returns the bytes freed. Empty folders left behind are removed.
+    """
+    roots = [Path(folder) for folder in folders]
+    files = []
+    for root in roots:
+        for path in root.rglob("*"):
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:
+                continue
+            if S_ISREG(stat.st_mode) and path.name != ".lock" and str(path) not in keep:
+                files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    freed = 0
+    for _, size, path in sorted(files, key=lambda item: item[0]):
+        if total - freed <= max_bytes:
+            break
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            continue
+        freed += size
+        for parent in path.parents:
+            if parent in roots:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                # Not empty (or gone already): the folders above it are not empty either.
+                break
+    return freed
+
+
+def prune_until(
+    stop: threading.Event,
+    every: float,
+    folders: Sequence[Path],
+    max_bytes: int,
+    keep: Collection[str] = (),
+) -> None:
+    """:func:`prune_files` every ``every`` seconds until ``stop`` is set (a thread's loop)."""
+    while not stop.wait(every):
+        prune_files(folders, max_bytes, keep)
+
+
 def parse_method(method: str) -> str:
     """The manifest name (``issp``/``iht``) of a method given as ``ISS-P``/``IHT``."""
     names = {key.lower(): value for key, value in METHODS.items()}
     names.update({value: value for value in METHODS.values()})
     if not isinstance(method, str) or method.strip().lower() not in names:
-        raise IsspError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise IsspError(f"unknown method {echo(method)}; choose one of {', '.join(METHODS)}")
     return names[method.strip().lower()]
 
 
@@ -381,9 +472,9 @@ def check_ratio(ratio: float) -> float:
     try:
         value = float(ratio)
     except (TypeError, ValueError):
-        raise IsspError(f"pruning ratio must be a number in [0, 1), got {ratio!r}") from None
+        raise IsspError(f"pruning ratio must be a number in [0, 1), got {echo(ratio)}") from None
     if not 0.0 <= value < 1.0:
-        raise IsspError(f"pruning ratio must be in [0, 1), got {ratio!r}")
+        raise IsspError(f"pruning ratio must be in [0, 1), got {echo(ratio)}")
     return value
 
 
@@ -394,7 +485,7 @@ def check_scale(scale: int) -> int:
     except (TypeError, ValueError):
         value = None
     if value is None or value != scale or value not in SCALES:
-        raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+        raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {echo(scale)}")
     return value
 
 
@@ -416,13 +507,13 @@ def resolve_arch(manifest: dict, arch: str | None, scale: int) -> str:
     have = zoo_archs(manifest, scale)
     if not have:
         raise IsspError(f"the zoo has no x{scale} checkpoints yet")
-    name = (arch or DEFAULT_ARCH).strip().lower()
+    name = (arch or DEFAULT_ARCH).strip().lower() if isinstance(arch, str | None) else ""
     if name in have:
         return name
     family = [a for a in have if a.split("-", 1)[0] == name.removesuffix("-style")]
     if len(family) == 1:
         return family[0]
-    raise IsspError(f"no x{scale} checkpoints of {arch!r}; the zoo has {', '.join(have)}")
+    raise IsspError(f"no x{scale} checkpoints of {echo(arch)}; the zoo has {', '.join(have)}")
 
 
 def available_ratios(manifest: dict, arch: str, scale: int, method: str) -> list[float]:
@@ -733,9 +824,9 @@ def results_figure(manifest: dict, x_axis: str = "ratio", test_set: str = "set5"
     score on ``test_set`` are left out; an empty zoo gives an empty chart that says so.
     """
     if x_axis not in ("ratio", "nonzeros"):
-        raise IsspError(f"x axis must be 'ratio' or 'nonzeros', got {x_axis!r}")
+        raise IsspError(f"x axis must be 'ratio' or 'nonzeros', got {echo(x_axis)}")
     if test_set not in TEST_SETS:
-        raise IsspError(f"test set must be one of {', '.join(TEST_SETS)}, got {test_set!r}")
+        raise IsspError(f"test set must be one of {', '.join(TEST_SETS)}, got {echo(test_set)}")
     scored = [r for r in manifest["checkpoints"] if "psnr" in r.get(test_set, {})]
     dense = {(r["arch"], r["scale"]): r for r in scored if r["method"] == "dense"}
     lines: dict[tuple, list[dict]] = {}

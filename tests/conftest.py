@@ -197,7 +197,8 @@ def write_stored_run(folder: Path, method: str, ratio: float, steps: int = 5) ->
 
 @contextlib.contextmanager
 def started_app(zoo_dir: Path, log: Path, **env: str):
-    """``python app.py`` on a free port with ``zoo_dir`` and the extra ``env``; yields its URL.
+    """``python app.py`` on a free port with ``zoo_dir`` and the extra ``env``; yields its
+    URL and process.
 
     For tests that need a server of their own (a broken zoo, a load run); fails with the
     server's output if it is not up in 60 s, and stops it on leaving.
@@ -218,7 +219,7 @@ def started_app(zoo_dir: Path, log: Path, **env: str):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(process, url, log)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

@@ -143,6 +143,10 @@ def test_bad_files_raise_a_clear_user_error(zoo, tmp_path, kind, message):
         ({"scale": 3}, "the zoo has no x3 checkpoints yet"),
         ({"scale": 5}, "scale must be one of 2, 3, 4"),
         ({"arch": "swinir-tiny"}, "no x2 checkpoints of 'swinir-tiny'; the zoo has edsr-tiny"),
+        ({"arch": ["a", "list"]}, "no x2 checkpoints of ['a', 'list']; the zoo has edsr-tiny"),
+        # A request is quoted back in at most 80 characters.
+        ({"method": "m" * 10**6}, f"unknown method '{'m' * 76}...; choose one of ISS-P, IHT"),
+        ({"ratio": "r" * 10**6}, f"pruning ratio must be a number in [0, 1), got '{'r' * 76}..."),
     ],
 )
 def test_bad_arguments_raise_a_clear_user_error(zoo, tmp_path, args, message):
@@ -454,6 +458,41 @@ def test_user_messages_hold_no_server_paths_and_are_bounded():
     assert service.user_message(kept) == kept
     assert len(service.user_message("x" * 10**6)) == service.MESSAGE_CHARS
     assert service.echo("y" * 10**6) == "'" + "y" * 76 + "..."
+
+
+def test_work_folders_of_live_servers_stay_and_leftovers_go(tmp_path):
+    root = tmp_path / "issp-app"
+    leftover = root / "dead-server"
+    (leftover / "gradio").mkdir(parents=True)
+    (leftover / "gradio" / "big.png").write_bytes(b"x" * 1000)
+    (leftover / ".lock").touch()
+    with service.work_folder(root) as first:
+        assert not leftover.exists(), "no server holds its lock: left by a dead one"
+        with service.work_folder(root) as second:
+            assert first.is_dir() and second.is_dir() and first != second
+        assert first.is_dir() and not second.exists()
+    assert not first.exists()
+
+
+def test_pruning_deletes_the_oldest_files_down_to_the_bound(tmp_path):
+    import os
+
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    for n in range(6):
+        folder = (cache if n % 2 else results) / f"request{n}"
+        folder.mkdir(parents=True)
+        (folder / "out.png").write_bytes(b"x" * 1000)
+        os.utime(folder / "out.png", (1000 + n, 1000 + n))
+    example = cache / "example" / "astronaut.png"
+    example.parent.mkdir()
+    example.write_bytes(b"x" * 1000)
+    os.utime(example, (1, 1))
+    freed = service.prune_files([cache, results], 2500, keep={str(example)})
+    assert freed == 4000
+    left = sorted(p.parent.name for p in tmp_path.rglob("*.png"))
+    assert left == ["example", "request4", "request5"]
+    assert sorted(p.name for p in cache.iterdir()) == ["example", "request5"], "empty folders go"
+    assert service.prune_files([cache, results], 2500, keep={str(example)}) == 0
 
 
 def test_lock_is_not_held_across_requests(zoo):

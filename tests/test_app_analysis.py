@@ -167,12 +167,24 @@ def test_stop_reaches_a_waiting_run_and_a_closed_one_leaves_the_line(base, tmp_p
         ({"alpha": 1.0}, r"alpha must be in \(0, 1\)"),
         ({"ratio": 1.2}, r"pruning ratio must be in \[0, 1\)"),
         ({"scale": 8}, "scale must be from 2 to 4, got 8"),
-        ({"seed": -1}, "seed must be at least 0"),
+        ({"seed": -1}, "seed must be from 0 to 2,147,483,647, got -1"),
+        ({"seed": 2**63}, "seed must be from 0 to 2,147,483,647, got 9223372036854775808"),
+        ({"seed": 10**400}, "seed must be a whole number, got 1000"),
+        ({"extra": "GMP"}, "extra methods must be among dense, GMP, got 'GMP'"),
+        ({"extra": [["GMP"]]}, "extra methods must be among dense, GMP"),
     ],
 )
 def test_bad_requests_get_a_message_for_the_user(base, overrides, message):
     with pytest.raises(IsspError, match=message):
         config(base, **overrides)
+
+
+@pytest.mark.parametrize("field", ["arch", "ratio", "steps", "seed", "extra"])
+def test_a_huge_argument_is_quoted_back_in_80_characters(base, field):
+    with pytest.raises(IsspError) as err:
+        config(base, **{field: "9" * 10**6})
+    message = str(err.value)
+    assert len(message) < 200 and "9" * 80 not in message
 
 
 def test_the_app_shows_a_streaming_handler_s_errors_to_the_user(base):

@@ -8,13 +8,16 @@ training queue filling up for everyone, a broken zoo stopping the server.
 import json
 import math
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import photo, started_app, write_stored_run
 from gradio_client import Client
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +146,39 @@ def test_forty_training_requests_leave_room_for_upscaling(app_server, tmp_path):
     assert sum(status.startswith("**Waiting:**") for status in statuses) == 3
 
 
+HUGE = "z" * 10**6
+
+
+@pytest.mark.parametrize(
+    ("api_name", "data"),
+    [
+        ("upscale", [None, 2, 0.9, HUGE, "edsr-tiny"]),
+        ("evaluate", [None, 2, 0.9, HUGE]),
+        ("train_live", [HUGE, 2, 0.9, 0.99, 10, 0, 0, []]),
+        ("train_live", ["edsr-tiny", 2, 0.9, 0.99, 10, 0, 0, [HUGE]]),
+        ("alpha_sweep", ["edsr-tiny", 2, 0.9, 10, 0, 0, HUGE]),
+        ("stored", [HUGE]),
+        ("results", [HUGE, "set5"]),
+        ("options", [2, HUGE, "ISS-P", 0.9]),
+    ],
+)
+def test_a_megabyte_argument_is_not_sent_back(app_server, api_name, data):
+    url, _ = app_server
+    event, answer = call(url, api_name, data)
+    assert event == ("complete" if api_name == "options" else "error"), answer
+    assert answer is not None and len(json.dumps(answer)) < 20_000
+    assert "z" * 81 not in json.dumps(answer)
+
+
+def test_a_seed_past_2_to_the_63_gets_a_clear_message(app_server):
+    url, _ = app_server
+    event, message = call(url, "train_live", ["edsr-tiny", 2, 0.9, 0.99, 10, 0, 2**64, []])
+    assert (event, message) == (
+        "error",
+        "seed must be from 0 to 2,147,483,647, got 18446744073709551616",
+    )
+
+
 @pytest.fixture(scope="module")
 def own_zoo_app(fake_zoo, tmp_path_factory):
     """An app of its own, on a copy of the fake zoo with stored dynamics, one checkpoint
@@ -154,7 +190,7 @@ def own_zoo_app(fake_zoo, tmp_path_factory):
         write_stored_run(zoo / "telemetry", method, ratio)
     (zoo / "edsr-tiny_x2_iht_r0.9.safetensors").unlink()
     (zoo / "edsr-tiny_x2_issp_r0.9.safetensors").write_bytes(b"not a checkpoint")
-    with started_app(zoo, folder / "app.log") as url:
+    with started_app(zoo, folder / "app.log") as (url, _):
         yield url
 
 
@@ -209,7 +245,7 @@ def test_a_damaged_checkpoint_is_shown_left_out_and_marked_by_evaluate(own_zoo_a
 def test_the_app_starts_with_a_corrupt_manifest_and_says_so(fake_zoo, tmp_path):
     zoo = shutil.copytree(fake_zoo, tmp_path / "zoo")
     (zoo / "manifest.json").write_text('{"checkpoints": [')
-    with started_app(zoo, tmp_path / "app.log") as url:
+    with started_app(zoo, tmp_path / "app.log") as (url, _):
         reason = "zoo/manifest.json could not be read (Expecting value: line 1 column 18"
         assert shown_status(url).startswith(f"**Model zoo:** No checkpoint can be used: {reason}")
         photo(48, 40).save(tmp_path / "in.png")
@@ -221,3 +257,32 @@ def test_the_app_starts_with_a_corrupt_manifest_and_says_so(fake_zoo, tmp_path):
         assert message.endswith("Only bicubic is available.")
         event, (table, _, note) = call(url, "evaluate", [image, *FILE_ENDPOINTS["evaluate"]])
         assert event == "complete" and [row[0] for row in table["data"]] == ["bicubic"]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_disk_is_bounded_and_a_killed_server_s_files_are_removed_on_restart(fake_zoo, tmp_path):
+    temp = tmp_path / "temp"
+    env = {"GRADIO_TEMP_DIR": str(temp), "ISSP_DISK_MB": "1"}
+    with started_app(fake_zoo, tmp_path / "first.log", **env) as (url, process):
+        (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
+        examples = folder_bytes(work / "examples")
+        # Noise does not compress: 5 uploads of 0.75 MB each, 3.75 MB in all.
+        for n in range(5):
+            noise = np.random.default_rng(n).integers(0, 256, (500, 500, 3), dtype=np.uint8)
+            Image.fromarray(noise).save(tmp_path / f"noise{n}.png")
+            upload(url, tmp_path / f"noise{n}.png")
+        deadline = time.monotonic() + 30
+        # Pruned every 10 s to 1 MB; the examples (copied into Gradio's cache) are kept.
+        while folder_bytes(work) > 2**20 + 2 * examples:
+            assert time.monotonic() < deadline, f"{folder_bytes(work):,} bytes after 30 s"
+            time.sleep(1)
+        process.kill()
+        process.wait()
+    assert work.is_dir(), "kill -9 leaves the folder behind"
+    with started_app(fake_zoo, tmp_path / "second.log", **env) as (url, _):
+        assert not work.exists(), "the next server removes it"
+        (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
+    assert not work.exists(), "a server stopped with SIGTERM removes its own"
