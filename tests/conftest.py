@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.load import app_process
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
 from issp.pruning import Pruner, prunable_weights, smallest_mask
@@ -198,48 +199,9 @@ def write_stored_run(folder: Path, method: str, ratio: float, steps: int = 5) ->
 @contextlib.contextmanager
 def started_app(zoo_dir: Path, log: Path, **env: str):
     """``python app.py`` on a free port with ``zoo_dir`` and the extra ``env``; yields its
-    URL and process.
+    URL and process, and stops it on leaving (``benchmarks.load.app_process``).
 
-    For tests that need a server of their own (a broken zoo, a load run); fails with the
-    server's output if it is not up in 60 s, and stops it on leaving.
+    For tests that need a server of their own (a broken zoo, a killed server).
     """
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "ISSP_ZOO_DIR": str(zoo_dir),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        **env,
-    }
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_up(process, url, log)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_up(process: subprocess.Popen, url: str, log: Path, seconds: float = 60) -> None:
-    """Return once ``url`` answers 200; fail with the log if the process exits or is late."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"app.py was not up within {seconds:.0f} s:\n{log.read_text()}")
-        time.sleep(0.25)
+    with app_process(zoo_dir, log, env) as started:
+        yield started

@@ -9,7 +9,6 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,8 @@ from conftest import photo, started_app, write_stored_run
 from gradio_client import Client
 from PIL import Image
 
+from benchmarks.load import call, events, submit, upload
+
 pytestmark = pytest.mark.slow
 
 UPLOAD_REFUSED = "that file was not uploaded to this app; upload the image again"
@@ -27,45 +28,6 @@ FILE_ENDPOINTS = {
     "upscale": [2, 0.9, "ISS-P", "edsr-tiny"],
     "evaluate": [2, 0.9, "edsr-tiny"],
 }
-
-
-def submit(url: str, api_name: str, data: list, session_hash: str | None = None) -> str:
-    """POST ``data`` to ``/gradio_api/call/<api_name>``; returns the event id."""
-    body = {"data": data} if session_hash is None else {"data": data, "session_hash": session_hash}
-    response = httpx.post(f"{url}gradio_api/call/{api_name}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()["event_id"]
-
-
-def events(url: str, api_name: str, event_id: str, timeout: float = 120) -> Iterator[tuple]:
-    """The ``(event, data)`` pairs of an event's stream as they come; an error's data is
-    its message."""
-    stream_url = f"{url}gradio_api/call/{api_name}/{event_id}"
-    event = None
-    with httpx.stream("GET", stream_url, timeout=timeout) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and event != "heartbeat":
-                data = json.loads(line.removeprefix("data: "))
-                yield event, data["error"] if event == "error" else data
-
-
-def call(url: str, api_name: str, data: list, session_hash: str | None = None) -> tuple:
-    """Call an endpoint and wait: ``("complete", outputs)`` or ``("error", message)``."""
-    event_id = submit(url, api_name, data, session_hash)
-    for event, data in events(url, api_name, event_id):
-        if event in ("complete", "error"):
-            return event, data
-    raise AssertionError(f"{api_name}: the event stream ended without a result")
-
-
-def upload(url: str, path: Path) -> str:
-    """Upload a file as the browser does; returns its path on the server."""
-    with open(path, "rb") as data:
-        response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, data)})
-    response.raise_for_status()
-    return response.json()[0]
 
 
 @pytest.fixture(scope="module")
