@@ -186,7 +186,10 @@ class ModelZoo:
             return ""
         listed = "; ".join(f"{p.name} {p.reason}" for p in problems)
         if not self.manifest()["checkpoints"]:
-            return f"No checkpoint can be used: {listed}. Only bicubic is available."
+            return (
+                f"No checkpoint can be used: {listed}. "
+                "Upscaling needs one; Evaluate still scores bicubic."
+            )
         return f"Left out of the model zoo: {listed}. The other checkpoints are served."
 
     def _read(self) -> tuple[dict, list[ZooProblem]]:

@@ -245,7 +245,7 @@ def test_a_broken_manifest_leaves_bicubic_and_says_why(fake_zoo, tmp_path, manif
     assert zoo.manifest()["checkpoints"] == []
     status = zoo.status()
     assert status.startswith(f"No checkpoint can be used: zoo/manifest.json {reason}")
-    assert status.endswith("Only bicubic is available.")
+    assert status.endswith("Upscaling needs one; Evaluate still scores bicubic.")
     path = tmp_path / "in.png"
     photo(48, 40).save(path)
     with pytest.raises(IsspError) as err:

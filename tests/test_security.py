@@ -216,7 +216,7 @@ def test_the_app_starts_with_a_corrupt_manifest_and_says_so(fake_zoo, tmp_path):
         assert event == "error"
         expected = f"no x2 model can be used now. No checkpoint can be used: {reason}"
         assert message.startswith(expected)
-        assert message.endswith("Only bicubic is available.")
+        assert message.endswith("Upscaling needs one; Evaluate still scores bicubic.")
         event, (table, _, note) = call(url, "evaluate", [image, *FILE_ENDPOINTS["evaluate"]])
         assert event == "complete" and [row[0] for row in table["data"]] == ["bicubic"]
 
