@@ -1,0 +1,69 @@
+"""The Space's configuration, the requirements and the LFS attributes agree."""
+
+import fnmatch
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_TOOLS = ("pytest", "playwright", "ruff")
+
+
+def front_matter() -> dict:
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def requirements(name: str) -> dict[str, str]:
+    """Package name -> specifier, from a requirements file (comments and -r lines skipped)."""
+    pins = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            package, specifier = re.match(r"([A-Za-z0-9_.\-]+)(.*)", line).groups()
+            pins[package.lower()] = specifier.strip()
+    return pins
+
+
+def test_space_front_matter_names_the_app_python_and_pinned_gradio():
+    config = front_matter()
+    assert config["sdk"] == "gradio"
+    assert config["sdk_version"] == requirements("requirements.txt")["gradio"].removeprefix("==")
+    assert str(config["python_version"]) == "3.11"
+    assert (ROOT / config["app_file"]).is_file()
+    assert 0 < len(config["short_description"]) <= 60  # the Hub's limit
+
+
+def test_space_requirements_hold_no_test_or_lint_tools():
+    runtime = requirements("requirements.txt")
+    assert not set(DEV_TOOLS) & set(runtime)
+    assert runtime["torch"] == "==2.13.0"
+    dev_lines = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt" in dev_lines
+    assert set(DEV_TOOLS) <= set(requirements("requirements-dev.txt"))
+
+
+def test_pyproject_app_extra_pins_the_same_gradio_and_python():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    gradio = [d for d in project["optional-dependencies"]["app"] if d.startswith("gradio")]
+    assert gradio == [f"gradio{requirements('requirements.txt')['gradio']}"]
+    assert project["requires-python"] == f">={front_matter()['python_version']}"
+
+
+def test_every_committed_binary_is_tracked_by_lfs_attributes():
+    patterns = [
+        line.split()[0]
+        for line in (ROOT / ".gitattributes").read_text().splitlines()
+        if "filter=lfs" in line
+    ]
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    binaries = [f for f in files if b"\0" in (ROOT / f).read_bytes()[:8000]]
+    assert binaries, "the checkpoints should be committed"
+    untracked = [f for f in binaries if not any(fnmatch.fnmatch(Path(f).name, p) for p in patterns)]
+    assert untracked == []
