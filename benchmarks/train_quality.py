@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--ratio", type=float, default=0.95)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, help="default: the protocol's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/train_quality"))
     args = parser.parse_args()
@@ -57,17 +58,19 @@ def main() -> None:
                     patch=patch,
                     seed=args.seed,
                     data=args.data,
+                    **({"lr": args.lr} if args.lr else {}),
                     workers=0,
                     **speed,
                 )
                 tag = f"x{args.scale}_{method}_r{args.ratio:g}_s{args.seed}_{args.steps}"
+                tag += f"_lr{config.lr:g}"
                 out = args.work / f"{tag}_{name}.safetensors"
                 jobs[method, name] = pool.submit(_train_and_score, config, out, args.test)
         psnr = {key: job.result() for key, job in jobs.items()}
     print(f"machine: {machine_description()}")
     print(
-        f"edsr-tiny x{args.scale}, {args.protocol} protocol, ratio {args.ratio}, "
-        f"{args.steps} steps, seed {args.seed}: Set5 PSNR (dB)"
+        f"edsr-tiny x{args.scale}, {args.protocol} protocol, lr {config.lr:g}, ratio "
+        f"{args.ratio}, {args.steps} steps, seed {args.seed}: Set5 PSNR (dB)"
     )
     names = list(SETTINGS)
     print(f"{'method':8s} " + " ".join(f"{n:>20s}" for n in names) + "  difference  goal")
