@@ -21,10 +21,10 @@ from matplotlib.figure import Figure as MplFigure
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from analysis.lockstep import Dynamics, gradient_spread, label, learning_rates, summarize
+from analysis.lockstep import Dynamics, gradient_spread, learning_rates, summarize
+from issp.methods import colour, label
 
 MAX_POINTS = 1000
-METHOD_COLORS = {"issp": "#d62728", "iht": "#1f77b4", "dense": "#7f7f7f", "gmp": "#2ca02c"}
 LAYER_COLORS = qualitative.Dark24
 # log10 of |w| below which a weight is drawn as exactly zero in the histogram.
 ZERO_FLOOR = -8.0
@@ -52,10 +52,6 @@ def binned(values: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray
 
 def _short(layer: str) -> str:
     return layer.removesuffix(".weight")
-
-
-def _method_color(method: str) -> str:
-    return METHOD_COLORS.get(method, "#9467bd")
 
 
 def _mark_kp(fig: go.Figure, dynamics: Dynamics) -> None:
@@ -97,7 +93,7 @@ def loss_figure(dynamics: Dynamics) -> go.Figure:
             3,
         )
     for method, s in dynamics.series.items():
-        style = {"name": label(method), "legendgroup": method, "line_color": _method_color(method)}
+        style = {"name": label(method), "legendgroup": method, "line_color": colour(method)}
         steps, loss = binned(s.loss)
         fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines", **style), 1, 1)
         fig.add_trace(
@@ -117,7 +113,7 @@ def flips_figure(dynamics: Dynamics) -> go.Figure:
         1, 2, subplot_titles=("mask flips per step (all layers)", "cumulative mask flips")
     )
     for method, s in dynamics.series.items():
-        style = {"name": label(method), "legendgroup": method, "line_color": _method_color(method)}
+        style = {"name": label(method), "legendgroup": method, "line_color": colour(method)}
         total = np.nansum(s.flips, axis=1)
         steps, per_step = binned(total)
         fig.add_trace(go.Scatter(x=steps, y=per_step, mode="lines", **style), 1, 1)
@@ -218,7 +214,7 @@ def grad_spread_figure(dynamics: Dynamics) -> go.Figure:
                 y=spread,
                 mode="lines",
                 name=label(method),
-                line_color=_method_color(method),
+                line_color=colour(method),
             )
         )
     fig.update_xaxes(title_text="step")
@@ -248,7 +244,7 @@ def magnitude_figure(dynamics: Dynamics) -> go.Figure:
                     y=values,
                     mode="lines",
                     name=f"{label(method)} {part}",
-                    line={"color": _method_color(method), "dash": dash},
+                    line={"color": colour(method), "dash": dash},
                 )
             )
     fig.update_yaxes(title_text="mean |w|")
@@ -288,7 +284,7 @@ def weights_figure(dynamics: Dynamics) -> go.Figure:
             )
             continue
         for part, values, color in (
-            ("kept", s.kept_weights, _method_color(method)),
+            ("kept", s.kept_weights, colour(method)),
             ("selected", s.selected_weights, "#bcbd22"),
         ):
             if not len(values):
@@ -316,7 +312,7 @@ def alpha_sweep_figure(rows: list[dict]) -> go.Figure:
     """Total mask flips and final PSNR against alpha, from ``alpha_sweep``'s table."""
     names = [f"{r['alpha']:g}" + (" (IHT)" if r["method"] == "iht" else "") for r in rows]
     fig = make_subplots(1, 2, subplot_titles=("total mask flips", "final validation PSNR (dB)"))
-    style = {"mode": "lines+markers", "line_color": METHOD_COLORS["issp"], "showlegend": False}
+    style = {"mode": "lines+markers", "line_color": colour("issp"), "showlegend": False}
     fig.add_trace(go.Scatter(x=names, y=[r["flips"] for r in rows], **style), 1, 1)
     fig.add_trace(go.Scatter(x=names, y=[r["psnr"] for r in rows], **style), 1, 2)
     fig.update_xaxes(title_text="alpha", type="category")

@@ -17,8 +17,10 @@ import numpy as np
 
 from analysis.lockstep import Dynamics, Series
 from issp import IsspError
+from issp.catalogue import TELEMETRY_DIR, Manifest, ZooEntry, load_manifest
+from issp.methods import COMPARED
 from issp.pruning import TELEMETRY_KEYS
-from issp.zoo import TELEMETRY_DIR, ZooEntry, find_entry, load_manifest
+from issp.zoo import entry_config
 
 # Checkpoint names as ZooEntry.name writes them: edsr-tiny_x2_issp_r0.9, edsr-tiny_x2_dense.
 _NAME = re.compile(
@@ -67,7 +69,7 @@ def load_stored(
     arch: str,
     scale: int,
     ratio: float,
-    methods: Sequence[str] = ("issp", "iht"),
+    methods: Sequence[str] = COMPARED,
     directory: str | Path = TELEMETRY_DIR,
 ) -> Dynamics:
     """The stored runs of ``methods`` at one (arch, scale, ratio) as one ``Dynamics``.
@@ -118,14 +120,14 @@ def load_stored(
     )
 
 
-def _settings(manifest: dict, entry: ZooEntry) -> tuple[int, float]:
+def _settings(manifest: Manifest, entry: ZooEntry) -> tuple[int, float]:
     """Kp and alpha a stored run was trained with: its manifest record, else the protocol."""
     try:
-        record = find_entry(manifest, entry.arch, entry.scale, entry.method, entry.ratio)
+        record = manifest.find(entry.arch, entry.scale, entry.method, entry.ratio)
     except IsspError:
-        config = entry.config(None, "cpu")
+        config = entry_config(entry, None, "cpu")
         return config.kp, config.alpha
-    return int(record["prune_steps"]), record["alpha"]
+    return record.prune_steps, record.alpha
 
 
 def _read(path: Path) -> tuple[list[str], Series]:

@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from issp.catalogue import ZOO_DIR, ZooEntry
 from issp.checkpoint import load_checkpoint
+from issp.machine import machine_description
 from issp.pruning import prunable_weights, smallest_mask
 from issp.sparse import SparseWeight, sparse_conv3x3, sparsify
-from issp.zoo import ZOO_DIR, ZooEntry, machine_description
 
 RATIOS = (0.9, 0.95, 0.99)
 ARCH = "edsr-tiny"

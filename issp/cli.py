@@ -11,8 +11,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from issp import IsspError
+
+if TYPE_CHECKING:
+    from issp.zoo import Verification
 
 OUTPUT_FORMATS = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
@@ -271,7 +275,7 @@ def cmd_upscale(args: argparse.Namespace) -> None:
         model, meta = load_checkpoint(args.checkpoint, scale=args.scale)
         scale = int(meta["scale"])
     else:
-        from issp.zoo import load_zoo_model
+        from issp.catalogue import load_zoo_model
 
         if args.scale is None or args.ratio is None:
             raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
@@ -313,7 +317,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int | None:
-    from issp import zoo
+    from issp import report, zoo
 
     if args.zoo_command == "build":
         data = str(args.data) if args.data else None
@@ -326,31 +330,31 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
     if args.zoo_command == "verify":
         if args.data is not None and not (args.data / "Set5").is_dir():
             raise IsspError(f"{args.data} has no Set5/ folder to check PSNR on")
-        rows = zoo.verify_zoo(args.data)
-        for row in rows:
-            print(_verify_line(row))
-        failed = sum(not row["ok"] for row in rows)
-        print(f"{len(rows) - failed} of {len(rows)} checkpoints verified")
+        checks = zoo.verify_zoo(args.data)
+        for check in checks:
+            print(_verify_line(check))
+        failed = sum(not check.ok for check in checks)
+        print(f"{len(checks) - failed} of {len(checks)} checkpoints verified")
         return 1 if failed else 0
-    rows = zoo.evaluate_zoo(args.data)
-    table = zoo.results_markdown(rows, f"python -m issp zoo eval --data {args.data}")
-    dynamics = zoo.dynamics_markdown(rows)
+    scores = zoo.evaluate_zoo(args.data)
+    command = f"python -m issp zoo eval --data {args.data}"
+    table = report.results_markdown(scores.records, scores.bicubic, command)
+    dynamics = report.dynamics_markdown(scores.records)
     table += f"\n{dynamics}" if dynamics else ""
-    zoo.write_results(table)
+    report.write_results(table)
     print(table)
 
 
-def _verify_line(row: dict) -> str:
-    if not row["exists"]:
-        return f"FAIL {row['file']}: missing"
-    if not row["sha256_ok"]:
-        return f"FAIL {row['file']}: sha256 MISMATCH"
-    parts = ["sha256 ok", f"worst layer sparsity off by {row['sparsity_error']:.2%}"]
-    if "set5_psnr" in row:
-        recorded = row["set5_manifest"]
-        recorded = "none" if recorded is None else f"{recorded:.2f}"
-        parts.append(f"Set5 {row['set5_psnr']:.2f} dB (manifest {recorded})")
-    return f"{'ok  ' if row['ok'] else 'FAIL'} {row['file']}: " + ", ".join(parts)
+def _verify_line(check: Verification) -> str:
+    if not check.exists:
+        return f"FAIL {check.file}: missing"
+    if not check.sha256_ok:
+        return f"FAIL {check.file}: sha256 MISMATCH"
+    parts = ["sha256 ok", f"worst layer sparsity off by {check.sparsity_error:.2%}"]
+    if check.set5_psnr is not None:
+        recorded = "none" if check.set5_manifest is None else f"{check.set5_manifest:.2f}"
+        parts.append(f"Set5 {check.set5_psnr:.2f} dB (manifest {recorded})")
+    return f"{'ok  ' if check.ok else 'FAIL'} {check.file}: " + ", ".join(parts)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:

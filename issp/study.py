@@ -31,15 +31,14 @@ import torch
 from filelock import FileLock, Timeout
 from scipy import stats
 
+from issp.catalogue import ROOT, TEST_SETS
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
 from issp.machine import available_cpus, machine_description
 from issp.train import TrainConfig, train
-from issp.zoo import ROOT
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
-TEST_SETS = ("Set5", "Set14")
 # The authors' shrink factor: every ISS-P command in their README passes --ist_ratio 0.95
 # (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, README.md lines 138 and 187). The grid runs it
 # at every learning rate as ISS-P's reference when it chooses the rate.

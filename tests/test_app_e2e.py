@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import bad_file, photo
+from fixtures import bad_file, photo
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -161,13 +161,13 @@ SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "test" / "Set5"
 
 
 def test_real_iss_p_model_beats_bicubic_on_a_downscaled_set5_image(app_server, client, tmp_path):
+    from issp.catalogue import load_manifest
     from issp.data import bicubic_resize, load_image, make_lr, modcrop, to_rgb_array
     from issp.metrics import psnr
-    from issp.zoo import find_entry, load_manifest
 
     url, zoo_dir = app_server
     try:
-        find_entry(load_manifest(zoo_dir / "manifest.json"), "edsr-tiny", 2, "issp", 0.9)
+        load_manifest(zoo_dir / "manifest.json").find("edsr-tiny", 2, "issp", 0.9)
     except IsspError:
         pytest.skip("the zoo has no trained ISS-P x2 checkpoint at ratio 0.9 yet")
     if not SET5.is_dir():

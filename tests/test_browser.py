@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import bad_file, photo
+from fixtures import bad_file, photo
 
-from issp.service import available_ratios
-from issp.zoo import load_manifest
+from issp.catalogue import load_manifest
+from webapp.model_choice import available_ratios
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from analysis.lockstep import MAX_STEPS
 from issp.checkpoint import save_checkpoint
 from issp.cli import main
 from issp.models import build_model
@@ -110,6 +111,7 @@ def test_bad_files_and_mismatched_checkpoints_exit_2(checkpoint, tmp_path, capsy
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_prints_no_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "issp", "info", "/no/such.safetensors"],
@@ -119,3 +121,37 @@ def test_module_entry_point_prints_no_traceback():
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "no such file" in done.stderr
+
+
+def test_cli_analyze_then_plot(photos, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    args = ["analyze", "--steps", "4", "--batch-size", "2", "--patch", "8", "--val-every", "2"]
+    assert main([*args, "--data", str(photos), "--json", str(out)]) == 0
+    assert "Mask entries flipped" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [len(m["loss"]) for m in data["methods"].values()] == [4, 4]
+    assert main(["plot", str(out), "--out", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "dynamics.html").exists()
+    assert (tmp_path / "figures" / "flips.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analyze", "--ratio", "1.5", "--json", "x.json"],
+        ["analyze", "--methods", "issp,magic", "--json", "x.json"],
+        ["analyze", "--steps", str(MAX_STEPS + 1), "--json", "x.json"],
+        ["analyze", "--steps", "10"],
+        ["plot", "missing.json", "--out", "figures"],
+    ],
+)
+def test_cli_rejects_bad_arguments_with_exit_code_2(args, capsys):
+    assert main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_cli_plot_rejects_a_file_that_is_not_a_result(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["plot", str(tmp_path / "bad.json"), "--out", str(tmp_path)]) == 2
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    assert main(["plot", str(tmp_path / "other.json"), "--out", str(tmp_path)]) == 2

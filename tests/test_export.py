@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import photo
+from fixtures import photo
 
 from issp import IsspError
 from issp.checkpoint import load_checkpoint, read_metadata

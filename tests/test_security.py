@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import photo, started_app, write_stored_run
+from fixtures import photo, write_stored_run
 from gradio_client import Client
 from PIL import Image
 
-from benchmarks.load import call, events, submit, upload
+from benchmarks.load import app_process, call, events, submit, upload
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_an_uploaded_file_is_still_read(app_server, tmp_path):
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "app.py", "checkpoints/manifest.json"])
 def test_gradio_file_route_serves_nothing_outside_the_app_s_folders(app_server, target):
-    from issp.zoo import ROOT
+    from issp.catalogue import ROOT
 
     url, _ = app_server
     path = target if target.startswith("/") else str(ROOT / target)
@@ -152,7 +152,7 @@ def own_zoo_app(fake_zoo, tmp_path_factory):
         write_stored_run(zoo / "telemetry", method, ratio)
     (zoo / "edsr-tiny_x2_iht_r0.9.safetensors").unlink()
     (zoo / "edsr-tiny_x2_issp_r0.9.safetensors").write_bytes(b"not a checkpoint")
-    with started_app(zoo, folder / "app.log") as (url, _):
+    with app_process(zoo, folder / "app.log") as (url, _):
         yield url
 
 
@@ -207,7 +207,7 @@ def test_a_damaged_checkpoint_is_shown_left_out_and_marked_by_evaluate(own_zoo_a
 def test_the_app_starts_with_a_corrupt_manifest_and_says_so(fake_zoo, tmp_path):
     zoo = shutil.copytree(fake_zoo, tmp_path / "zoo")
     (zoo / "manifest.json").write_text('{"checkpoints": [')
-    with started_app(zoo, tmp_path / "app.log") as (url, _):
+    with app_process(zoo, tmp_path / "app.log") as (url, _):
         reason = "zoo/manifest.json could not be read (Expecting value: line 1 column 18"
         assert shown_status(url).startswith(f"**Model zoo:** No checkpoint can be used: {reason}")
         photo(48, 40).save(tmp_path / "in.png")
@@ -228,7 +228,7 @@ def folder_bytes(folder: Path) -> int:
 def test_disk_is_bounded_and_a_killed_server_s_files_are_removed_on_restart(fake_zoo, tmp_path):
     temp = tmp_path / "temp"
     env = {"GRADIO_TEMP_DIR": str(temp), "ISSP_DISK_MB": "1"}
-    with started_app(fake_zoo, tmp_path / "first.log", **env) as (url, process):
+    with app_process(fake_zoo, tmp_path / "first.log", env) as (url, process):
         (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
         examples = folder_bytes(work / "examples")
         # Noise does not compress: 5 uploads of 0.75 MB each, 3.75 MB in all.
@@ -244,7 +244,7 @@ def test_disk_is_bounded_and_a_killed_server_s_files_are_removed_on_restart(fake
         process.kill()
         process.wait()
     assert work.is_dir(), "kill -9 leaves the folder behind"
-    with started_app(fake_zoo, tmp_path / "second.log", **env) as (url, _):
+    with app_process(fake_zoo, tmp_path / "second.log", env) as (url, _):
         assert not work.exists(), "the next server removes it"
         (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
     assert not work.exists(), "a server stopped with SIGTERM removes its own"

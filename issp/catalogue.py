@@ -1,0 +1,277 @@
+"""The checkpoint zoo as it lies on disk: its folders, its manifest and loading one model.
+
+``checkpoints/manifest.json`` lists every checkpoint with how it was trained, its sha256,
+size, FLOPs and scores. :class:`Manifest` and :class:`Record` are that file as types:
+``from_json`` reads it, ``to_json`` writes it back unchanged. Reading the catalogue imports
+no training code; the build that writes it is :mod:`issp.zoo`, the tables made from it
+:mod:`issp.report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+from torch import nn
+
+from issp import IsspError
+from issp.checkpoint import load_checkpoint, sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_DIR = ROOT / "checkpoints"
+MANIFEST = ZOO_DIR / "manifest.json"
+TELEMETRY_DIR = ROOT / "analysis" / "telemetry"
+RESULTS = ROOT / "analysis" / "results.md"
+# Benchmark sets by their folder names; a record keys their scores by score_key.
+TEST_SETS = ("Set5", "Set14")
+# FLOPs are counted for an LR input of this size.
+FLOPS_INPUT = (256, 256)
+
+
+def score_key(name: str) -> str:
+    """How a test set's scores are keyed in the manifest and the app (``Set5`` -> ``set5``)."""
+    return name.lower()
+
+
+SCORE_KEYS = tuple(score_key(name) for name in TEST_SETS)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """Which checkpoint: architecture, scale, method and ratio, and the file name they give."""
+
+    arch: str
+    scale: int
+    method: str
+    ratio: float
+
+    @property
+    def name(self) -> str:
+        if self.method == "dense":
+            return f"{self.arch}_x{self.scale}_dense"
+        return f"{self.arch}_x{self.scale}_{self.method}_r{self.ratio:g}"
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.safetensors"
+
+
+@dataclass(frozen=True)
+class Score:
+    """Mean PSNR (dB) and SSIM on one test set, Y channel, border = scale."""
+
+    psnr: float
+    ssim: float
+
+
+# What a record must hold to be served and described; the rest is provenance.
+REQUIRED = {
+    "file": str,
+    "arch": str,
+    "scale": int,
+    "method": str,
+    "ratio": (int, float),
+    "sha256": str,
+    "params": int,
+    "nonzeros": int,
+    "flops_dense": (int, float),
+    "flops_sparse": (int, float),
+}
+OPTIONAL = {
+    "alpha": (int, float),
+    "steps": int,
+    "prune_steps": int,
+    "seed": int,
+    "flops_input": list,
+    "device": str,
+    "data": str,
+    "train_seconds": (int, float),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """One checkpoint of the manifest. Fields in the order the file has them."""
+
+    file: str
+    arch: str
+    scale: int
+    method: str
+    ratio: float
+    alpha: float | None = None  # ISS-P's; None for the other methods
+    steps: int | None = None
+    prune_steps: int | None = None
+    seed: int | None = None
+    sha256: str
+    params: int
+    nonzeros: int
+    flops_input: tuple[int, int] | None = None
+    flops_dense: float
+    flops_sparse: float
+    device: str | None = None
+    data: str | None = None
+    train_seconds: float | None = None  # over every session of a resumed run
+    scores: dict[str, Score] = field(default_factory=dict)  # by score_key
+
+    @property
+    def entry(self) -> ZooEntry:
+        return ZooEntry(self.arch, self.scale, self.method, self.ratio)
+
+    @classmethod
+    def from_json(cls, data: object) -> Record:
+        """The record a manifest entry describes; IsspError saying what is wrong with it."""
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(key), kind) for key, kind in REQUIRED.items()
+        ):
+            raise IsspError(f"lacks one of {', '.join(REQUIRED)}")
+        for key, kind in OPTIONAL.items():
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise IsspError(f"has a malformed {key}")
+        scores = {}
+        for key in SCORE_KEYS:
+            if key in data:
+                try:
+                    scores[key] = Score(float(data[key]["psnr"]), float(data[key]["ssim"]))
+                except (KeyError, TypeError, ValueError):
+                    raise IsspError(f"has malformed {key} scores") from None
+        values = {key: data[key] for key in (*REQUIRED, *OPTIONAL) if data.get(key) is not None}
+        if "flops_input" in values:
+            values["flops_input"] = tuple(values["flops_input"])
+        return cls(**values, scores=scores)
+
+    def to_json(self) -> dict:
+        """The manifest entry; ``alpha`` is written even when None, other unknowns are not."""
+        data = {
+            "file": self.file,
+            "arch": self.arch,
+            "scale": self.scale,
+            "method": self.method,
+            "ratio": self.ratio,
+            "alpha": self.alpha,
+            "steps": self.steps,
+            "prune_steps": self.prune_steps,
+            "seed": self.seed,
+            "sha256": self.sha256,
+            "params": self.params,
+            "nonzeros": self.nonzeros,
+            "flops_input": None if self.flops_input is None else list(self.flops_input),
+            "flops_dense": self.flops_dense,
+            "flops_sparse": self.flops_sparse,
+            "device": self.device,
+            "data": self.data,
+            "train_seconds": self.train_seconds,
+            **{key: {"psnr": s.psnr, "ssim": s.ssim} for key, s in self.scores.items()},
+        }
+        return {key: value for key, value in data.items() if value is not None or key == "alpha"}
+
+
+@dataclass
+class Manifest:
+    """The zoo's records, the build's protocol per arch and scale, and ISS-P's alpha."""
+
+    checkpoints: list[Record] = field(default_factory=list)
+    protocols: dict[str, dict] = field(default_factory=dict)
+    alpha: float | None = None
+
+    @classmethod
+    def from_json(
+        cls, data: object, malformed: Callable[[int, IsspError], None] | None = None
+    ) -> Manifest:
+        """The manifest ``data`` describes. A malformed record raises IsspError, or, given
+        ``malformed``, is handed to it with its 0-based index and left out."""
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+            raise IsspError("has no list of checkpoints")
+        protocols, alpha = data.get("protocols", {}), data.get("alpha")
+        if not isinstance(protocols, dict) or not isinstance(alpha, int | float | None):
+            raise IsspError("has malformed protocols or alpha")
+        records = []
+        for index, item in enumerate(data["checkpoints"]):
+            try:
+                records.append(Record.from_json(item))
+            except IsspError as err:
+                if malformed is None:
+                    raise IsspError(f"manifest record {index + 1} {err}") from None
+                malformed(index, err)
+        return cls(records, protocols, alpha)
+
+    def to_json(self) -> dict:
+        data: dict = {"checkpoints": [record.to_json() for record in self.checkpoints]}
+        if self.protocols:
+            data["protocols"] = self.protocols
+        if self.alpha is not None:
+            data["alpha"] = self.alpha
+        return data
+
+    def find(self, arch: str, scale: int, method: str, ratio: float) -> Record:
+        """The record of one model; ratio 0 means the dense model of any method."""
+        if ratio == 0:
+            method = "dense"
+        for record in self.checkpoints:
+            if (record.arch, record.scale, record.method) == (arch, scale, method) and (
+                abs(record.ratio - ratio) < 1e-9
+            ):
+                return record
+        have = sorted({r.ratio for r in self.checkpoints if (r.arch, r.scale) == (arch, scale)})
+        raise IsspError(
+            f"no {method} checkpoint of {arch} x{scale} at ratio {ratio:g} "
+            f"(available ratios: {', '.join(f'{r:g}' for r in have) or 'none'})"
+        )
+
+
+def load_manifest(
+    path: Path | None = None, malformed: Callable[[int, IsspError], None] | None = None
+) -> Manifest:
+    """The manifest at ``path`` (default: the zoo's), or an empty one if none was written.
+
+    Raises OSError or ValueError for a file that cannot be read as JSON, IsspError for
+    JSON that is no manifest (see :meth:`Manifest.from_json` for ``malformed``).
+    """
+    path = path or MANIFEST
+    if not path.exists():
+        return Manifest()
+    return Manifest.from_json(json.loads(path.read_text()), malformed)
+
+
+@contextlib.contextmanager
+def updating_manifest() -> Iterator[Manifest]:
+    """Yield the zoo's manifest and write it back, holding a lock throughout.
+
+    Several builds may run side by side (one per core) while ``zoo eval`` refreshes the
+    scores: each reads the manifest under the lock, so none overwrites another's records.
+    """
+    with FileLock(MANIFEST.with_suffix(".lock")):
+        manifest = load_manifest(MANIFEST)
+        yield manifest
+        tmp = MANIFEST.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        os.replace(tmp, MANIFEST)
+
+
+def load_zoo_model(
+    arch: str,
+    scale: int,
+    method: str,
+    ratio: float,
+    manifest: Manifest | None = None,
+    zoo_dir: Path | None = None,
+) -> tuple[nn.Module, Record]:
+    """Load a zoo checkpoint from ``zoo_dir`` after checking its sha256 against the manifest.
+
+    Without ``zoo_dir``, the shipped zoo; without ``manifest``, the one in ``zoo_dir``.
+    """
+    zoo_dir = ZOO_DIR if zoo_dir is None else zoo_dir
+    if manifest is None:
+        manifest = load_manifest(zoo_dir / MANIFEST.name)
+    record = manifest.find(arch, scale, method.lower(), ratio)
+    path = zoo_dir / record.file
+    if not path.exists():
+        raise IsspError(f"{path} is listed in the manifest but missing")
+    if sha256(path) != record.sha256:
+        raise IsspError(f"{path} does not match the manifest's sha256; refusing to load it")
+    model, _ = load_checkpoint(path, scale=scale, arch=arch)
+    return model, record

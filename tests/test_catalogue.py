@@ -1,0 +1,95 @@
+"""The zoo as it lies on disk (issp.catalogue): manifest records, finding and loading one."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+from issp import IsspError
+from issp.catalogue import (
+    MANIFEST,
+    ZOO_DIR,
+    Manifest,
+    Record,
+    ZooEntry,
+    load_manifest,
+    load_zoo_model,
+    score_key,
+)
+from issp.checkpoint import checkpoint_info, sha256
+
+RECORDS = load_manifest().checkpoints
+
+
+def make_record(**changes) -> Record:
+    fields = {"file": "a_x2_dense.safetensors", "arch": "a", "scale": 2, "method": "dense",
+              "ratio": 0.0, "sha256": "0", "params": 10, "nonzeros": 10, "flops_dense": 1,
+              "flops_sparse": 1}  # fmt: skip
+    return Record(**(fields | changes))
+
+
+def test_the_shipped_manifest_reads_and_writes_back_byte_for_byte():
+    text = MANIFEST.read_text()
+    assert json.dumps(Manifest.from_json(json.loads(text)).to_json(), indent=2) + "\n" == text
+    assert all(r.scores[score_key("Set5")].psnr > 0 for r in RECORDS)
+
+
+def test_a_malformed_record_is_named_or_handed_over_and_left_out():
+    good = make_record().to_json()
+    data = {"checkpoints": [good, {"file": "half.safetensors"}, {**good, "set5": {"psnr": 1}}]}
+    with pytest.raises(IsspError, match="manifest record 2 lacks one of file, arch, scale"):
+        Manifest.from_json(data)
+    told = []
+    manifest = Manifest.from_json(data, lambda index, err: told.append((index, str(err))))
+    assert manifest.checkpoints == [make_record()]
+    assert [index for index, _ in told] == [1, 2] and "malformed set5" in told[1][1]
+    with pytest.raises(IsspError, match="has no list of checkpoints"):
+        Manifest.from_json(["a list"])
+
+
+def test_find_treats_ratio_zero_as_dense_and_lists_what_exists():
+    manifest = Manifest([make_record()])
+    assert manifest.find("a", 2, "issp", 0).method == "dense"
+    with pytest.raises(IsspError, match="available ratios: 0"):
+        manifest.find("a", 2, "issp", 0.9)
+
+
+def test_entry_names_the_file_the_build_writes():
+    assert ZooEntry("edsr-tiny", 2, "issp", 0.9).file == "edsr-tiny_x2_issp_r0.9.safetensors"
+    assert ZooEntry("edsr-tiny", 4, "dense", 0.0).name == "edsr-tiny_x4_dense"
+    assert RECORDS[0].entry.file == RECORDS[0].file
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r.file for r in RECORDS])
+def test_shipped_checkpoint_matches_manifest_sha_and_ratio(record):
+    path = ZOO_DIR / record.file
+    assert sha256(path) == record.sha256
+    info = checkpoint_info(path)
+    for layer in info["layers"]:
+        expected = math.ceil(record.ratio * layer["numel"])
+        assert abs((layer["numel"] - layer["nonzeros"]) - expected) <= 0.005 * layer["numel"]
+    assert info["nonzeros"] == record.nonzeros
+
+
+def test_shipped_manifest_files_all_exist():
+    for record in RECORDS:
+        assert (ZOO_DIR / record.file).is_file(), record.file
+    shipped = {p.name for p in ZOO_DIR.glob("*.safetensors")}
+    assert shipped == {r.file for r in RECORDS}
+
+
+def test_copying_the_zoo_elsewhere_keeps_it_loadable_and_checked(tmp_path):
+    if not RECORDS:
+        pytest.skip("no checkpoints shipped yet")
+    record = RECORDS[0]
+    shutil.copy(ZOO_DIR / record.file, tmp_path)
+    shutil.copy(MANIFEST, tmp_path)
+    model, loaded = load_zoo_model(
+        record.arch, record.scale, record.method, record.ratio, zoo_dir=tmp_path
+    )
+    assert model.scale == record.scale and loaded == record
+    path = tmp_path / record.file
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(IsspError, match="sha256"):
+        load_zoo_model(record.arch, record.scale, record.method, record.ratio, zoo_dir=tmp_path)

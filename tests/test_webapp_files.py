@@ -1,0 +1,83 @@
+"""The app's files (webapp.files): uploads it may read, its folder, the disk bound, examples."""
+
+import os
+
+import pytest
+from fixtures import photo
+from PIL import Image
+
+from issp import IsspError
+from webapp import files
+
+
+def test_result_folders_keep_only_the_newest(tmp_path):
+    folders = files.ResultFolders(tmp_path, keep=2)
+    made = [folders.new() for _ in range(4)]
+    assert [p.exists() for p in made] == [False, False, True, True]
+
+
+def test_examples_are_small_crops_of_bundled_photos(tmp_path):
+    paths = files.make_examples(tmp_path, count=2, side=96)
+    assert len(paths) == 2
+    for path in paths:
+        assert max(Image.open(path).size) <= 96
+
+
+def test_only_files_inside_the_upload_folders_are_read(tmp_path):
+    uploads, outside = tmp_path / "uploads", tmp_path / "outside"
+    uploads.mkdir(), outside.mkdir()
+    photo().save(outside / "secret.png")
+    photo().save(uploads / "in.png")
+    (uploads / "link.png").symlink_to(outside / "secret.png")
+    assert files.uploaded_file(str(uploads / "in.png"), [uploads]) == uploads / "in.png"
+    assert files.uploaded_file("", [uploads]) is None
+    refused = [
+        str(outside / "secret.png"),
+        str(outside / "missing.png"),
+        str(uploads / "link.png"),
+        str(uploads / ".." / "outside" / "secret.png"),
+        "secret.png",
+        "/etc/passwd",
+        "nul\0byte",
+        ["a", "list"],
+    ]
+    messages = set()
+    for path in refused:
+        with pytest.raises(IsspError) as err:
+            files.uploaded_file(path, [uploads])
+        messages.add(str(err.value))
+    # One message for all: whether a file exists outside the uploads is not told.
+    assert messages == {files.UPLOAD_REFUSED}
+
+
+def test_work_folders_of_live_servers_stay_and_leftovers_go(tmp_path):
+    root = tmp_path / "issp-app"
+    leftover = root / "dead-server"
+    (leftover / "gradio").mkdir(parents=True)
+    (leftover / "gradio" / "big.png").write_bytes(b"x" * 1000)
+    (leftover / ".lock").touch()
+    with files.work_folder(root) as first:
+        assert not leftover.exists(), "no server holds its lock: left by a dead one"
+        with files.work_folder(root) as second:
+            assert first.is_dir() and second.is_dir() and first != second
+        assert first.is_dir() and not second.exists()
+    assert not first.exists()
+
+
+def test_pruning_deletes_the_oldest_files_down_to_the_bound(tmp_path):
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    for n in range(6):
+        folder = (cache if n % 2 else results) / f"request{n}"
+        folder.mkdir(parents=True)
+        (folder / "out.png").write_bytes(b"x" * 1000)
+        os.utime(folder / "out.png", (1000 + n, 1000 + n))
+    example = cache / "example" / "astronaut.png"
+    example.parent.mkdir()
+    example.write_bytes(b"x" * 1000)
+    os.utime(example, (1, 1))
+    freed = files.prune_files([cache, results], 2500, keep={str(example)})
+    assert freed == 4000
+    left = sorted(p.parent.name for p in tmp_path.rglob("*.png"))
+    assert left == ["example", "request4", "request5"]
+    assert sorted(p.name for p in cache.iterdir()) == ["example", "request5"], "empty folders go"
+    assert files.prune_files([cache, results], 2500, keep={str(example)}) == 0

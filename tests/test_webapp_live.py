@@ -1,0 +1,134 @@
+"""Live comparisons and alpha sweeps as streams of views (webapp.live), on tiny runs."""
+
+import json
+import threading
+import time
+
+import plotly.graph_objects as go
+import pytest
+from fixtures import live_request
+
+from analysis.lockstep import MAX_STEPS, LockstepConfig
+from analysis.plots import FIGURES
+from issp import IsspError
+from webapp import live
+from webapp.files import ResultFolders
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_run_streams_snapshots_then_a_summary_and_its_json(live_base, tmp_path):
+    folders = ResultFolders(tmp_path)
+    views = list(live.live_run(live_request(live_base), threading.Event(), folders.new, every=3))
+    assert len(views) == 4
+    assert [v.status.split(" step ")[1].split(" of")[0] for v in views[:3]] == ["3", "6", "9"]
+    for view in views:
+        assert len(view.figures) == len(FIGURES)
+        assert all(isinstance(f, go.Figure) for f in view.figures)
+    assert all(v.download is None for v in views[:3])
+    final = views[-1]
+    assert final.status.startswith("**Finished** all 12 steps")
+    assert "Mask entries flipped" in final.status
+    data = json.loads(final.download.read_text())
+    assert data["finished"] and data["step"] == 12
+    assert set(data["methods"]) == {"issp", "iht"}
+    assert len(data["methods"]["issp"]["loss"]) == 12
+
+
+def test_with_alpha_099_issp_flips_more_of_its_mask_than_iht(live_base, tmp_path):
+    folders = ResultFolders(tmp_path)
+    final = list(live.live_run(live_request(live_base, steps=20), threading.Event(), folders.new))[
+        -1
+    ]
+    flips = json.loads(final.download.read_text())["methods"]
+    total = {m: sum(sum(layer) for layer in flips[m]["flips"].values()) for m in flips}
+    assert total["issp"] > total["iht"]
+    assert "ISS-P's mask kept moving" in final.status
+
+
+def test_the_run_uses_one_torch_thread_and_the_chosen_methods(live_base):
+    assert LockstepConfig().threads == 1
+    chosen = live_request(live_base, extra=["GMP", "dense"], prune_steps=5)
+    assert chosen.methods == ("issp", "iht", "dense", "gmp")
+    assert (chosen.prune_steps, chosen.threads) == (5, 1)
+    # The UI's number box sends 0 when left alone: Kp is then 60% of the steps.
+    assert live_request(live_base, steps=100, prune_steps=0).train_config().kp == 60
+
+
+def test_stop_ends_a_run_at_once(live_base, tmp_path):
+    stop = threading.Event()
+    folders = ResultFolders(tmp_path)
+    views = live.live_run(live_request(live_base, steps=MAX_STEPS), stop, folders.new, every=2)
+    assert "step 2 of 2,000" in next(views).status
+    stop.set()
+    started = time.monotonic()
+    final = next(views)
+    assert time.monotonic() - started < 5
+    assert final.status.startswith("**Stopped** at step 2 of 2,000")
+    assert json.loads(final.download.read_text())["step"] == 2
+    with pytest.raises(StopIteration):
+        next(views)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": MAX_STEPS + 1}, f"at most {MAX_STEPS} steps"),
+        ({"steps": 12.5}, "steps must be a whole number"),
+        ({"steps": "many"}, "steps must be a whole number"),
+        ({"arch": "swinir-light"}, "architecture must be one of edsr-tiny, swinir-tiny"),
+        ({"extra": ["L1"]}, "extra methods must be among dense, GMP"),
+        ({"prune_steps": 50}, "need 1 <= prune-steps <= steps"),
+        ({"prune_steps": -5}, "pruning stage must be at least 1, got -5"),
+        ({"alpha": 1.0}, r"alpha must be in \(0, 1\)"),
+        ({"ratio": 1.2}, r"pruning ratio must be in \[0, 1\)"),
+        ({"scale": 8}, "scale must be from 2 to 4, got 8"),
+        ({"seed": -1}, "seed must be from 0 to 2,147,483,647, got -1"),
+        ({"seed": 2**63}, "seed must be from 0 to 2,147,483,647, got 9223372036854775808"),
+        ({"seed": 10**400}, "seed must be a whole number, got 1000"),
+        ({"extra": "GMP"}, "extra methods must be among dense, GMP, got 'GMP'"),
+        ({"extra": [["GMP"]]}, "extra methods must be among dense, GMP"),
+    ],
+)
+def test_bad_requests_get_a_message_for_the_user(live_base, overrides, message):
+    with pytest.raises(IsspError, match=message):
+        live_request(live_base, **overrides)
+
+
+@pytest.mark.parametrize("field", ["arch", "ratio", "steps", "seed", "extra"])
+def test_a_huge_argument_is_quoted_back_in_80_characters(live_base, field):
+    with pytest.raises(IsspError) as err:
+        live_request(live_base, **{field: "9" * 10**6})
+    message = str(err.value)
+    assert len(message) < 200 and "9" * 80 not in message
+
+
+def test_the_alpha_sweep_streams_a_row_per_alpha(live_base):
+    views = list(live.sweep_run(live_request(live_base, steps=6), [0.99, 0.0], threading.Event()))
+    assert [len(v.rows) for v in views] == [0, 1, 2]
+    assert views[0].figure is None and isinstance(views[-1].figure, go.Figure)
+    assert [row["method"] for row in views[-1].rows] == ["iht", "issp"]
+    assert views[-1].status.startswith("**Finished** 2 runs of 6 steps")
+    assert views[0].status == "**Running** alpha 0 (IHT) (1 of 2)."
+    assert views[1].status == "**Running** alpha 0.99 (2 of 2)."
+
+
+def test_a_stopped_sweep_says_how_far_it_got(live_base):
+    stop = threading.Event()
+    views = live.sweep_run(live_request(live_base, steps=6), [0.0, 0.5, 0.99], stop)
+    next(views), next(views)
+    stop.set()
+    assert [v.status for v in views] == ["**Stopped** after 1 of 3 alphas."]
+
+
+@pytest.mark.parametrize(
+    ("alphas", "steps", "message"),
+    [
+        ([], 10, "pick at least one alpha"),
+        ([0.5, 1.0], 10, r"alphas must be in \[0, 1\)"),
+        ([0.0, 0.5, 0.9], MAX_STEPS // 2, f"at most {MAX_STEPS:,} steps in all"),
+    ],
+)
+def test_bad_sweeps_are_refused(alphas, steps, message):
+    with pytest.raises(IsspError, match=message):
+        live.sweep_alphas(alphas, steps)

@@ -1,0 +1,15 @@
+"""The web app's backend: what ``app.py``'s widgets call, as plain functions the tests call
+without a UI.
+
+- ``checks``: a request's arguments checked, and errors worded for the person who sent them.
+- ``files``: the app's files: which uploads may be read, the server's own folder, the
+  bound on their size, the example images.
+- ``model_zoo``: the zoo as a running server sees it: usable checkpoints, a bounded model
+  cache, and what cannot be used and why.
+- ``model_choice``: which checkpoint a request resolves to, and what the pickers offer.
+- ``upscaling``: upscale an upload, or score the models on it.
+- ``results``: the Results tab's text, table and chart.
+- ``admission``: which live runs and sweeps may run, wait or are refused.
+- ``live``: live comparisons and alpha sweeps streamed as views.
+- ``stored_runs``: the zoo's stored training dynamics drawn.
+"""
