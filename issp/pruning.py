@@ -80,7 +80,8 @@ class Pruner:
         method: one of ``METHODS``.
         ratio: fraction ``r`` of each layer's weights to prune, in [0, 1).
         prune_steps: ``Kp``, the step at which the mask freezes.
-        alpha: ISS-P's shrink factor in (0, 1).
+        alpha: ISS-P's shrink factor in (0, 1); ``issp`` needs one, the other methods
+            ignore it (each training protocol's is in ``issp.train.PROTOCOLS``).
         scope: ``"local"`` (ratio per layer, the paper's default) or ``"global"`` (one
             magnitude threshold over all prunable weights).
         skip: fnmatch patterns of module names to leave dense (see ``prunable_weights``).
@@ -97,7 +98,7 @@ class Pruner:
         method: str = "issp",
         ratio: float = 0.9,
         prune_steps: int = 1000,
-        alpha: float = 0.99,
+        alpha: float | None = None,
         scope: str = "local",
         skip: Sequence[str] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -109,6 +110,8 @@ class Pruner:
             raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
         if not 0 <= ratio < 1:
             raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
+        if method == "issp" and alpha is None:
+            raise IsspError("ISS-P needs alpha, its shrink factor in (0, 1)")
         if method == "issp" and not 0 < alpha < 1:
             raise IsspError(f"alpha must be in (0, 1), got {alpha}")
         if scope not in ("local", "global"):

@@ -171,12 +171,19 @@ def test_state_dict_resume_continues_identically():
         {"ratio": -0.1},
         {"alpha": 1.0},
         {"alpha": 0.0},
+        {"alpha": None},
         {"scope": "layer"},
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs):
     with pytest.raises(IsspError):
-        Pruner(Tiny(), **kwargs)
+        Pruner(Tiny(), **({"alpha": 0.5} | kwargs))
+
+
+def test_only_iss_p_needs_alpha():
+    with pytest.raises(IsspError, match="ISS-P needs alpha"):
+        Pruner(Tiny(), "issp", 0.5)
+    assert Pruner(Tiny(), "iht", 0.5).alpha is None
 
 
 def test_telemetry_off_prunes_the_same_and_records_nothing():
