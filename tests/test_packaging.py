@@ -6,6 +6,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def test_pyproject_app_extra_pins_the_same_gradio_and_python():
     assert project["requires-python"] == f">={front_matter()['python_version']}"
 
 
+@pytest.mark.slow
 def test_every_committed_binary_is_tracked_by_lfs_attributes():
     patterns = [
         line.split()[0]

@@ -108,6 +108,7 @@ def test_dense_training_reduces_the_loss(tmp_path):
     assert np.mean(history["loss"][-8:]) < 0.7 * np.mean(history["loss"][:8])
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_with_identical_masks(tmp_path):
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
