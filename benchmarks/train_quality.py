@@ -19,6 +19,7 @@ import torch
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
 from issp.machine import machine_description
+from issp.methods import COMPARED
 from issp.train import TrainConfig, train
 
 SETTINGS = {"fp32": {}, "bf16+channels-last": {"bf16": True, "channels_last": True}}
@@ -47,7 +48,7 @@ def main() -> None:
     patch = 48 if args.scale == 2 else 24
     jobs = {}
     with ProcessPoolExecutor(2) as pool:
-        for method in ("issp", "iht"):
+        for method in COMPARED:
             for name, speed in SETTINGS.items():
                 config = TrainConfig.of_protocol(
                     args.protocol,
@@ -74,7 +75,7 @@ def main() -> None:
     )
     names = list(SETTINGS)
     print(f"{'method':8s} " + " ".join(f"{n:>20s}" for n in names) + "  difference  goal")
-    for method in ("issp", "iht"):
+    for method in COMPARED:
         base = psnr[method, names[0]]
         for name in names[1:]:
             diff = psnr[method, name] - base

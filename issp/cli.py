@@ -266,7 +266,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.checkpoint import load_checkpoint
     from issp.data import load_image
-    from issp.upscale import upscale_image
+    from issp.upscale import PNG_COMPRESS_LEVEL, inference_model, upscale_image
 
     if args.output.suffix.lower() not in OUTPUT_FORMATS:
         raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
@@ -281,12 +281,12 @@ def cmd_upscale(args: argparse.Namespace) -> None:
             raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
         model, _ = load_zoo_model(args.arch, args.scale, args.method, args.ratio)
         scale = args.scale
-    result = upscale_image(model, image, scale, tile=args.tile)
+    result = upscale_image(inference_model(model), image, scale, tile=args.tile)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the target, then rename: a failed save never leaves a broken output.
     partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
     try:
-        result.save(partial)
+        result.save(partial, compress_level=PNG_COMPRESS_LEVEL)
         os.replace(partial, args.output)
     finally:
         partial.unlink(missing_ok=True)
@@ -407,9 +407,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command: str, out: Path):
     """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol)."""
     from issp import study
+    from issp.train import AUTHORS_ALPHA
 
     cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": not args.fp32}
-    reference = study.AUTHORS_ALPHA
+    reference = AUTHORS_ALPHA
     runs = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
     lr = study.choose_protocol(study.execute(runs, work, {}, jobs=args.jobs), reference).lr
     runs += study.grid_plan(

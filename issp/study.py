@@ -31,18 +31,15 @@ import torch
 from filelock import FileLock, Timeout
 from scipy import stats
 
-from issp.catalogue import ROOT, TEST_SETS
+from issp.catalogue import ROOT, TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
 from issp.machine import available_cpus, machine_description
+from issp.methods import COMPARED
 from issp.train import TrainConfig, train
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
-# The authors' shrink factor: every ISS-P command in their README passes --ist_ratio 0.95
-# (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, README.md lines 138 and 187). The grid runs it
-# at every learning rate as ISS-P's reference when it chooses the rate.
-AUTHORS_ALPHA = 0.95
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
@@ -80,7 +77,7 @@ def study_plan(
     scales: Sequence[int] = (2, 4),
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
-    methods: Sequence[str] = ("issp", "iht", "dense"),
+    methods: Sequence[str] = (*COMPARED, "dense"),
     fast: bool = True,
     lr: float | None = None,
     alpha: float | None = None,
@@ -148,8 +145,8 @@ def grid_plan(
 
 def test_folders(test: Path | None, extra: Sequence[Path] = ()) -> dict[str, Path]:
     """Evaluation folders by result key: Set5 and Set14 under ``test``, then ``extra``."""
-    folders = {name.lower(): test / name for name in TEST_SETS} if test is not None else {}
-    return folders | {Path(folder).name.lower(): Path(folder) for folder in extra}
+    folders = {score_key(name): test / name for name in TEST_SETS} if test is not None else {}
+    return folders | {score_key(Path(folder).name): Path(folder) for folder in extra}
 
 
 def execute(
@@ -260,7 +257,7 @@ def paired(results: Sequence[dict], scale: int, ratio: float, metric: str) -> Pa
         tuple(
             scores["issp"] - scores["iht"]
             for _, scores in sorted(by_seed.items())
-            if {"issp", "iht"} <= scores.keys()
+            if set(COMPARED) <= scores.keys()
         )
     )
 
