@@ -422,7 +422,9 @@ def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command:
         args.protocol, args.steps, data, [lr], others, prune_edges=choice.prune_edges, **cells
     )
     runs += [run for run in third if run.config.method == "issp"]
-    return study.write_grid(study.execute(runs, work, {}, jobs=args.jobs), command, reference, out)
+    results = study.execute(runs, work, {}, jobs=args.jobs)
+    bicubic = study.bicubic_validation(data, args.seeds)
+    return study.write_grid(results, command, reference, bicubic, out)
 
 
 def cmd_study(args: argparse.Namespace) -> None:

@@ -33,10 +33,10 @@ from scipy import stats
 
 from issp.catalogue import ROOT, TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
-from issp.evaluate import evaluate_folder
+from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED
-from issp.train import TrainConfig, train
+from issp.train import TrainConfig, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
@@ -427,12 +427,25 @@ def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoi
     return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, edge_scores, table)
 
 
-def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float) -> str:
+def bicubic_validation(data: str | None, seeds: Sequence[int], scale: int = 2) -> float:
+    """Bicubic's validation PSNR, averaged over the seeds' validation splits: the floor
+    every grid score should clear."""
+    scores = []
+    for seed in seeds:
+        config = TrainConfig(data=data, seed=seed, scale=scale)
+        crops = validation_crops(training_images(config)[1], scale)
+        scores.append(evaluate_arrays(None, crops, scale)["psnr"])
+    return float(np.mean(scores))
+
+
+def grid_markdown(
+    results: Sequence[dict], command: str, reference_alpha: float, bicubic: float
+) -> str:
     """``analysis/protocol_grid.md``: the validation grid and what it chose."""
     choice = choose_protocol(results, reference_alpha)
     configs = [r["config"] for r in results]
     lines = [
-        "# Alpha and learning rate for the two-stage protocol (validation split only)",
+        "# Learning rate, pruned layers and alpha for the two-stage protocol (validation only)",
         "",
         f"Made by `{command}` on {', '.join(sorted({r['device'] for r in results}))}, "
         f"{time.strftime('%Y-%m-%d')}. edsr-tiny x2, {configs[0]['steps']} steps, "
@@ -449,6 +462,7 @@ def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float)
         "",
         "| run | mean validation PSNR (dB) | runs |",
         "|---|---|---|",
+        f"| bicubic (reference) | {bicubic:.3f} | |",
     ]
     lines += [
         f"| {name} | {row['mean_val_psnr']:.3f} | {row['runs']} |"
@@ -469,12 +483,22 @@ def grid_markdown(results: Sequence[dict], command: str, reference_alpha: float)
 
 
 def write_grid(
-    results: Sequence[dict], command: str, reference_alpha: float, out: Path = REPORT_DIR
+    results: Sequence[dict],
+    command: str,
+    reference_alpha: float,
+    bicubic: float,
+    out: Path = REPORT_DIR,
 ) -> GridChoice:
     """Write ``protocol_grid.md`` and ``protocol_grid.json`` into ``out``; return the choice."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "protocol_grid.md").write_text(grid_markdown(results, command, reference_alpha))
+    text = grid_markdown(results, command, reference_alpha, bicubic)
+    (out / "protocol_grid.md").write_text(text)
     choice = choose_protocol(results, reference_alpha)
-    data = {"command": command, "choice": dataclasses.asdict(choice), "runs": list(results)}
+    data = {
+        "command": command,
+        "choice": dataclasses.asdict(choice),
+        "bicubic_val_psnr": bicubic,
+        "runs": list(results),
+    }
     (out / "protocol_grid.json").write_text(json.dumps(data, indent=1) + "\n")
     return choice

@@ -143,4 +143,6 @@ def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tm
     # 2 rates x (IHT, ISS-P), the same 2 at the chosen rate with dense edges, 1 more alpha.
     assert len(data["runs"]) == 7 and [c["lr"] for c in alpha_runs] == [choice["lr"]]
     assert alpha_runs[0]["prune_edges"] == choice["prune_edges"]
-    assert f"Chosen: lr {choice['lr']:g}" in (tmp_path / "report" / "protocol_grid.md").read_text()
+    text = (tmp_path / "report" / "protocol_grid.md").read_text()
+    assert f"Chosen: lr {choice['lr']:g}" in text and "| bicubic (reference) |" in text
+    assert 20 < data["bicubic_val_psnr"] < 50
