@@ -59,7 +59,8 @@ class StudyRun:
 
 def run_name(config: TrainConfig) -> str:
     """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies (with
-    ``_edges-dense`` where the first and last conv are left dense)."""
+    ``_edges-dense`` where the first and last conv are left dense, ``_bf16`` for bfloat16
+    autocast with channels-last)."""
     if config.method == "dense":
         what = "dense"
     elif config.method == "issp":
@@ -67,7 +68,8 @@ def run_name(config: TrainConfig) -> str:
     else:
         what = f"{config.method}_r{config.ratio:g}"
     edges = "" if config.prune_edges or config.method == "dense" else "_edges-dense"
-    return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}{edges}_s{config.seed}"
+    precision = "_bf16" if config.bf16 else ""
+    return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}{edges}{precision}_s{config.seed}"
 
 
 def study_plan(
@@ -78,7 +80,7 @@ def study_plan(
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
     methods: Sequence[str] = (*COMPARED, "dense"),
-    fast: bool = True,
+    fast: bool = False,
     lr: float | None = None,
     alpha: float | None = None,
 ) -> list[StudyRun]:
@@ -116,7 +118,7 @@ def grid_plan(
     alphas: Sequence[float],
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
-    fast: bool = True,
+    fast: bool = False,
     prune_edges: bool = True,
 ) -> list[StudyRun]:
     """edsr-tiny x2 runs of IHT at each learning rate and ISS-P at each (alpha, rate)."""

@@ -117,7 +117,6 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
         str(tmp_path / "runs"),
         "--out",
         str(tmp_path / "report"),
-        "--fp32",
     ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "report" / "study.json").read_text())["summary"]
@@ -133,7 +132,7 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
 
 @pytest.mark.slow
 def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tmp_path):
-    args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9", "--fp32"]
+    args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9", "--bf16"]
     args += ["--lrs", "1e-4,1e-3", "--alphas", "0.9,0.95"]
     args += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]
     assert main(args) == 0
