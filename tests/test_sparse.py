@@ -30,6 +30,18 @@ def test_every_sparse_path_equals_dense_conv(path, ratio, with_bias):
     assert (out - F.conv2d(x, weight, bias, padding=1)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("shuffle", [2, 3])
+def test_kernel_writes_the_pixel_shuffled_output(shuffle):
+    torch.manual_seed(0)
+    weight = pruned_weight(0.9, cout=4 * shuffle * shuffle)
+    bias = torch.randn(weight.shape[0])
+    # Wider than two 64-pixel register blocks, with a partial third.
+    x = torch.randn(2, 5, 4, 150)
+    out = sparse_conv3x3(x, SparseWeight.from_dense(weight), bias, shuffle)
+    expected = F.pixel_shuffle(F.conv2d(x, weight, bias, padding=1), shuffle)
+    assert out.shape == expected.shape and (out - expected).abs().max() <= 1e-5
+
+
 def test_sparse_weight_keeps_exactly_the_non_zeros():
     torch.manual_seed(0)
     weight = pruned_weight(0.9)
@@ -49,8 +61,10 @@ def test_sparsify_swaps_the_pruned_convs_and_keeps_the_output():
         for weight in prunable_weights(model).values():
             weight.masked_fill_(smallest_mask(weight, math.ceil(0.9 * weight.numel())), 0)
     sparse = sparsify(model)
-    # The head and tail convs are not pruned, so they stay dense.
-    assert sum(isinstance(m, SparseConv2d) for m in sparse.modules()) == 10
+    # The 10 pruned convs, and the unpruned head and tail: 3 channels in or out.
+    assert sum(isinstance(m, SparseConv2d) for m in sparse.modules()) == 12
+    # The upsampler's conv writes the pixel-shuffled layout itself.
+    assert not any(isinstance(m, nn.PixelShuffle) for m in sparse.modules())
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == 0
     x = torch.rand(1, 3, 8, 11)
     with torch.no_grad():

@@ -5,7 +5,18 @@ from PIL import Image
 from torch import nn
 
 from issp import IsspError
-from issp.upscale import bicubic_upscale, upscale_array, upscale_image, upscale_tensor
+from issp.catalogue import load_zoo_model
+from issp.data import default_image_paths, load_image, to_array, to_tensor
+from issp.sparse import _kernel, kernel_error
+from issp.upscale import (
+    amx_available,
+    bicubic_upscale,
+    fast_tile,
+    inference_model,
+    upscale_array,
+    upscale_image,
+    upscale_tensor,
+)
 
 
 def tiny_sr_net(scale: int) -> nn.Module:
@@ -106,3 +117,61 @@ def test_upscale_array_with_model_keeps_greyscale_layout():
     grey = np.random.default_rng(1).integers(0, 256, (6, 7), dtype=np.uint8)
     out = upscale_array(tiny_sr_net(2), grey, 2)
     assert out.shape == (12, 14) and out.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def pruned_x2():
+    """The shipped ISS-P edsr-tiny x2 checkpoint at ratio 0.99, and a 40x56 photo crop."""
+    model, _ = load_zoo_model("edsr-tiny", 2, "issp", 0.99)
+    photo = to_array(load_image(default_image_paths()[0]).convert("RGB"))
+    return model.eval(), to_tensor(photo[200:240, 220:276])[None]
+
+
+def test_inference_model_in_float32_equals_the_checkpoint(pruned_x2):
+    model, lr = pruned_x2
+    fast = inference_model(model, bf16=False)
+    if kernel_error() is None:
+        assert fast.path == "sparse kernel, float32"
+    tile = fast_tile(2) // 4  # several tiles even on a small image
+    expected = upscale_tensor(model, lr, 2, tile=tile)
+    assert (upscale_tensor(fast, lr, 2, tile=tile) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not amx_available(), reason="bfloat16 is only used on CPUs with AMX")
+def test_bfloat16_path_stays_within_a_few_grey_levels(pruned_x2):
+    model, lr = pruned_x2
+    fast = inference_model(model)
+    assert fast.path == "dense bfloat16, channels-last"
+    diff = upscale_tensor(fast, lr, 2) - upscale_tensor(model, lr, 2)
+    assert diff.abs().max() <= 3 / 255 and diff.pow(2).mean().sqrt() <= 0.5 / 255
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """The sparse kernel cannot be built: CC names no compiler."""
+    monkeypatch.setenv("CC", "no-such-compiler")
+    _kernel.cache_clear()
+    kernel_error.cache_clear()
+    yield
+    _kernel.cache_clear()
+    kernel_error.cache_clear()
+
+
+def test_without_a_compiler_pruned_models_run_dense_and_say_why(pruned_x2, no_compiler, caplog):
+    model, lr = pruned_x2
+    first = inference_model(model, bf16=False)
+    second = inference_model(model, bf16=False)
+    assert first.path == second.path == "dense float32, channels-last"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "sparse kernel unavailable" in warnings[0] and "C compiler" in warnings[0]
+    expected = upscale_tensor(model, lr, 2)
+    assert (upscale_tensor(first, lr, 2) - expected).abs().max() <= 1e-5
+
+
+def test_models_other_than_edsr_run_as_they_are():
+    model = tiny_sr_net(2)
+    fast = inference_model(model)
+    assert fast.path == "dense float32"
+    lr = torch.rand(1, 3, 9, 11)
+    assert torch.equal(upscale_tensor(fast, lr, 2), upscale_tensor(model, lr, 2))
