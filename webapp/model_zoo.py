@@ -18,6 +18,7 @@ from torch import nn
 from issp import IsspError
 from issp.catalogue import MANIFEST, Manifest, Record, load_manifest, load_zoo_model
 from issp.checkpoint import sha256
+from issp.upscale import inference_model
 from webapp.checks import user_message
 
 
@@ -140,7 +141,9 @@ class ModelZoo:
             # Loading under the lock keeps two requests from loading the same file twice;
             # a zoo checkpoint loads in milliseconds.
             try:
-                loaded = load_zoo_model(arch, scale, method, ratio, manifest, self.zoo_dir)
+                model, record = load_zoo_model(arch, scale, method, ratio, manifest, self.zoo_dir)
+                # Prepared once per cached model: the fastest measured way to run it here.
+                loaded = (inference_model(model), record)
             except IsspError as err:
                 reason = user_message(str(err))
                 raise IsspError(f"checkpoint {record.file} cannot be used: {reason}") from None

@@ -22,7 +22,7 @@ from issp.data import load_image, make_lr, modcrop, to_array
 from issp.evaluate import Pair, evaluate_arrays
 from issp.machine import available_cpus
 from issp.methods import COMPARED, colour, label
-from issp.upscale import upscale_image
+from issp.upscale import PNG_COMPRESS_LEVEL, fast_tile, upscale_image
 from webapp.checks import check_ratio, check_scale
 from webapp.model_choice import choose_model, nearest, resolve_arch, zoo_archs
 from webapp.model_zoo import ModelZoo
@@ -55,8 +55,9 @@ class Limits:
         return (
             f"Limits: uploads up to {self.max_upload_mb} MB; upscaling up to "
             f"{self.max_upscale_pixels / 1e6:g} megapixels; evaluation up to "
-            f"{self.max_evaluate_pixels / 1e6:g} megapixels. Large images run in "
-            f"{self.tile}x{self.tile} px tiles."
+            f"{self.max_evaluate_pixels / 1e6:g} megapixels. Large images run in tiles of "
+            f"{fast_tile(2)} px (x2) or {fast_tile(4)} px (x4) to upscale, {self.tile} px to "
+            "evaluate."
         )
 
 
@@ -132,14 +133,15 @@ def upscale(
     img = open_image(path, limits.max_upscale_pixels)
     model, record = zoo.model(choice.arch, choice.scale, choice.method, choice.ratio)
     started = time.perf_counter()
-    sr = upscale_image(model, img, choice.scale, tile=limits.tile)
+    tile = fast_tile(choice.scale)
+    sr = upscale_image(model, img, choice.scale, tile=tile)
     latency = time.perf_counter() - started
     bicubic = upscale_image(None, img, choice.scale)
 
     out_dir = Path(out_dir)
     stem = Path(str(path)).stem[:60] or "image"
     png = out_dir / f"{stem}_x{choice.scale}_{Path(record.file).stem}.png"
-    sr.save(png)
+    sr.save(png, compress_level=PNG_COMPRESS_LEVEL)
     cropped = sr.width * sr.height > limits.preview_side**2
     previews = []
     for name, image in (("bicubic", bicubic), ("model", sr)):
@@ -149,7 +151,7 @@ def upscale(
         preview.save(previews[-1], compress_level=1)
 
     width, height = img.size
-    tiles = math.ceil(height / limits.tile) * math.ceil(width / limits.tile)
+    tiles = math.ceil(height / tile) * math.ceil(width / tile)
     pixels = width * height / (FLOPS_INPUT[0] * FLOPS_INPUT[1])
     summary = (
         f"{choice.note} Checkpoint `{record.file}`; "
@@ -157,8 +159,9 @@ def upscale(
         f"({record.nonzeros / record.params:.1%}); "
         f"sparse FLOPs {record.flops_sparse * pixels / 1e9:.2f} G "
         f"(dense {record.flops_dense * pixels / 1e9:.2f} G) for this {width}x{height} input; "
-        f"latency {latency:.2f} s on {torch.get_num_threads()} CPU thread(s); "
-        f"{tiles} tile{'s' if tiles > 1 else ''} of {limits.tile} px; "
+        f"latency {latency:.2f} s on {torch.get_num_threads()} CPU thread(s), "
+        f"{getattr(model, 'path', 'float32')}; "
+        f"{tiles} tile{'s' if tiles > 1 else ''} of {tile} px; "
         f"output {sr.width}x{sr.height}."
     )
     if cropped:
