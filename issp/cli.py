@@ -138,7 +138,9 @@ def build_parser() -> Parser:
     upscale.add_argument("--ratio", type=_ratio)
     upscale.add_argument("--method", default="issp", help="zoo method (issp, iht, dense)")
     upscale.add_argument("--arch", default="edsr-tiny", help="zoo architecture")
-    upscale.add_argument("--tile", type=_positive, default=256, help="LR tile size")
+    upscale.add_argument(
+        "--tile", type=_positive, help="LR tile size (default: the measured fastest for the scale)"
+    )
 
     info = commands.add_parser("info", help="parameters, sparsity and FLOPs of a checkpoint")
     info.add_argument("checkpoint", type=_existing)
@@ -271,7 +273,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.checkpoint import load_checkpoint
     from issp.data import load_image
-    from issp.upscale import PNG_COMPRESS_LEVEL, inference_model, upscale_image
+    from issp.upscale import PNG_COMPRESS_LEVEL, fast_tile, inference_model, upscale_image
 
     if args.output.suffix.lower() not in OUTPUT_FORMATS:
         raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
@@ -286,7 +288,8 @@ def cmd_upscale(args: argparse.Namespace) -> None:
             raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
         model, _ = load_zoo_model(args.arch, args.scale, args.method, args.ratio)
         scale = args.scale
-    result = upscale_image(inference_model(model), image, scale, tile=args.tile)
+    tile = args.tile or fast_tile(scale)
+    result = upscale_image(inference_model(model), image, scale, tile=tile)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the target, then rename: a failed save never leaves a broken output.
     partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
