@@ -1,5 +1,8 @@
 """Request checks and user messages (webapp.checks)."""
 
+import pytest
+
+from issp import IsspError
 from webapp import checks
 
 
@@ -12,3 +15,11 @@ def test_user_messages_hold_no_server_paths_and_are_bounded():
     assert checks.user_message(kept) == kept
     assert len(checks.user_message("x" * 10**6)) == checks.MESSAGE_CHARS
     assert checks.echo("y" * 10**6) == "'" + "y" * 76 + "..."
+
+
+def test_scale_takes_the_numeric_strings_the_api_schema_shows():
+    assert checks.check_scale("2") == 2 and checks.check_scale(" 4 ") == 4
+    assert checks.check_scale(2) == 2
+    for bad in (2.5, "2.0", "x2", "5", None):
+        with pytest.raises(IsspError, match="scale must be one of"):
+            checks.check_scale(bad)

@@ -61,13 +61,15 @@ def check_ratio(ratio: float) -> float:
     return value
 
 
-def check_scale(scale: int) -> int:
-    """``scale`` as an int the models support, else IsspError."""
+def check_scale(scale: int | str) -> int:
+    """``scale`` as an int the models support, else IsspError. The API schema shows the
+    radio's choices as strings, so ``"2"`` is taken as 2; ``2.5`` or ``"2.0"`` are not."""
     try:
-        value = int(scale)
+        value = int(scale.strip()) if isinstance(scale, str) else int(scale)
     except (TypeError, ValueError):
         value = None
-    if value is None or value != scale or value not in SCALES:
+    exact = isinstance(scale, str) or value == scale
+    if value is None or not exact or value not in SCALES:
         raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {echo(scale)}")
     return value
 
