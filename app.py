@@ -216,6 +216,10 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
                 elem_id="input-image",
             )
             gr.Examples([[str(p)] for p in server.examples], inputs=[image], label="Examples")
+            gr.Markdown(
+                "These models learned clean bicubic downscaling: on a JPEG photo they sharpen "
+                "its compression noise too, so a PNG source upscales best."
+            )
             scale = gr.Radio(SCALE_CHOICES, value=2, label="Scale")
             arch = gr.Dropdown(
                 initial.archs,
