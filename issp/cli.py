@@ -413,6 +413,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command: str, out: Path):
+    # Run scores are kept beside the reports (committed); checkpoints and states in ``work``.
+    folders = (work, out / "study_runs" / "grid")
     """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol)."""
     from issp import study
     from issp.train import AUTHORS_ALPHA
@@ -420,17 +422,17 @@ def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command:
     cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": args.bf16}
     reference = AUTHORS_ALPHA
     runs = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
-    lr = study.choose_protocol(study.execute(runs, work, {}, jobs=args.jobs), reference).lr
+    lr = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference).lr
     runs += study.grid_plan(
         args.protocol, args.steps, data, [lr], [reference], prune_edges=False, **cells
     )
-    choice = study.choose_protocol(study.execute(runs, work, {}, jobs=args.jobs), reference)
+    choice = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference)
     others = [a for a in args.alphas if a != reference]
     third = study.grid_plan(
         args.protocol, args.steps, data, [lr], others, prune_edges=choice.prune_edges, **cells
     )
     runs += [run for run in third if run.config.method == "issp"]
-    results = study.execute(runs, work, {}, jobs=args.jobs)
+    results = study.execute(runs, *folders, {}, jobs=args.jobs)
     bicubic = study.bicubic_validation(data, args.seeds)
     return study.write_grid(results, command, reference, bicubic, out)
 
@@ -460,14 +462,14 @@ def cmd_study(args: argparse.Namespace) -> None:
         lr=args.lr,
         alpha=args.alpha,
     )
-    work = work / args.protocol
+    folders = (work / args.protocol, out / "study_runs" / args.protocol)
     tests = study.test_folders(args.test, args.extra_test)
     if args.study_command == "run":
-        results = study.execute(runs, work, tests, jobs=args.jobs)
+        results = study.execute(runs, *folders, tests, jobs=args.jobs)
     else:
-        results = study.load_results(runs, work)
+        results = study.load_results(runs, folders[1])
     if not results:
-        raise IsspError(f"no finished runs in {work}; start them with `issp study run`")
+        raise IsspError(f"no finished runs in {folders[1]}; start them with `issp study run`")
     study.write_study(results, list(tests) + ["val"], command, out)
     print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
 

@@ -53,8 +53,8 @@ class StudyRun:
     name: str
     config: TrainConfig
 
-    def result_path(self, work: Path) -> Path:
-        return work / f"{self.name}.json"
+    def result_path(self, results: Path) -> Path:
+        return results / f"{self.name}.json"
 
 
 def run_name(config: TrainConfig) -> str:
@@ -154,6 +154,7 @@ def test_folders(test: Path | None, extra: Sequence[Path] = ()) -> dict[str, Pat
 def execute(
     runs: Sequence[StudyRun],
     work: Path,
+    results: Path,
     tests: dict[str, Path],
     jobs: int = 2,
     log: Callable[[str], None] = print,
@@ -161,23 +162,26 @@ def execute(
     """Train and score every run without a result yet, ``jobs`` at a time; return all
     results (those finished by other processes included)."""
     work.mkdir(parents=True, exist_ok=True)
-    pending = [run for run in runs if not run.result_path(work).exists()]
+    results.mkdir(parents=True, exist_ok=True)
+    pending = [run for run in runs if not run.result_path(results).exists()]
     log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
     threads = max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_execute_one, run, work, tests, threads) for run in pending]
+        futures = [pool.submit(_execute_one, run, work, results, tests, threads) for run in pending]
         for run, future in zip(pending, futures, strict=True):
             message = future.result()
             log(f"[{time.strftime('%H:%M:%S')}] {run.name}: {message}")
-    return load_results(runs, work)
+    return load_results(runs, results)
 
 
-def _execute_one(run: StudyRun, work: Path, tests: dict[str, Path], threads: int) -> str:
+def _execute_one(
+    run: StudyRun, work: Path, results: Path, tests: dict[str, Path], threads: int
+) -> str:
     torch.set_num_threads(threads)
     out = work / f"{run.name}.safetensors"
     try:
         with FileLock(work / f"{run.name}.lock", timeout=0):
-            if run.result_path(work).exists():
+            if run.result_path(results).exists():
                 return "done by another process"
             history = train(run.config, out, resume=True, progress=False)
             model, meta = load_checkpoint(out)
@@ -191,9 +195,9 @@ def _execute_one(run: StudyRun, work: Path, tests: dict[str, Path], threads: int
             for key, folder in tests.items():
                 scores = evaluate_folder(model, folder, run.config.scale)
                 result[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
-            tmp = run.result_path(work).with_suffix(".tmp")
+            tmp = run.result_path(results).with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, run.result_path(work))
+            os.replace(tmp, run.result_path(results))
             Path(f"{out}.state.pt").unlink(missing_ok=True)
             scores = ", ".join(f"{k} {result[k]['psnr']:.3f}" for k in tests)
             return f"val {result['val_psnr']:.3f} dB" + (f", {scores}" if scores else "")
@@ -205,9 +209,9 @@ def _plain(settings: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
-def load_results(runs: Sequence[StudyRun], work: Path) -> list[dict]:
+def load_results(runs: Sequence[StudyRun], results: Path) -> list[dict]:
     """The results of ``runs`` that have finished, in plan order."""
-    paths = [run.result_path(work) for run in runs]
+    paths = [run.result_path(results) for run in runs]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 

@@ -123,7 +123,7 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     row = summary["x2 r0.9 val"]
     assert row["seeds"] == 2 and len(row["differences"]) == 2
     assert "| x2 | 0.9 | val |" in (tmp_path / "report" / "study.md").read_text()
-    finished = sorted((tmp_path / "runs" / "two-stage").glob("*.json"))
+    finished = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.json"))
     assert len(finished) == 6
     stamps = [p.stat().st_mtime_ns for p in finished]
     assert main(args) == 0
