@@ -63,3 +63,11 @@ def issp_vs_iht(photos):
 def live_base(photos) -> LockstepConfig:
     """What a live-tab user does not pick, shrunk: the photos, 8 px patches, batch 2."""
     return LockstepConfig(batch_size=2, patch=8, val_every=6, val_crop=32, data=str(photos))
+
+
+@pytest.fixture
+def zoo(fake_zoo):
+    """The fake zoo as the server sees it (a fresh model cache per test)."""
+    from webapp.model_zoo import ModelZoo
+
+    return ModelZoo(fake_zoo)

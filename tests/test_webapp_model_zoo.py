@@ -5,26 +5,15 @@ import shutil
 import threading
 
 import pytest
-from fixtures import FAKE_RATIOS, make_fake_zoo, photo
+from fixtures import FAKE_RATIOS, make_fake_zoo, photo, run_upscale
 
 from issp import IsspError
 from issp.catalogue import REQUIRED
 from webapp.model_choice import choose_model
 from webapp.model_zoo import ModelZoo
-from webapp.upscaling import Limits, evaluate, upscale
+from webapp.upscaling import Limits, evaluate
 
 LIMITS = Limits()
-
-
-@pytest.fixture
-def zoo(fake_zoo):
-    return ModelZoo(fake_zoo)
-
-
-def run_upscale(zoo, path, tmp_path, scale=2, ratio=0.9, method="ISS-P", arch="edsr-tiny"):
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    return upscale(zoo, path, scale, ratio, method, arch, LIMITS, out)
 
 
 def test_model_cache_is_bounded_and_reuses_models(fake_zoo):

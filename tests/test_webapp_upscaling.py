@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fixtures import FAKE_RATIOS, bad_file, make_fake_zoo, photo, png_header_only
+from fixtures import FAKE_RATIOS, bad_file, make_fake_zoo, photo, png_header_only, run_upscale
 from PIL import Image
 
 from issp import IsspError
@@ -16,17 +16,6 @@ from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits, configure_threads, evaluate, upscale
 
 LIMITS = Limits()
-
-
-@pytest.fixture
-def zoo(fake_zoo):
-    return ModelZoo(fake_zoo)
-
-
-def run_upscale(zoo, path, tmp_path, scale=2, ratio=0.9, method="ISS-P", arch="edsr-tiny"):
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    return upscale(zoo, path, scale, ratio, method, arch, LIMITS, out)
 
 
 @pytest.mark.parametrize("scale", [2, 4])
