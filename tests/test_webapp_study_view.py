@@ -1,0 +1,127 @@
+"""The Results tab's paired-seed study (webapp.study_view), read from a study.json written
+by issp.study's own writer so that the view and the report cannot drift apart."""
+
+import json
+
+import numpy as np
+import pytest
+
+from issp import IsspError
+from issp.methods import COMPARED, colour
+from issp.study import write_study
+from webapp import study_view
+
+COMMAND = "python -m issp study run --seeds 0,1,2"
+# Set5 PSNR per method and seed, by (scale, ratio); ratio 0 is the dense model. At x2,
+# ISS-P minus IHT is about +0.3 dB at every seed at 0.9, mixed at 0.95 and about -0.3 dB
+# at 0.99; at x4 only seed 0 has both methods, and seed 1 has ISS-P alone.
+SET5 = {
+    (2, 0.0): {"dense": [36.0, 36.2, 35.9]},
+    (2, 0.9): {"iht": [35.0, 35.1, 34.9], "issp": [35.30, 35.41, 35.19]},
+    (2, 0.95): {"iht": [34.0, 34.2, 34.1], "issp": [34.5, 33.8, 34.4]},
+    (2, 0.99): {"iht": [32.0, 32.1, 31.9], "issp": [31.70, 31.79, 31.61]},
+    (4, 0.0): {"dense": [30.0, 30.1]},
+    (4, 0.9): {"iht": [29.0], "issp": [29.2, 29.3]},
+}
+
+
+def study_runs() -> list[dict]:
+    """Finished study runs as ``issp study`` stores them, one per method, ratio and seed."""
+    runs = []
+    for (scale, ratio), methods in SET5.items():
+        for method, scores in methods.items():
+            for seed, psnr in enumerate(scores):
+                config = {"scale": scale, "method": method, "ratio": ratio, "seed": seed}
+                runs.append(
+                    {
+                        "name": f"x{scale}_{method}_r{ratio}_s{seed}",
+                        "config": config | {"protocol": "two-stage"},
+                        "set5": {"psnr": psnr, "ssim": 0.9},
+                        "val_psnr": psnr - 1.0,
+                        "train_seconds": 1.0,
+                        "device": "cpu",
+                    }
+                )
+    return runs
+
+
+@pytest.fixture
+def study(tmp_path):
+    write_study(study_runs(), ["set5", "val"], COMMAND, tmp_path)
+    return tmp_path / "study.json"
+
+
+def test_figure_shows_each_method_at_its_seed_mean_with_the_seed_sd_as_error_bars(study):
+    summary = study_view.load_study(study)
+    figure = study_view.study_figure(summary, "set5")
+    # make_subplots names the first subplot's x axis "x" and the second "x2".
+    for axis, scale in (("x", 2), ("x2", 4)):
+        for method in COMPARED:
+            (trace,) = [t for t in figure.data if t.xaxis == axis and t.legendgroup == method]
+            cells = [(ratio, m[method]) for (s, ratio), m in SET5.items() if s == scale and ratio]
+            assert list(trace.x) == [ratio for ratio, _ in cells]
+            assert list(trace.y) == pytest.approx([np.mean(scores) for _, scores in cells])
+            sds = [np.std(scores, ddof=1) if len(scores) > 1 else None for _, scores in cells]
+            assert list(trace.error_y.array) == pytest.approx(sds)
+            assert trace.line.color == colour(method)
+            assert "sd over seeds" in trace.name
+        (dense,) = [
+            t for t in figure.data if t.xaxis == axis and t.legendgroup == "dense" and not t.fill
+        ]
+        mean = np.mean(SET5[(scale, 0.0)]["dense"])
+        assert list(dense.y) == pytest.approx([mean, mean])
+        assert dense.line.color == colour("dense")
+    hover = next(t for t in figure.data if t.xaxis == "x2" and t.legendgroup == "iht").hovertext
+    assert hover == ("IHT, ratio 0.9: 29.00 dB (mean ± sd over 1 seed)",)
+    assert "sd over seeds" in figure.layout.yaxis.title.text
+
+
+def test_verdicts_say_ahead_behind_and_tie_as_the_study_decided(study):
+    text = study_view.study_verdicts(study_view.load_study(study), "set5")
+    lines = text.splitlines()
+    assert lines[0].startswith("Set5 PSNR, 1 to 3 seeds per ratio (not every run has finished)")
+    assert f"`{COMMAND}`" in lines[0] and f"{len(study_runs())} runs" in lines[0]
+    assert lines[2:] == [
+        "- x2, ratio 0.9: **ISS-P ahead** — ISS-P minus IHT +0.30 dB "
+        "(95% interval +0.28 to +0.32), ISS-P won 3 of 3 seeds.",
+        "- x2, ratio 0.95: **tie** — ISS-P minus IHT +0.13 dB "
+        "(95% interval −1.04 to +1.31), ISS-P won 2 of 3 seeds.",
+        "- x2, ratio 0.99: **ISS-P behind** — ISS-P minus IHT −0.30 dB "
+        "(95% interval −0.32 to −0.28), ISS-P won 0 of 3 seeds.",
+        "- x4, ratio 0.9: **too few seeds** — ISS-P minus IHT +0.20 dB "
+        "(the 95% interval needs at least two seeds), ISS-P won 1 of 1 seed.",
+    ]
+
+
+def test_page_offers_the_study_metrics_and_says_in_one_line_when_there_is_no_study(study, tmp_path):
+    assert study_view.load_study(tmp_path / "missing.json") is None
+    empty = study_view.study_page(tmp_path / "missing.json", "set5")
+    assert (empty.text, empty.figure, empty.choices) == (study_view.NO_STUDY, None, [])
+    assert "\n" not in empty.text
+
+    page = study_view.study_page(study, "val")
+    assert page.choices == [("Set5", "set5"), ("validation", "val")]
+    assert page.metric == "val" and page.text.startswith("validation PSNR")
+    assert study_view.study_page(study, "set14").metric == "set5"
+    with pytest.raises(IsspError, match="metric must be one of set5, val"):
+        study_view.study_figure(study_view.load_study(study), "set14")
+
+
+def test_a_corrupt_or_malformed_study_is_one_line_naming_the_file(study, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"command": "python -m issp study run", "summ')
+    with pytest.raises(IsspError, match=r"broken\.json could not be read") as err:
+        study_view.load_study(broken)
+    assert "\n" not in str(err.value)
+
+    data = json.loads(study.read_text())
+    data["summary"]["x2 r0.9 set5"]["issp"] = "35.3"
+    study.write_text(json.dumps(data))
+    message = "study.json is not a study report: summary row 'x2 r0.9 set5' has no list of issp"
+    with pytest.raises(IsspError, match=message) as err:
+        study_view.load_study(study)
+    assert "\n" not in str(err.value)
+    # The tab shows the problem in place of the study, without the server's folders.
+    page = study_view.study_page(study)
+    assert page.figure is None and str(tmp_path) not in page.text
+    assert page.text.startswith("**Paired-seed study:** study.json is not a study report")

@@ -1,0 +1,340 @@
+"""The Results tab's paired-seed study: ``analysis/study.json`` as types, PSNR against
+pruning ratio with the seed spread, and the per-ratio verdicts in words.
+
+``python -m issp study report`` writes the file (:func:`issp.study.write_study`); its
+numbers and verdicts are :func:`issp.study.study_summary`'s, shown here as stored and never
+recomputed, so the tab and ``analysis/study.md`` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from issp import IsspError
+from issp.catalogue import TEST_SETS, score_key
+from issp.methods import COMPARED, colour, label
+from issp.study import REPORT_DIR
+from webapp.checks import check_choice, echo, user_message
+
+# Where ``study report`` writes by default (write_study's ``out``).
+STUDY_JSON = REPORT_DIR / "study.json"
+NO_STUDY = (
+    "*No paired-seed study yet: `python -m issp study report` writes it once the "
+    "study's runs have finished.*"
+)
+# The study's per-seed scores, keyed in each summary row by method name.
+STUDY_METHODS = (*COMPARED, "dense")
+# The summary's key for the validation split carved out of the training folder.
+VALIDATION = "val"
+# How far the dense reference line reaches past the outermost ratios, so that it still
+# shows as a line where only one ratio has finished.
+DENSE_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One (scale, ratio, metric) of the study: each method's PSNR per finished seed, and
+    the paired ISS-P minus IHT statistic with the verdict the study gave it."""
+
+    scale: int
+    ratio: float
+    metric: str
+    scores: dict[str, tuple[float, ...]]  # by method in STUDY_METHODS; dense is ratio 0
+    mean_difference: float | None  # ISS-P minus IHT; None while no seed has both
+    interval95: tuple[float, float] | None  # None with fewer than two paired seeds
+    issp_wins: int
+    seeds: int
+    verdict: str
+
+    @classmethod
+    def from_json(cls, data: object) -> StudyRow:
+        """The row a summary entry describes; IsspError saying what is wrong with it."""
+        if not isinstance(data, dict):
+            raise IsspError("is not an object")
+        mean, interval = data.get("mean_difference"), data.get("interval95")
+        if not (
+            _is_int(data.get("scale"))
+            and _is_number(data.get("ratio"))
+            and isinstance(data.get("metric"), str)
+            and (mean is None or _is_number(mean))
+            and (interval is None or (_numbers(interval) and len(interval) == 2))
+            and _is_int(data.get("issp_wins"))
+            and _is_int(data.get("seeds"))
+            and isinstance(data.get("verdict"), str)
+        ):
+            raise IsspError(
+                "lacks one of scale, ratio, metric, mean_difference, interval95, "
+                "issp_wins, seeds, verdict, or has one of another type"
+            )
+        for method in STUDY_METHODS:
+            if not _numbers(data.get(method)):
+                raise IsspError(f"has no list of {method} scores")
+        return cls(
+            scale=data["scale"],
+            ratio=float(data["ratio"]),
+            metric=data["metric"],
+            scores={method: tuple(map(float, data[method])) for method in STUDY_METHODS},
+            mean_difference=None if mean is None else float(mean),
+            interval95=None if interval is None else (float(interval[0]), float(interval[1])),
+            issp_wins=data["issp_wins"],
+            seeds=data["seeds"],
+            verdict=data["verdict"],
+        )
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """``analysis/study.json``: the command that wrote it, how many runs had finished, and
+    one row per (scale, ratio, metric)."""
+
+    command: str
+    runs: int
+    rows: tuple[StudyRow, ...]
+
+    @classmethod
+    def from_json(cls, data: object) -> StudySummary:
+        """The study ``data`` describes; IsspError saying what is wrong with it."""
+        if not isinstance(data, dict):
+            raise IsspError("is not a JSON object")
+        if not isinstance(data.get("command"), str) or not isinstance(data.get("runs"), list):
+            raise IsspError("lacks its command or its list of runs")
+        if not isinstance(data.get("summary"), dict):
+            raise IsspError("has no summary")
+        rows = []
+        for key, item in data["summary"].items():
+            try:
+                rows.append(StudyRow.from_json(item))
+            except IsspError as err:
+                raise IsspError(f"summary row {echo(key)} {err}") from None
+        return cls(data["command"], len(data["runs"]), tuple(rows))
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the study scored, in the order the report lists them."""
+        return list(dict.fromkeys(row.metric for row in self.rows))
+
+    def rows_of(self, metric: str) -> list[StudyRow]:
+        """The rows of ``metric``, by scale and then ratio."""
+        return sorted(
+            (r for r in self.rows if r.metric == metric), key=lambda r: (r.scale, r.ratio)
+        )
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    """What the tab shows: the verdicts (or why there are none), the figure, and the
+    metric menu with the metric shown."""
+
+    text: str
+    figure: go.Figure | None
+    choices: list[tuple[str, str]]  # (label, metric) for a dropdown
+    metric: str | None
+
+
+def _is_number(value: object) -> bool:
+    # JSON true/false arrive as bool, which Python counts as int.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and all(_is_number(x) for x in value)
+
+
+def load_study(path: Path = STUDY_JSON) -> StudySummary | None:
+    """The study at ``path``, or None if none was written yet; a file that cannot be read
+    or is no study report raises IsspError with a one-line message naming it."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        # ValueError covers invalid JSON and text that is not UTF-8; both say where.
+        raise IsspError(f"{path} could not be read ({err})") from None
+    try:
+        return StudySummary.from_json(data)
+    except IsspError as err:
+        raise IsspError(f"{path} is not a study report: {err}") from None
+
+
+def metric_label(metric: str) -> str:
+    """How a metric is named on screen: ``set5`` -> ``Set5``, ``val`` -> ``validation``."""
+    names = {score_key(name): name for name in TEST_SETS} | {VALIDATION: "validation"}
+    return names.get(metric, metric)
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    """The sample standard deviation over seeds; None for one seed, which has no spread."""
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else None
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    sd = _sd(values)
+    spread = "" if sd is None else f" ± {sd:.2f}"
+    return f"{np.mean(values):.2f}{spread} dB (mean ± sd over {_seeds(len(values))})"
+
+
+def _translucent(hex_colour: str, alpha: float) -> str:
+    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def _add_dense(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+    """The dense model's mean as a dashed line across the scale's ratios, its seed spread
+    (mean ± sd) as a band behind it."""
+    dense = rows[0].scores["dense"]
+    if not dense:
+        return
+    ends = [rows[0].ratio - DENSE_MARGIN, rows[-1].ratio + DENSE_MARGIN]
+    mean, sd = float(np.mean(dense)), _sd(dense)
+    style = {"legendgroup": "dense", "showlegend": False}
+    if sd is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=[*ends, *ends[::-1]],
+                y=[mean + sd, mean + sd, mean - sd, mean - sd],
+                fill="toself",
+                fillcolor=_translucent(colour("dense"), 0.2),
+                line={"width": 0},
+                hoverinfo="skip",
+                name=f"{label('dense')} ± sd",
+                **style,
+            ),
+            1,
+            column,
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=ends,
+            y=[mean, mean],
+            mode="lines",
+            line={"color": colour("dense"), "dash": "dash"},
+            name=f"{label('dense')} (mean, band: ± sd over seeds)",
+            hovertext=[f"{label('dense')}: {_mean_sd(dense)}"] * 2,
+            hovertemplate="%{hovertext}<extra></extra>",
+            **(style | {"showlegend": column == 1}),
+        ),
+        1,
+        column,
+    )
+
+
+def study_figure(summary: StudySummary, metric: str) -> go.Figure:
+    """PSNR on ``metric`` against pruning ratio, one subplot per scale: ISS-P and IHT at
+    their mean over seeds with error bars of the sample standard deviation over seeds, and
+    the dense model's mean as a dashed line with a band of ± its standard deviation."""
+    metric = check_choice(metric, "metric", summary.metrics)
+    rows = summary.rows_of(metric)
+    scales = sorted({row.scale for row in rows})
+    figure = make_subplots(1, len(scales), subplot_titles=[f"x{scale}" for scale in scales])
+    for column, scale in enumerate(scales, start=1):
+        at_scale = [row for row in rows if row.scale == scale]
+        _add_dense(figure, at_scale, column)
+        for method in COMPARED:
+            points = [(row.ratio, row.scores[method]) for row in at_scale if row.scores[method]]
+            figure.add_trace(
+                go.Scatter(
+                    x=[ratio for ratio, _ in points],
+                    y=[float(np.mean(scores)) for _, scores in points],
+                    error_y={
+                        "type": "data",
+                        "array": [_sd(scores) for _, scores in points],
+                        "visible": True,
+                    },
+                    mode="lines+markers",
+                    name=f"{label(method)} (mean, bars: ± sd over seeds)",
+                    legendgroup=method,
+                    showlegend=column == 1,
+                    line={"color": colour(method)},
+                    hovertext=[
+                        f"{label(method)}, ratio {ratio:g}: {_mean_sd(scores)}"
+                        for ratio, scores in points
+                    ],
+                    hovertemplate="%{hovertext}<extra></extra>",
+                ),
+                1,
+                column,
+            )
+        figure.update_xaxes(title_text="pruning ratio", row=1, col=column)
+    figure.update_yaxes(title_text="PSNR (dB, Y channel), mean ± sd over seeds", row=1, col=1)
+    figure.update_layout(
+        title=f"{metric_label(metric)} PSNR of the paired-seed study",
+        template="plotly_white",
+    )
+    return figure
+
+
+def _signed(value: float) -> str:
+    # A typographic minus, so that +0.03 and −0.10 line up and read as numbers.
+    return f"{value:+.2f}".replace("-", "−")
+
+
+def _verdict(row: StudyRow) -> str:
+    """One sentence on one (scale, ratio): the stored verdict and the numbers behind it."""
+    head = f"x{row.scale}, ratio {row.ratio:g}: **{row.verdict}**"
+    difference = f"{label('issp')} minus {label('iht')}"
+    if row.mean_difference is None:
+        return f"{head} — no seed has finished both {label('issp')} and {label('iht')} yet."
+    if row.interval95 is None:
+        interval = "the 95% interval needs at least two seeds"
+    else:
+        low, high = row.interval95
+        interval = f"95% interval {_signed(low)} to {_signed(high)}"
+    return (
+        f"{head} — {difference} {_signed(row.mean_difference)} dB ({interval}), "
+        f"{label('issp')} won {row.issp_wins} of {_seeds(row.seeds)}."
+    )
+
+
+def study_verdicts(summary: StudySummary, metric: str) -> str:
+    """Markdown: where the numbers come from, then one sentence per scale and ratio with
+    the study's verdict, the mean paired difference, its 95% interval and the wins."""
+    metric = check_choice(metric, "metric", summary.metrics)
+    rows = summary.rows_of(metric)
+    counts = sorted({row.seeds for row in rows})
+    if len(counts) == 1:
+        seeds = f"{_seeds(counts[0])} per ratio"
+    else:
+        seeds = f"{counts[0]} to {_seeds(counts[-1])} per ratio (not every run has finished)"
+    header = (
+        f"{metric_label(metric)} PSNR, {seeds}, {summary.runs} runs; made by "
+        f"`{summary.command}`. Each seed trains {label('issp')} and {label('iht')} from the "
+        f"same weights on the same batches, so {label('issp')} minus {label('iht')} is a "
+        "paired difference; the interval is the 95% t-interval of its mean, and the verdict "
+        "says ahead or behind only where that interval excludes 0."
+    )
+    return "\n".join([header, "", *(f"- {_verdict(row)}" for row in rows)])
+
+
+def study_page(path: Path = STUDY_JSON, metric: str | None = None) -> StudyPage:
+    """The tab's content: ``metric``'s verdicts and figure if the study scored it (else its
+    first metric's); one line saying why where there is no study or it cannot be read."""
+    try:
+        summary = load_study(path)
+    except IsspError as err:
+        return StudyPage(f"**Paired-seed study:** {user_message(str(err))}", None, [], None)
+    if summary is None:
+        return StudyPage(NO_STUDY, None, [], None)
+    if not summary.rows:
+        return StudyPage("*The study has no pruned runs finished yet.*", None, [], None)
+    shown = metric if metric in summary.metrics else summary.metrics[0]
+    return StudyPage(
+        study_verdicts(summary, shown),
+        study_figure(summary, shown),
+        [(metric_label(m), m) for m in summary.metrics],
+        shown,
+    )
