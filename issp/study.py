@@ -388,6 +388,7 @@ class GridChoice:
     alpha: float
     reference_alpha: float
     lr_scores: dict[str, float]  # per rate: mean of IHT's and ISS-P's mean validation PSNR
+    lr_seeds: dict[str, int]  # per rate: how many seeds it ran at (every conv pruned)
     edge_scores: dict[str, float]  # the same, first and last conv pruned or left dense
     table: dict[str, dict]  # per grid setting: mean validation PSNR and number of runs
 
@@ -417,7 +418,11 @@ def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoi
 
     lrs = sorted({lr for _, lr, _, edges in val if edges})
     lr_scores = {f"{x:g}": score(x, True) for x in lrs}
-    lr = max(lrs, key=lambda x: score(x, True))
+    # Rates screened out after the first seed have fewer runs; a mean over one seed is not
+    # comparable with a mean over three, so the choice is among the rates run at every seed.
+    seeds = {x: len(val[("iht", x, None, True)]) for x in lrs}
+    lr = max((x for x in lrs if seeds[x] == max(seeds.values())), key=lambda x: score(x, True))
+    lr_seeds = {f"{x:g}": n for x, n in seeds.items()}
     edge_options = sorted({e for m, x, _, e in val if m == "iht" and x == lr})
     edge_scores = {("pruned" if e else "dense"): score(lr, e) for e in edge_options}
     edges = max(edge_options, key=lambda e: score(lr, e))
@@ -430,7 +435,17 @@ def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoi
             "mean_val_psnr": float(np.mean(val[m, x, a, e])),
             "runs": len(val[m, x, a, e]),
         }
-    return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, edge_scores, table)
+    return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, lr_seeds, edge_scores, table)
+
+
+def promising_lrs(results: Sequence[dict], reference_alpha: float, within: float) -> list[float]:
+    """The learning rates worth running at more seeds: those whose score (the mean of
+    IHT's and ISS-P's mean validation PSNR, every conv pruned) is within ``within`` dB of
+    the best. A rate 2-3 dB behind after one seed is far outside seed-to-seed spread
+    (about 0.2 dB), so further seeds there would only spend CPU-hours."""
+    choice = choose_protocol(results, reference_alpha)
+    best = max(choice.lr_scores.values())
+    return [float(lr) for lr, score in choice.lr_scores.items() if score >= best - within]
 
 
 def bicubic_validation(data: str | None, seeds: Sequence[int], scale: int = 2) -> float:
@@ -465,6 +480,16 @@ def grid_markdown(
         "the same two with the first and last conv left dense; the better of the two by the "
         "same score is chosen. (3) ISS-P at the other alphas with both settings fixed; its "
         "best alpha is chosen.",
+    ]
+    seeds = choice.lr_seeds
+    screened = [lr for lr, n in seeds.items() if n < max(seeds.values())]
+    if screened:
+        lines[-1] += (
+            f" Rates {', '.join(screened)} ran at the first seed only: they were further "
+            "behind the best rate than the screen (`--screen`, successive halving), and the "
+            "choice is among the rates run at every seed."
+        )
+    lines += [
         "",
         "| run | mean validation PSNR (dB) | runs |",
         "|---|---|---|",

@@ -5,7 +5,14 @@ import math
 import pytest
 
 from issp.cli import main
-from issp.study import Paired, choose_protocol, paired, study_plan, study_summary
+from issp.study import (
+    Paired,
+    choose_protocol,
+    paired,
+    promising_lrs,
+    study_plan,
+    study_summary,
+)
 
 
 def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0, edges=True):
@@ -85,6 +92,35 @@ def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
     choice = choose_protocol(results, reference_alpha=0.95)
     assert choice.lr == 1e-4 and choice.alpha == 0.99 and choice.prune_edges
     assert choice.lr_scores == {"0.0001": pytest.approx(30.45), "0.001": pytest.approx(28.0)}
+
+
+def test_grid_screens_far_rates_after_one_seed_and_chooses_among_fully_run_rates():
+    # After seed 0, lr 1e-4 is 3 dB behind: it gets no more seeds. lr 1e-2 looks best on
+    # seed 0 alone, but seed 1 drags it below 3e-3, and only fully run rates are chosen.
+    seed0 = [
+        result(2, method, 0.9, 0, 0, lr=lr, alpha=0.95, val=val)
+        for method, lr, val in [
+            ("iht", 1e-4, 28.0),
+            ("issp", 1e-4, 28.0),
+            ("iht", 3e-3, 31.0),
+            ("issp", 3e-3, 31.0),
+            ("iht", 1e-2, 31.2),
+            ("issp", 1e-2, 31.2),
+        ]
+    ]
+    assert promising_lrs(seed0, 0.95, within=1.0) == [3e-3, 1e-2]
+    seed1 = [
+        result(2, method, 0.9, 1, 0, lr=lr, alpha=0.95, val=val)
+        for method, lr, val in [
+            ("iht", 3e-3, 31.0),
+            ("issp", 3e-3, 31.0),
+            ("iht", 1e-2, 30.0),
+            ("issp", 1e-2, 30.0),
+        ]
+    ]
+    choice = choose_protocol(seed0 + seed1, reference_alpha=0.95)
+    assert choice.lr == 3e-3
+    assert choice.lr_seeds == {"0.0001": 1, "0.003": 2, "0.01": 2}
 
 
 def test_grid_keeps_the_edges_dense_only_where_both_methods_gain():
