@@ -40,6 +40,7 @@ from issp.train import TrainConfig, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
+STUDY_JSON = "study.json"  # the study's figures, in ``out`` (REPORT_DIR by default)
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
@@ -369,7 +370,7 @@ def write_study(
         "summary": study_summary(results, metrics),
         "runs": list(results),
     }
-    (out / "study.json").write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
+    (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
     return text
 
 

@@ -17,14 +17,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from issp import IsspError
+from issp import IsspError, study
 from issp.catalogue import TEST_SETS, score_key
 from issp.methods import COMPARED, colour, label
-from issp.study import REPORT_DIR
 from webapp.checks import check_choice, echo, user_message
 
 # Where ``study report`` writes by default (write_study's ``out``).
-STUDY_JSON = REPORT_DIR / "study.json"
+STUDY_JSON = study.REPORT_DIR / study.STUDY_JSON
 NO_STUDY = (
     "*No paired-seed study yet: `python -m issp study report` writes it once the "
     "study's runs have finished.*"
