@@ -6,6 +6,7 @@ Bad arguments or files print one line and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -365,7 +366,18 @@ def _verify_line(check: Verification) -> str:
     return f"{'ok  ' if check.ok else 'FAIL'} {check.file}: " + ", ".join(parts)
 
 
+def _need_analysis(command: str) -> None:
+    """Fail in one line where ``analysis/`` cannot be imported: it ships with the source
+    checkout only, not in the wheel (``pip install .``)."""
+    if importlib.util.find_spec("analysis") is None:
+        raise IsspError(
+            f"`issp {command}` needs a source checkout of the repository (its analysis/ "
+            f"folder): run `python -m issp {command}` from the checkout's root"
+        )
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
+    _need_analysis("analyze")
     from tqdm import tqdm
 
     from analysis.lockstep import LockstepConfig, run_lockstep, to_json
@@ -401,6 +413,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    _need_analysis("plot")
     from analysis.lockstep import from_json
     from analysis.plots import save_figures
 

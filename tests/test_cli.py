@@ -111,6 +111,15 @@ def test_bad_files_and_mismatched_checkpoints_exit_2(checkpoint, tmp_path, capsy
     assert not (tmp_path / "o.png").exists()
 
 
+def test_analyze_and_plot_outside_a_checkout_say_they_need_one(monkeypatch, capsys):
+    # As from a wheel install, which does not ship analysis/: it cannot be imported.
+    monkeypatch.setitem(sys.modules, "analysis", None)
+    for args in (["analyze", "--json", "x.json"], ["plot", __file__, "--out", "figures"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "needs a source checkout" in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_module_entry_point_prints_no_traceback():
     done = subprocess.run(

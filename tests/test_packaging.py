@@ -1,9 +1,12 @@
-"""The Space's configuration, the requirements and the LFS attributes agree."""
+"""The Space's configuration, the requirements, the LFS attributes and the wheel agree."""
 
 import fnmatch
 import re
+import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,29 @@ def test_every_committed_binary_is_tracked_by_lfs_attributes():
     assert binaries, "the checkpoints should be committed"
     untracked = [f for f in binaries if not any(fnmatch.fnmatch(Path(f).name, p) for p in patterns)]
     assert untracked == []
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_library_and_its_command_only(tmp_path):
+    # Built from a copy: an in-tree build would leave build/ and egg-info in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "issp", source / "issp", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("analysis", "webapp"):
+        (source / folder).mkdir()
+        for module in (ROOT / folder).glob("*.py"):
+            shutil.copy(module, source / folder)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), "-q"],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("issp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    # analysis/ and webapp/ would be top-level packages named like any other project's.
+    assert {name for name in top if not name.endswith(".dist-info")} == {"issp"}
+    assert {"issp/cli.py", "issp/catalogue.py", "issp/models/edsr.py"} <= set(names)
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    assert "issp = issp.cli:main_entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
