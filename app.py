@@ -4,7 +4,8 @@ watch ISS-P and IHT prune side by side (live, as an alpha sweep, or from stored 
 ``python app.py`` serves it (host and port from ``GRADIO_SERVER_NAME`` /
 ``GRADIO_SERVER_PORT``, as on a Hugging Face Space); ``gradio app.py`` serves it in
 reload mode. ``ISSP_ZOO_DIR`` points it at another checkpoint folder (default
-``checkpoints/``); ``ISSP_DISK_MB`` bounds the disk its files take (default ``DISK_MB``).
+``checkpoints/``: :func:`issp.catalogue.zoo_folder`); ``ISSP_DISK_MB`` bounds the disk
+its files take (default ``DISK_MB``).
 The layout lives here, one builder per tab; the work is done by :mod:`webapp`, which the
 tests call without a UI.
 """
@@ -30,7 +31,7 @@ from plotly.graph_objects import Figure  # noqa: E402
 from analysis.lockstep import MAX_STEPS, LockstepConfig  # noqa: E402
 from analysis.plots import FIGURES  # noqa: E402
 from issp import IsspError  # noqa: E402
-from issp.catalogue import RESULTS, SCORE_KEYS, TELEMETRY_DIR, ZOO_DIR  # noqa: E402
+from issp.catalogue import RESULTS, SCORE_KEYS, TELEMETRY_DIR, ZOO_DIR, zoo_folder  # noqa: E402
 from issp.methods import COMPARED, label  # noqa: E402
 from webapp import files, live, model_choice, stored_runs, upscaling  # noqa: E402
 from webapp.admission import LiveRuns  # noqa: E402
@@ -527,7 +528,7 @@ def build_app(
 
 def create_demo(work: Path) -> gr.Blocks:
     """The app as this server serves it, its files in the server folder ``work``."""
-    zoo_dir = Path(os.environ.get("ISSP_ZOO_DIR", ZOO_DIR))
+    zoo_dir = zoo_folder()
     # analysis/results.md and analysis/telemetry/ describe the default zoo only; another
     # zoo may carry its own.
     default_zoo = zoo_dir.resolve() == ZOO_DIR.resolve()

@@ -23,7 +23,14 @@ from issp import IsspError
 from issp.checkpoint import load_checkpoint, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
+# The source checkout's zoo; an installed wheel has none (see zoo_folder).
 ZOO_DIR = ROOT / "checkpoints"
+# Names the zoo to serve instead of ZOO_DIR, and the one way to give a wheel install one.
+ZOO_ENV = "ISSP_ZOO_DIR"
+NO_ZOO = (
+    f"no model zoo found: set {ZOO_ENV} to the folder holding manifest.json "
+    "(the repository's checkpoints/)"
+)
 MANIFEST = ZOO_DIR / "manifest.json"
 TELEMETRY_DIR = ROOT / "analysis" / "telemetry"
 RESULTS = ROOT / "analysis" / "results.md"
@@ -223,6 +230,17 @@ class Manifest:
         )
 
 
+def zoo_folder() -> Path:
+    """The checkpoint folder in use: ``$ISSP_ZOO_DIR`` if set, else the source checkout's
+    ``checkpoints/``; IsspError when neither is set or there (a wheel ships no zoo)."""
+    configured = os.environ.get(ZOO_ENV)
+    if configured:
+        return Path(configured)
+    if not ZOO_DIR.is_dir():
+        raise IsspError(NO_ZOO)
+    return ZOO_DIR
+
+
 def load_manifest(
     path: Path | None = None, malformed: Callable[[int, IsspError], None] | None = None
 ) -> Manifest:
@@ -262,11 +280,15 @@ def load_zoo_model(
 ) -> tuple[nn.Module, Record]:
     """Load a zoo checkpoint from ``zoo_dir`` after checking its sha256 against the manifest.
 
-    Without ``zoo_dir``, the shipped zoo; without ``manifest``, the one in ``zoo_dir``.
+    Without ``zoo_dir``, the zoo in use (:func:`zoo_folder`); without ``manifest``, the one
+    in ``zoo_dir``, which must be there.
     """
-    zoo_dir = ZOO_DIR if zoo_dir is None else zoo_dir
+    zoo_dir = zoo_folder() if zoo_dir is None else zoo_dir
     if manifest is None:
-        manifest = load_manifest(zoo_dir / MANIFEST.name)
+        path = zoo_dir / MANIFEST.name
+        if not path.is_file():
+            raise IsspError(f"{NO_ZOO}; {path} does not exist")
+        manifest = load_manifest(path)
     record = manifest.find(arch, scale, method.lower(), ratio)
     path = zoo_dir / record.file
     if not path.exists():

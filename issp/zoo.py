@@ -237,7 +237,7 @@ def evaluate_zoo(test: Path) -> ZooScores:
         for record in manifest.checkpoints:
             if (record.arch, record.scale) == (arch, scale):
                 model, _ = catalogue.load_zoo_model(
-                    arch, scale, record.method, record.ratio, manifest
+                    arch, scale, record.method, record.ratio, manifest, catalogue.ZOO_DIR
                 )
                 scores = record.scores | evaluate_checkpoint(model, test, scale)
                 records.append(dataclasses.replace(record, scores=scores))

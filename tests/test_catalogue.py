@@ -6,16 +6,19 @@ import shutil
 
 import pytest
 
-from issp import IsspError
+from issp import IsspError, catalogue
 from issp.catalogue import (
     MANIFEST,
+    NO_ZOO,
     ZOO_DIR,
+    ZOO_ENV,
     Manifest,
     Record,
     ZooEntry,
     load_manifest,
     load_zoo_model,
     score_key,
+    zoo_folder,
 )
 from issp.checkpoint import checkpoint_info, sha256
 
@@ -93,3 +96,20 @@ def test_copying_the_zoo_elsewhere_keeps_it_loadable_and_checked(tmp_path):
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     with pytest.raises(IsspError, match="sha256"):
         load_zoo_model(record.arch, record.scale, record.method, record.ratio, zoo_dir=tmp_path)
+
+
+def test_the_zoo_is_issp_zoo_dir_else_the_checkout_s_else_an_error_that_names_the_variable(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(ZOO_ENV, raising=False)
+    assert zoo_folder() == ZOO_DIR
+    # As in a wheel install: no checkout around the package.
+    monkeypatch.setattr(catalogue, "ZOO_DIR", tmp_path / "site-packages" / "checkpoints")
+    with pytest.raises(IsspError) as err:
+        zoo_folder()
+    assert str(err.value) == NO_ZOO
+    assert "set ISSP_ZOO_DIR to the folder holding manifest.json" in NO_ZOO
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path))
+    assert zoo_folder() == tmp_path
+    with pytest.raises(IsspError, match="no model zoo found: set ISSP_ZOO_DIR .* does not exist"):
+        load_zoo_model("edsr-tiny", 2, "issp", 0.9)

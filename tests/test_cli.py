@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from analysis.lockstep import MAX_STEPS
+from issp import catalogue
 from issp.checkpoint import save_checkpoint
 from issp.cli import main
 from issp.models import build_model
@@ -109,6 +110,16 @@ def test_bad_files_and_mismatched_checkpoints_exit_2(checkpoint, tmp_path, capsy
         err = capsys.readouterr().err
         assert err.startswith("error:") and err.count("\n") == 1, err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_upscale_without_a_zoo_says_how_to_point_at_one(tmp_path, monkeypatch, capsys):
+    # As from a wheel install: no ISSP_ZOO_DIR, no checkout's checkpoints/.
+    monkeypatch.delenv(catalogue.ZOO_ENV, raising=False)
+    monkeypatch.setattr(catalogue, "ZOO_DIR", tmp_path / "checkpoints")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    args = ["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png")]
+    assert main([*args, "--scale", "2", "--ratio", "0.9"]) == 2
+    assert capsys.readouterr().err == f"error: {catalogue.NO_ZOO}\n"
 
 
 def test_analyze_and_plot_outside_a_checkout_say_they_need_one(monkeypatch, capsys):
