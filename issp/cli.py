@@ -6,6 +6,7 @@ Bad arguments or files print one line and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -189,6 +190,12 @@ def build_parser() -> Parser:
     grid.add_argument("--steps", type=_positive, default=1000)
     grid.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4, 1e-3), help="e.g. 1e-4,1e-3")
     grid.add_argument("--alphas", type=_floats, default=(0.9, 0.95, 0.99), help="ISS-P's")
+    grid.add_argument(
+        "--screen",
+        type=_positive_float,
+        default=1.0,
+        help="dB: seeds after the first run only the rates this close to the best",
+    )
     for sub in (run, report):
         sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
         sub.add_argument("--extra-test", type=_existing, action="append", default=[])
@@ -426,24 +433,28 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command: str, out: Path):
-    # Run scores are kept beside the reports (committed); checkpoints and states in ``work``.
-    folders = (work, out / "study_runs" / "grid")
-    """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol)."""
+    """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol).
+    Every rate runs at the first seed; the other seeds run only the rates within
+    ``--screen`` dB of the best (successive halving)."""
     from issp import study
     from issp.train import AUTHORS_ALPHA
 
-    cells = {"ratios": args.ratios, "seeds": args.seeds, "fast": args.bf16}
+    # Run scores are kept beside the reports (committed); checkpoints and states in ``work``.
+    folders = (work, out / "study_runs" / "grid")
+    plan = functools.partial(study.grid_plan, args.protocol, args.steps, data, fast=args.bf16)
     reference = AUTHORS_ALPHA
-    runs = study.grid_plan(args.protocol, args.steps, data, args.lrs, [reference], **cells)
-    lr = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference).lr
-    runs += study.grid_plan(
-        args.protocol, args.steps, data, [lr], [reference], prune_edges=False, **cells
+    first, rest = args.seeds[:1], args.seeds[1:]
+    runs = plan(args.lrs, [reference], ratios=args.ratios, seeds=first)
+    kept = study.promising_lrs(
+        study.execute(runs, *folders, {}, jobs=args.jobs), reference, args.screen
     )
+    runs += plan(kept, [reference], ratios=args.ratios, seeds=rest)
+    lr = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference).lr
+    cells = {"ratios": args.ratios, "seeds": args.seeds}
+    runs += plan([lr], [reference], prune_edges=False, **cells)
     choice = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference)
     others = [a for a in args.alphas if a != reference]
-    third = study.grid_plan(
-        args.protocol, args.steps, data, [lr], others, prune_edges=choice.prune_edges, **cells
-    )
+    third = plan([lr], others, prune_edges=choice.prune_edges, **cells)
     runs += [run for run in third if run.config.method == "issp"]
     results = study.execute(runs, *folders, {}, jobs=args.jobs)
     bicubic = study.bicubic_validation(data, args.seeds)
