@@ -169,7 +169,10 @@ def figure_tabs(prefix: str) -> list[gr.Plot]:
         for title, names in FIGURE_TABS.items():
             with gr.Tab(title):
                 for name in names:
-                    plots[name] = gr.Plot(show_label=False, elem_id=f"{prefix}-{name}")
+                    # Labelled for view_api, where it names the return value.
+                    plots[name] = gr.Plot(
+                        label=name.replace("_", " "), show_label=False, elem_id=f"{prefix}-{name}"
+                    )
     return [plots[name] for name in FIGURES]
 
 

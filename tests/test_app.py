@@ -77,6 +77,19 @@ def test_live_and_sweep_settings_default_to_the_lockstep_config(fake_zoo, tmp_pa
     assert sweep[:6] == [*shared, app.SWEEP_STEPS, 0, defaults.seed]
 
 
+def test_view_api_names_every_argument_and_return_value(fake_zoo, tmp_path):
+    demo = app.build_app(ModelZoo(fake_zoo), Limits(), None, [], ResultFolders(tmp_path))
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert {"/upscale", "/evaluate", "/results", "/train_live", "/stored"} <= set(endpoints)
+    for name, endpoint in endpoints.items():
+        # An unlabelled component is listed as value_<id> or parameter_<id>.
+        labels = [value["label"] for value in endpoint["parameters"] + endpoint["returns"]]
+        assert all(label and not label.startswith(("value_", "parameter_")) for label in labels), (
+            name,
+            labels,
+        )
+
+
 def test_importing_the_app_builds_and_serves_nothing():
     # `python app.py` and `gradio app.py` build the module-level demo; an import does not.
     assert not hasattr(app, "demo")
