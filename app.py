@@ -141,6 +141,12 @@ def shown_to_user(fn: Callable) -> Callable:
     return wrapper
 
 
+def shown(progress: gr.Progress) -> Callable[[float, str], None]:
+    """The library's progress callback (:data:`issp.upscale.Progress`) drawing Gradio's
+    progress bar, so the library never imports Gradio."""
+    return lambda fraction, text: progress(fraction, desc=text)
+
+
 @dataclass(frozen=True)
 class Server:
     """What one server's handlers work with."""
@@ -181,24 +187,46 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
 
     @shown_to_user
     def upscale(
-        image: dict | None, scale: int, ratio: float, method: str, arch: str = DEFAULT_ARCH
+        image: dict | None,
+        scale: int,
+        ratio: float,
+        method: str,
+        arch: str = DEFAULT_ARCH,
+        output_format: str = upscaling.DEFAULT_FORMAT,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio asks for progress)
     ) -> tuple[str, tuple[str, str], str]:
-        """Upscale an image; returns the full-size PNG, a (bicubic, model) pair, a summary."""
+        """Upscale an image; returns the full-size result in ``output_format``, a
+        (bicubic, model) pair of PNGs and a summary."""
         path = upload_path(image, server.uploads)
         folder = server.outputs.new()
         result = upscaling.upscale(
-            server.zoo, path, scale, ratio, method, arch, server.limits, folder
+            server.zoo,
+            path,
+            scale,
+            ratio,
+            method,
+            arch,
+            server.limits,
+            folder,
+            output_format,
+            shown(progress),
         )
         previews = (str(result.bicubic_preview), str(result.model_preview))
-        return str(result.png), previews, result.summary
+        return str(result.download), previews, result.summary
 
     @shown_to_user
     def evaluate(
-        image: dict | None, scale: int, ratio: float, arch: str = DEFAULT_ARCH
+        image: dict | None,
+        scale: int,
+        ratio: float,
+        arch: str = DEFAULT_ARCH,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio asks for progress)
     ) -> tuple[pd.DataFrame, Figure, str]:
         """Score bicubic, dense, ISS-P and IHT with the upload as ground truth."""
         path = upload_path(image, server.uploads)
-        result = upscaling.evaluate(server.zoo, path, scale, ratio, arch, server.limits)
+        result = upscaling.evaluate(
+            server.zoo, path, scale, ratio, arch, server.limits, shown(progress)
+        )
         table = pd.DataFrame(result.rows, columns=list(upscaling.EVALUATE_COLUMNS))
         return table, result.figure, result.note
 
@@ -224,7 +252,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
                 "These models learned clean bicubic downscaling: on a JPEG photo they sharpen "
                 "its compression noise too, so a PNG source upscales best."
             )
-            scale = gr.Radio(SCALE_CHOICES, value=2, label="Scale")
+            scale = gr.Radio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale")
             arch = gr.Dropdown(
                 initial.archs,
                 value=initial.arch or DEFAULT_ARCH,
@@ -242,6 +270,12 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
                 elem_id="ratio",
             )
             note = gr.Markdown(initial.note, label="model in use", elem_id="ratio-note")
+            output_format = gr.Radio(
+                [(fmt.label, name) for name, fmt in upscaling.OUTPUT_FORMATS.items()],
+                value=upscaling.DEFAULT_FORMAT,
+                label="Download format",
+                elem_id="output-format",
+            )
             with gr.Row():
                 upscale_button = gr.Button("Upscale", variant="primary", elem_id="run")
                 evaluate_button = gr.Button("Evaluate on this image")
@@ -249,7 +283,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
             compare = gr.ImageSlider(
                 label="bicubic | model", type="filepath", max_height=600, elem_id="compare"
             )
-            download = gr.File(label="Full-size PNG", elem_id="download")
+            download = gr.File(label="Full-size result", elem_id="download")
             summary = gr.Markdown(label="summary", elem_id="summary")
             eval_note = gr.Markdown(label="evaluation")
             eval_table = gr.Dataframe(
@@ -264,7 +298,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
         trigger(model_options, picks, pickers, api_visibility="private", **RAW)
     upscale_button.click(
         upscale,
-        [image, scale, ratio, method, arch],
+        [image, scale, ratio, method, arch, output_format],
         [download, compare, summary],
         api_name="upscale",
         **RAW,

@@ -19,7 +19,7 @@ from issp.pruning import Pruner, prunable_weights, smallest_mask
 from issp.train import save_telemetry
 from webapp.live import live_config
 from webapp.model_zoo import ModelZoo
-from webapp.upscaling import Limits, UpscaleResult, upscale
+from webapp.upscaling import DEFAULT_FORMAT, Limits, UpscaleResult, upscale
 
 FAKE_RATIOS = (0.5, 0.9)
 
@@ -159,9 +159,17 @@ def live_request(base: LockstepConfig, steps: int = 12, **overrides) -> Lockstep
 
 
 def run_upscale(
-    zoo: ModelZoo, path, tmp_path: Path, scale=2, ratio=0.9, method="ISS-P", arch="edsr-tiny"
+    zoo: ModelZoo,
+    path,
+    tmp_path: Path,
+    scale=2,
+    ratio=0.9,
+    method="ISS-P",
+    arch="edsr-tiny",
+    output_format=DEFAULT_FORMAT,
+    progress=None,
 ) -> UpscaleResult:
     """``webapp.upscaling.upscale`` with the default limits into ``tmp_path/out``."""
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    return upscale(zoo, path, scale, ratio, method, arch, Limits(), out)
+    return upscale(zoo, path, scale, ratio, method, arch, Limits(), out, output_format, progress)

@@ -88,6 +88,9 @@ def test_view_api_names_every_argument_and_return_value(fake_zoo, tmp_path):
             name,
             labels,
         )
+    formats = endpoints["/upscale"]["parameters"][5]
+    assert formats["parameter_default"] == "PNG"
+    assert set(formats["type"]["enum"]) == {"PNG", "WebP", "JPEG"}
 
 
 def test_importing_the_app_builds_and_serves_nothing():

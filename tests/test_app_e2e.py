@@ -72,12 +72,29 @@ def test_bad_file_gets_an_error_and_the_server_keeps_serving(
         ((2, 1.5, "ISS-P"), r"pruning ratio must be in \[0, 1\), got 1.5"),
         ((2, -0.1, "ISS-P"), r"pruning ratio must be in \[0, 1\)"),
         ((3, 0.9, "ISS-P"), "the zoo has no x3 checkpoints yet"),
+        ((2, 0.9, "ISS-P", "edsr-tiny", "GIF"), "output format must be one of PNG, WebP, JPEG"),
     ],
 )
 def test_bad_argument_gets_an_error_and_the_server_keeps_serving(client, image, args, message):
     with pytest.raises(Exception, match=message):
         upscale(client, image, *args)
     assert Image.open(upscale(client, image, 2, 0.9, "ISS-P")[0]).size == (80, 60)
+
+
+@pytest.mark.parametrize(
+    ("name", "pillow", "suffix"),
+    [("PNG", "PNG", ".png"), ("WebP", "WEBP", ".webp"), ("JPEG", "JPEG", ".jpg")],
+)
+def test_the_download_comes_in_the_format_asked_for(client, image, name, pillow, suffix):
+    download, _, _ = upscale(client, image, 2, 0.9, "ISS-P", "edsr-tiny", name)
+    assert Path(download).suffix == suffix
+    with Image.open(download) as img:
+        assert (img.format, img.size) == (pillow, (80, 60))
+
+
+def test_a_webp_download_holds_exactly_the_png_s_pixels(client, image):
+    png, webp = (upscale(client, image, 2, 0.9, "IHT", "edsr-tiny", f)[0] for f in ("PNG", "WebP"))
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(webp)))
 
 
 def test_empty_upload_gets_an_error(client):

@@ -1,5 +1,6 @@
-"""The real page in headless Chromium: upload, move the slider, upscale, see the result;
-start a live comparison, watch it update, replace it with another, stop that.
+"""The real page in headless Chromium: upload, move the slider, upscale, see the result
+and, for a large image, its progress; start a live comparison, watch it update, replace it
+with another, stop that.
 
 Uses the system Chromium (Playwright's own browser download is not available here). If it
 is missing the tests are skipped with the install command as the reason.
@@ -82,6 +83,20 @@ def test_upload_move_slider_upscale_and_see_the_result(page, app_server, tmp_pat
     sync_api.expect(page.locator("#summary")).to_contain_text("Checkpoint", timeout=15000)
     sync_api.expect(page.locator("#summary")).to_contain_text("output 96x80")
     sync_api.expect(page.locator("#download")).to_contain_text(".png")
+
+
+def test_a_large_upscale_shows_its_progress_tile_by_tile(page, tmp_path):
+    # 1 megapixel at x4 runs in 64 tiles, seconds even on a fast machine.
+    image = tmp_path / "large.png"
+    photo(1000, 1000).save(image)
+    page.locator("#input-image input[type=file]").set_input_files(str(image))
+    sync_api.expect(page.locator("#input-image img").first).to_be_visible(timeout=15000)
+    page.locator("#scale").get_by_text("x4").click()
+    page.locator("#run").click()
+    tiles = page.locator(".progress-level-inner").filter(has_text=re.compile(r"tile \d+ of 64"))
+    sync_api.expect(tiles.first).to_be_visible(timeout=60000)
+    sync_api.expect(page.locator("#summary")).to_contain_text("output 4000x4000", timeout=120000)
+    sync_api.expect(tiles).to_have_count(0)
 
 
 def test_a_broken_file_shows_the_library_message(page, tmp_path):

@@ -67,6 +67,13 @@ def test_output_size_is_exactly_scale_times_input(model):
     assert out.mode == "RGB" and out.size == (39, 21)
 
 
+def test_progress_is_told_before_each_tile():
+    told = []
+    upscale_image(tiny_sr_net(2), rgb_image(13, 7), 2, tile=5, progress=lambda *a: told.append(a))
+    # 13x7 px in 5 px tiles: 3 across, 2 down.
+    assert told == [(index / 6, f"tile {index + 1} of 6") for index in range(6)]
+
+
 GREYSCALE_IMAGES = {
     "L": Image.new("L", (10, 6), 90),
     "1": Image.new("1", (10, 6), 1),

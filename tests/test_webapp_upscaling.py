@@ -23,7 +23,7 @@ def test_upscale_multiplies_size_and_writes_full_png(zoo, tmp_path, scale):
     path = tmp_path / "in.png"
     photo(40, 30).save(path)
     result = run_upscale(zoo, str(path), tmp_path, scale=scale)
-    with Image.open(result.png) as img:
+    with Image.open(result.download) as img:
         assert img.size == (40 * scale, 30 * scale)
         assert img.format == "PNG"
     for preview in (result.bicubic_preview, result.model_preview):
@@ -38,7 +38,7 @@ def test_large_output_is_compared_on_a_crop_but_downloaded_whole(zoo, tmp_path):
     photo(100, 60).save(path)
     limits = Limits(tile=64, preview_side=64)
     result = upscale(zoo, str(path), 2, 0.5, "IHT", None, limits, tmp_path)
-    assert Image.open(result.png).size == (200, 120)
+    assert Image.open(result.download).size == (200, 120)
     assert Image.open(result.model_preview).size == (64, 64)
     # Upscaling runs in the measured fastest tiles; Limits.tile bounds evaluation only.
     assert f"1 tile of {fast_tile(2)} px" in result.summary and "crop" in result.summary
@@ -48,7 +48,7 @@ def test_alpha_is_kept(zoo, tmp_path):
     path = tmp_path / "rgba.png"
     photo(40, 30, "RGBA").save(path)
     result = run_upscale(zoo, str(path), tmp_path)
-    out = Image.open(result.png)
+    out = Image.open(result.download)
     assert out.mode == "RGBA" and out.size == (80, 60)
     alpha = np.asarray(out.getchannel("A"), dtype=float)
     # The gradient runs top (transparent) to bottom (opaque).
@@ -67,7 +67,7 @@ def test_alpha_is_kept(zoo, tmp_path):
 def test_colour_modes_are_handled(zoo, tmp_path, name, make, mode, size):
     path = tmp_path / name
     make().save(path)
-    out = Image.open(run_upscale(zoo, str(path), tmp_path).png)
+    out = Image.open(run_upscale(zoo, str(path), tmp_path).download)
     assert (out.mode, out.size) == (mode, size)
 
 
@@ -77,13 +77,13 @@ def test_exif_orientation_is_applied(zoo, tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # stored sideways: display rotated by 90 degrees
     img.save(path, exif=exif)
-    assert Image.open(run_upscale(zoo, str(path), tmp_path).png).size == (60, 80)
+    assert Image.open(run_upscale(zoo, str(path), tmp_path).download).size == (60, 80)
 
 
 def test_one_pixel_image_upscales(zoo, tmp_path):
     path = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), "red").save(path)
-    assert Image.open(run_upscale(zoo, str(path), tmp_path).png).size == (2, 2)
+    assert Image.open(run_upscale(zoo, str(path), tmp_path).download).size == (2, 2)
 
 
 def test_ratio_snaps_to_the_nearest_checkpoint_and_says_so(zoo, tmp_path):
@@ -131,6 +131,8 @@ def test_bad_files_raise_a_clear_user_error(zoo, tmp_path, kind, message):
         # A request is quoted back in at most 80 characters.
         ({"method": "m" * 10**6}, f"unknown method '{'m' * 76}...; choose one of ISS-P, IHT"),
         ({"ratio": "r" * 10**6}, f"pruning ratio must be a number in [0, 1), got '{'r' * 76}..."),
+        ({"output_format": "GIF"}, "output format must be one of PNG, WebP, JPEG, got 'GIF'"),
+        ({"output_format": None}, "output format must be one of PNG, WebP, JPEG, got None"),
     ],
 )
 def test_bad_arguments_raise_a_clear_user_error(zoo, tmp_path, args, message):
@@ -141,6 +143,42 @@ def test_bad_arguments_raise_a_clear_user_error(zoo, tmp_path, args, message):
     with pytest.raises(IsspError) as err:
         upscale(zoo, **request, limits=LIMITS, out_dir=tmp_path)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "pillow", "suffix"), [("PNG", "PNG", ".png"),
+    ("webp", "WEBP", ".webp"), ("JPEG", "JPEG", ".jpg")])  # fmt: skip
+def test_the_download_is_in_the_format_asked_for(zoo, tmp_path, name, pillow, suffix):
+    path = tmp_path / "in.png"
+    photo(40, 30, "RGBA").save(path)
+    result = run_upscale(zoo, str(path), tmp_path, output_format=name)
+    assert result.download.suffix == suffix
+    with Image.open(result.download) as img:
+        assert (img.format, img.size) == (pillow, (80, 60))
+        # JPEG has no alpha channel, and the summary says the download lost it.
+        assert img.mode == ("RGB" if pillow == "JPEG" else "RGBA")
+    assert ("no alpha channel" in result.summary) == (pillow == "JPEG")
+
+
+def test_webp_keeps_every_pixel_of_the_png(zoo, tmp_path):
+    path = tmp_path / "in.png"
+    photo(40, 30, "RGBA").save(path)
+    png, webp = (
+        np.asarray(Image.open(run_upscale(zoo, str(path), tmp_path, output_format=fmt).download))
+        for fmt in ("PNG", "WebP")
+    )
+    assert png.shape == (60, 80, 4) and np.array_equal(png, webp)
+
+
+def test_progress_is_told_per_tile_and_per_model(zoo, tmp_path):
+    path = tmp_path / "in.png"
+    photo(fast_tile(2) + 8, 40).save(path)
+    told = []
+    run_upscale(zoo, str(path), tmp_path, progress=lambda *a: told.append(a))
+    assert told == [(0.0, "tile 1 of 2"), (0.5, "tile 2 of 2")]
+    told.clear()
+    evaluate(zoo, str(path), 2, 0.9, None, LIMITS, progress=lambda *a: told.append(a))
+    names = ["bicubic", "dense", "ISS-P 0.5", "ISS-P 0.9", "IHT 0.5", "IHT 0.9"]
+    assert told == [(i / 6, f"scoring {name} ({i + 1} of 6)") for i, name in enumerate(names)]
 
 
 def test_concurrent_requests_share_one_zoo(zoo, tmp_path):

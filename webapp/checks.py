@@ -9,6 +9,7 @@ message is cut to ``MESSAGE_CHARS`` with the server's paths taken out
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from issp import IsspError
@@ -48,6 +49,16 @@ def parse_method(method: str) -> str:
         choices = ", ".join(label(m) for m in COMPARED)
         raise IsspError(f"unknown method {echo(method)}; choose one of {choices}")
     return names[method.strip().lower()]
+
+
+def check_choice(value: object, name: str, choices: Collection[str]) -> str:
+    """The one of ``choices`` that ``value`` names, in any case, else IsspError naming
+    ``name`` and the choices."""
+    if isinstance(value, str):
+        for option in choices:
+            if value.strip().lower() == option.lower():
+                return option
+    raise IsspError(f"{name} must be one of {', '.join(choices)}, got {echo(value)}")
 
 
 def check_ratio(ratio: float) -> float:
