@@ -45,6 +45,7 @@ from webapp.results import (  # noqa: E402
     results_figure,
     results_text,
 )
+from webapp.study_view import STUDY_JSON, study_page  # noqa: E402
 
 # Two requests at a time fits the two-core machines the app is meant for; more queue up,
 # and past QUEUE_SIZE waiting requests a new one is told the queue is full at once.
@@ -161,6 +162,7 @@ class Server:
     # Where Gradio writes uploads (and copies the examples to), and the examples' own
     # folder: the only places an image input may name.
     uploads: list[Path]
+    study_path: Path | None  # the paired-seed study's study.json
 
     def stop_live(self, request: gr.Request) -> None:
         """Stop this session's live run or sweep; it ends at its next step."""
@@ -313,7 +315,8 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
 
 
 def results_tab(server: Server, demo: gr.Blocks) -> None:
-    """The Results tab: the stored table, its provenance, the manifest and a PSNR chart."""
+    """The Results tab: the paired-seed study, then the zoo's stored table, its
+    provenance, the manifest and a PSNR chart."""
 
     @shown_to_user
     def results(x_axis: str, test_set: str) -> tuple[str, str, pd.DataFrame, Figure]:
@@ -324,7 +327,18 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         figure = results_figure(manifest, x_axis, test_set)
         return table, provenance(manifest, server.results_path), rows, figure
 
+    @shown_to_user
+    def study(metric: str | None) -> tuple[str, Figure | None, gr.Dropdown]:
+        """The paired-seed study's verdicts and figure for ``metric``, and its metrics."""
+        page = study_page(server.study_path, metric)
+        return page.text, page.figure, gr.Dropdown(choices=page.choices, value=page.metric)
+
     with gr.Tab("Results"):
+        gr.Markdown("### Does ISS-P beat IHT? The paired-seed study")
+        study_metric = gr.Dropdown(choices=[], value=None, label="Study test set")
+        study_text = gr.Markdown(label="study verdicts")
+        study_plot = gr.Plot(label="Study PSNR (mean ± sd over seeds)")
+        gr.Markdown("### The checkpoint zoo")
         with gr.Row():
             x_axis = gr.Radio(
                 [("pruning ratio", "ratio"), ("non-zero weights", "nonzeros")],
@@ -341,6 +355,9 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
     demo.load(results, [x_axis, test_set], shown, api_name="results", **RAW)
     for trigger in (x_axis.input, test_set.input):
         trigger(results, [x_axis, test_set], shown, api_visibility="private", **RAW)
+    study_shown = [study_text, study_plot, study_metric]
+    demo.load(study, [study_metric], study_shown, api_name="study", **RAW)
+    study_metric.input(study, [study_metric], study_shown, api_visibility="private", **RAW)
 
 
 @dataclass(frozen=True)
@@ -534,11 +551,14 @@ def build_app(
     examples: list[Path],
     outputs: files.ResultFolders,
     telemetry_dir: Path = TELEMETRY_DIR,
+    study_path: Path | None = None,
 ) -> gr.Blocks:
     """Lay out the app, one tab at a time, each wired to its :mod:`webapp` functions."""
     runs = LiveRuns(capacity=TRAINING_RUNS, slots=TRAINING_SLOTS)
     uploads = [Path(get_upload_folder()), *{path.parent for path in examples}]
-    server = Server(zoo, limits, results_path, examples, outputs, telemetry_dir, runs, uploads)
+    server = Server(
+        zoo, limits, results_path, examples, outputs, telemetry_dir, runs, uploads, study_path
+    )
 
     def zoo_status() -> str:
         """What in the model zoo cannot be used and why; '' when all of it can."""
@@ -566,7 +586,7 @@ def build_app(
 def create_demo(work: Path) -> gr.Blocks:
     """The app as this server serves it, its files in the server folder ``work``."""
     zoo_dir = zoo_folder()
-    # analysis/results.md and analysis/telemetry/ describe the default zoo only; another
+    # analysis/results.md, telemetry/ and study.json describe the default zoo only; another
     # zoo may carry its own.
     default_zoo = zoo_dir.resolve() == ZOO_DIR.resolve()
     return build_app(
@@ -576,6 +596,7 @@ def create_demo(work: Path) -> gr.Blocks:
         files.make_examples(work / "examples"),
         files.ResultFolders(work / "results"),
         TELEMETRY_DIR if default_zoo else zoo_dir / "telemetry",
+        STUDY_JSON if default_zoo else zoo_dir / "study.json",
     )
 
 

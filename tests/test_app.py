@@ -4,12 +4,13 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from fixtures import live_request
+from fixtures import STUDY_COMMAND, live_request, study_runs
 
 import app
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
+from issp.study import write_study
 from webapp.files import UPLOAD_REFUSED, ResultFolders
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits
@@ -91,6 +92,20 @@ def test_view_api_names_every_argument_and_return_value(fake_zoo, tmp_path):
     formats = endpoints["/upscale"]["parameters"][5]
     assert formats["parameter_default"] == "PNG"
     assert set(formats["type"]["enum"]) == {"PNG", "WebP", "JPEG"}
+
+
+def test_results_tab_shows_the_paired_seed_study_or_says_there_is_none(fake_zoo, tmp_path):
+    write_study(study_runs(), ["set5", "val"], STUDY_COMMAND, tmp_path)
+    folders = ResultFolders(tmp_path / "out")
+    for path in (tmp_path / "study.json", None):
+        demo = app.build_app(ModelZoo(fake_zoo), Limits(), None, [], folders, study_path=path)
+        study = next(fn.fn for fn in demo.fns.values() if fn.api_name == "study")
+        text, figure, menu = study("set5")
+        if path is None:
+            assert "No paired-seed study yet" in text and figure is None
+        else:
+            assert "x2, ratio 0.9: **ISS-P ahead**" in text and len(figure.data) > 0
+            assert ("Set5", "set5") in menu.choices
 
 
 def test_importing_the_app_builds_and_serves_nothing():

@@ -319,11 +319,12 @@ def study_verdicts(summary: StudySummary, metric: str) -> str:
     return "\n".join([header, "", *(f"- {_verdict(row)}" for row in rows)])
 
 
-def study_page(path: Path = STUDY_JSON, metric: str | None = None) -> StudyPage:
+def study_page(path: Path | None = STUDY_JSON, metric: str | None = None) -> StudyPage:
     """The tab's content: ``metric``'s verdicts and figure if the study scored it (else its
-    first metric's); one line saying why where there is no study or it cannot be read."""
+    first metric's); one line saying why where there is no study (or no ``path``) or it
+    cannot be read."""
     try:
-        summary = load_study(path)
+        summary = None if path is None else load_study(path)
     except IsspError as err:
         return StudyPage(f"**Paired-seed study:** {user_message(str(err))}", None, [], None)
     if summary is None:
