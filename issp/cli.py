@@ -20,8 +20,6 @@ from issp import IsspError
 if TYPE_CHECKING:
     from issp.zoo import Verification
 
-OUTPUT_FORMATS = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump)."""
@@ -281,10 +279,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.checkpoint import load_checkpoint
     from issp.data import load_image
-    from issp.upscale import PNG_COMPRESS_LEVEL, fast_tile, inference_model, upscale_image
+    from issp.upscale import SUFFIX_FORMATS, fast_tile, inference_model, upscale_image
 
-    if args.output.suffix.lower() not in OUTPUT_FORMATS:
-        raise IsspError(f"unsupported output format {args.output.suffix!r}; use .png")
+    output_format = SUFFIX_FORMATS.get(args.output.suffix.lower())
+    if output_format is None:
+        raise IsspError(
+            f"unsupported output format {args.output.suffix!r}; use {', '.join(SUFFIX_FORMATS)}"
+        )
     image = load_image(args.input)
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, scale=args.scale)
@@ -302,7 +303,7 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     # Save beside the target, then rename: a failed save never leaves a broken output.
     partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
     try:
-        result.save(partial, compress_level=PNG_COMPRESS_LEVEL)
+        output_format.save(result, partial)
         os.replace(partial, args.output)
     finally:
         partial.unlink(missing_ok=True)

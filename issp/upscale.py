@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +39,46 @@ PNG_COMPRESS_LEVEL = 1
 # Told the fraction done (0 to 1) and what is running, e.g. "tile 3 of 16"; the app shows
 # it as a progress bar.
 Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A file format the full-size result can be downloaded in."""
+
+    label: str  # as the Upscale tab offers it
+    pillow: str  # Pillow's name for it
+    suffix: str
+    options: dict = field(default_factory=dict)  # Pillow's save options
+    alpha: bool = True  # whether it keeps an alpha channel
+
+    def save(self, image: Image.Image, path: Path) -> None:
+        """Write ``image`` to ``path``, without its alpha channel where this format has none."""
+        if not self.alpha and "A" in image.getbands():
+            image = image.convert("L" if image.mode == "LA" else "RGB")
+        image.save(path, self.pillow, **self.options)
+
+
+# By the name the API takes. WebP's ``exact`` keeps the colour under transparent pixels
+# too, so every pixel round-trips; its lossless effort (method 1, quality 20) wrote a
+# 2048 px x4 astronaut in 0.8 s against the default's 2.8 s, 0.2% larger (about 56% of
+# the PNG). JPEG at quality 95, as Pillow's default 75 blurs the very detail the model adds.
+WEBP_LOSSLESS = {"lossless": True, "exact": True, "method": 1, "quality": 20}
+OUTPUT_FORMATS = {
+    "PNG": OutputFormat("PNG", "PNG", ".png", {"compress_level": PNG_COMPRESS_LEVEL}),
+    "WebP": OutputFormat("WebP (lossless)", "WEBP", ".webp", WEBP_LOSSLESS),
+    "JPEG": OutputFormat("JPEG (quality 95)", "JPEG", ".jpg", {"quality": 95}, alpha=False),
+}
+DEFAULT_FORMAT = "PNG"
+# What ``issp upscale`` writes for each output suffix.
+SUFFIX_FORMATS = {
+    ".png": OUTPUT_FORMATS["PNG"],
+    ".webp": OUTPUT_FORMATS["WebP"],
+    ".jpg": OUTPUT_FORMATS["JPEG"],
+    ".jpeg": OUTPUT_FORMATS["JPEG"],
+    ".tif": OutputFormat("TIFF", "TIFF", ".tif"),
+    ".tiff": OutputFormat("TIFF", "TIFF", ".tiff"),
+    ".bmp": OutputFormat("BMP", "BMP", ".bmp"),
+}
 
 
 class InferenceModel(nn.Module):

@@ -1,3 +1,4 @@
+import io
 import json
 import math
 import subprocess
@@ -73,6 +74,25 @@ def test_upscale_writes_an_image_twice_the_size_and_keeps_alpha(checkpoint, tmp_
                  str(checkpoint), "--tile", "8"]) == 0  # fmt: skip
     result = Image.open(out)
     assert result.size == (42, 34) and result.mode == "RGBA"
+
+
+def test_upscale_writes_webp_lossless_and_jpeg_at_quality_95_by_suffix(checkpoint, tmp_path):
+    Image.new("RGB", (21, 17), (200, 100, 50)).save(tmp_path / "in.png")
+    written = {}
+    for suffix in (".png", ".webp", ".jpg"):
+        out = tmp_path / f"out{suffix}"
+        assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--checkpoint",
+                     str(checkpoint), "--tile", "8"]) == 0  # fmt: skip
+        written[suffix] = Image.open(out)
+    assert [im.format for im in written.values()] == ["PNG", "WEBP", "JPEG"]
+    # The same pixels as the PNG: WebP lossless, not Pillow's lossy default.
+    assert np.array_equal(np.asarray(written[".webp"]), np.asarray(written[".png"]))
+    # Quality 95, not Pillow's default 75: the file carries quality 95's quantization tables.
+    reference = io.BytesIO()
+    written[".png"].save(reference, "JPEG", quality=95)
+    assert written[".jpg"].quantization == Image.open(reference).quantization
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.gif"),
+                 "--checkpoint", str(checkpoint)]) == 2  # fmt: skip
 
 
 @pytest.mark.parametrize(

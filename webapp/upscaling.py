@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -23,42 +23,12 @@ from issp.data import load_image, make_lr, modcrop, to_array
 from issp.evaluate import Pair, evaluate_arrays
 from issp.machine import available_cpus
 from issp.methods import COMPARED, colour, label
-from issp.upscale import PNG_COMPRESS_LEVEL, Progress, fast_tile, upscale_image
+from issp.upscale import DEFAULT_FORMAT, OUTPUT_FORMATS, Progress, fast_tile, upscale_image
 from webapp.checks import check_choice, check_ratio, check_scale
 from webapp.model_choice import choose_model, nearest, resolve_arch, zoo_archs
 from webapp.model_zoo import ModelZoo
 
 EVALUATE_COLUMNS = ("model", "ratio", "checkpoint", "psnr", "ssim")
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """A file format the full-size result can be downloaded in."""
-
-    label: str  # as the Upscale tab offers it
-    pillow: str  # Pillow's name for it
-    suffix: str
-    options: dict = field(default_factory=dict)  # Pillow's save options
-    alpha: bool = True  # whether it keeps an alpha channel
-
-    def save(self, image: Image.Image, path: Path) -> None:
-        """Write ``image`` to ``path``, without its alpha channel where this format has none."""
-        if not self.alpha and "A" in image.getbands():
-            image = image.convert("L" if image.mode == "LA" else "RGB")
-        image.save(path, self.pillow, **self.options)
-
-
-# By the name the API takes. WebP's ``exact`` keeps the colour under transparent pixels
-# too, so every pixel round-trips; its lossless effort (method 1, quality 20) wrote a
-# 2048 px x4 astronaut in 0.8 s against the default's 2.8 s, 0.2% larger (about 56% of
-# the PNG). JPEG at quality 95, as Pillow's default 75 blurs the very detail the model adds.
-WEBP_LOSSLESS = {"lossless": True, "exact": True, "method": 1, "quality": 20}
-OUTPUT_FORMATS = {
-    "PNG": OutputFormat("PNG", "PNG", ".png", {"compress_level": PNG_COMPRESS_LEVEL}),
-    "WebP": OutputFormat("WebP (lossless)", "WEBP", ".webp", WEBP_LOSSLESS),
-    "JPEG": OutputFormat("JPEG (quality 95)", "JPEG", ".jpg", {"quality": 95}, alpha=False),
-}
-DEFAULT_FORMAT = "PNG"
 
 
 @dataclass(frozen=True)
