@@ -31,7 +31,10 @@ NO_ZOO = (
     f"no model zoo found: set {ZOO_ENV} to the folder holding manifest.json "
     "(the repository's checkpoints/)"
 )
-MANIFEST = ZOO_DIR / "manifest.json"
+MANIFEST_NAME = "manifest.json"  # in every zoo folder
+MANIFEST = ZOO_DIR / MANIFEST_NAME
+# The checkout's zoo keeps its telemetry and results here, committed; any other zoo in its
+# own folder (see telemetry_folder and results_file).
 TELEMETRY_DIR = ROOT / "analysis" / "telemetry"
 RESULTS = ROOT / "analysis" / "results.md"
 # Benchmark sets by their folder names; a record keys their scores by score_key.
@@ -91,6 +94,7 @@ REQUIRED = {
 }
 OPTIONAL = {
     "alpha": (int, float),
+    "protocol": str,
     "steps": int,
     "prune_steps": int,
     "seed": int,
@@ -111,6 +115,7 @@ class Record:
     method: str
     ratio: float
     alpha: float | None = None  # ISS-P's; None for the other methods
+    protocol: str | None = None  # train.PROTOCOLS' name; the first zoo's records lack it
     steps: int | None = None
     prune_steps: int | None = None
     seed: int | None = None
@@ -160,6 +165,7 @@ class Record:
             "method": self.method,
             "ratio": self.ratio,
             "alpha": self.alpha,
+            "protocol": self.protocol,
             "steps": self.steps,
             "prune_steps": self.prune_steps,
             "seed": self.seed,
@@ -179,7 +185,8 @@ class Record:
 
 @dataclass
 class Manifest:
-    """The zoo's records, the build's protocol per arch and scale, and ISS-P's alpha."""
+    """The zoo's records, the build's protocol per arch and scale (its settings by name, as
+    trained), and ISS-P's alpha."""
 
     checkpoints: list[Record] = field(default_factory=list)
     protocols: dict[str, dict] = field(default_factory=dict)
@@ -241,6 +248,22 @@ def zoo_folder() -> Path:
     return ZOO_DIR
 
 
+def is_checkout_zoo(zoo_dir: Path) -> bool:
+    """Whether ``zoo_dir`` is the source checkout's ``checkpoints/``, whose telemetry and
+    results table lie in ``analysis/``; any other zoo keeps its own in its folder."""
+    return zoo_dir.resolve() == ZOO_DIR.resolve()
+
+
+def telemetry_folder(zoo_dir: Path) -> Path:
+    """Where the zoo in ``zoo_dir`` keeps each run's telemetry (``<entry name>.npz``)."""
+    return TELEMETRY_DIR if is_checkout_zoo(zoo_dir) else zoo_dir / "telemetry"
+
+
+def results_file(zoo_dir: Path) -> Path:
+    """Where the results table of the zoo in ``zoo_dir`` is written and served from."""
+    return RESULTS if is_checkout_zoo(zoo_dir) else zoo_dir / "results.md"
+
+
 def load_manifest(
     path: Path | None = None, malformed: Callable[[int, IsspError], None] | None = None
 ) -> Manifest:
@@ -256,18 +279,20 @@ def load_manifest(
 
 
 @contextlib.contextmanager
-def updating_manifest() -> Iterator[Manifest]:
-    """Yield the zoo's manifest and write it back, holding a lock throughout.
+def updating_manifest(path: Path | None = None) -> Iterator[Manifest]:
+    """Yield the manifest at ``path`` (default: the zoo's) and write it back, holding a
+    lock throughout.
 
     Several builds may run side by side (one per core) while ``zoo eval`` refreshes the
     scores: each reads the manifest under the lock, so none overwrites another's records.
     """
-    with FileLock(MANIFEST.with_suffix(".lock")):
-        manifest = load_manifest(MANIFEST)
+    path = path or MANIFEST
+    with FileLock(path.with_suffix(".lock")):
+        manifest = load_manifest(path)
         yield manifest
-        tmp = MANIFEST.with_suffix(".tmp")
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-        os.replace(tmp, MANIFEST)
+        os.replace(tmp, path)
 
 
 def load_zoo_model(
@@ -285,7 +310,7 @@ def load_zoo_model(
     """
     zoo_dir = zoo_folder() if zoo_dir is None else zoo_dir
     if manifest is None:
-        path = zoo_dir / MANIFEST.name
+        path = zoo_dir / MANIFEST_NAME
         if not path.is_file():
             raise IsspError(f"{NO_ZOO}; {path} does not exist")
         manifest = load_manifest(path)

@@ -2,7 +2,8 @@
 time, and what each run's stored telemetry says about its mask.
 
 ``python -m issp zoo eval`` writes them to ``analysis/results.md`` and between the
-README's ``zoo-table`` markers.
+README's ``zoo-table`` markers (a zoo built elsewhere with ``--zoo DIR``: to
+``DIR/results.md``).
 """
 
 from __future__ import annotations
@@ -154,13 +155,18 @@ def dynamics_markdown(records: list[Record], telemetry_dir: Path | None = None) 
     )
 
 
-def write_results(table: str) -> None:
-    """Store the table in analysis/results.md and between the README's markers."""
-    catalogue.RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    catalogue.RESULTS.write_text("# Zoo results\n\n" + table)
+def write_results(table: str, zoo_dir: Path | None = None) -> Path:
+    """Store the table of the zoo in ``zoo_dir`` (default: the checkout's) where the app
+    reads it (``catalogue.results_file``), and the checkout's zoo's also between the
+    README's markers. Returns the file written."""
+    zoo_dir = zoo_dir or catalogue.ZOO_DIR
+    path = catalogue.results_file(zoo_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Zoo results\n\n" + table)
     start, end = MARKERS
-    if README.exists():
+    if catalogue.is_checkout_zoo(zoo_dir) and README.exists():
         text = README.read_text()
         if start in text and end in text:
             head, rest = text.split(start, 1)
             README.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
+    return path

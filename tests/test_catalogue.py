@@ -51,6 +51,22 @@ def test_a_malformed_record_is_named_or_handed_over_and_left_out():
         Manifest.from_json(["a list"])
 
 
+def test_a_record_keeps_its_protocol_and_one_without_it_still_loads():
+    record = make_record(protocol="two-stage")
+    assert Record.from_json(json.loads(json.dumps(record.to_json()))) == record
+    old = make_record().to_json()
+    assert "protocol" not in old and Record.from_json(old).protocol is None
+    with pytest.raises(IsspError, match="malformed protocol"):
+        Record.from_json(old | {"protocol": 2})
+
+
+def test_a_zoo_elsewhere_keeps_its_telemetry_and_results_in_its_own_folder(tmp_path):
+    assert catalogue.telemetry_folder(ZOO_DIR) == catalogue.TELEMETRY_DIR
+    assert catalogue.results_file(ZOO_DIR) == catalogue.RESULTS
+    assert catalogue.telemetry_folder(tmp_path) == tmp_path / "telemetry"
+    assert catalogue.results_file(tmp_path) == tmp_path / "results.md"
+
+
 def test_find_treats_ratio_zero_as_dense_and_lists_what_exists():
     manifest = Manifest([make_record()])
     assert manifest.find("a", 2, "issp", 0).method == "dense"
