@@ -165,23 +165,26 @@ def build_parser() -> Parser:
     )
     verify.add_argument("--data", type=_existing, help="folder with Set5/ (PSNR check)")
 
-    # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
     study = commands.add_parser("study", help="paired-seed ISS-P vs IHT study and its grid")
     study_commands = study.add_subparsers(dest="study_command", required=True, parser_class=Parser)
     grid = study_commands.add_parser("grid", help="choose alpha and lr on a validation split")
     run = study_commands.add_parser("run", help="train and score every run of the study")
     report = study_commands.add_parser("report", help="write analysis/study.md from results")
+    # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, BF16), which
+    # the zoo's build reads too; importing it here would load scipy for every command.
     for sub in (grid, run, report):
         sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
-        sub.add_argument("--protocol", default="two-stage", choices=list(PROTOCOLS))
-        sub.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="e.g. 0,1,2")
-        sub.add_argument("--ratios", type=_floats, default=(0.9, 0.95, 0.99), help="e.g. 0.9,0.99")
+        sub.add_argument("--protocol", choices=list(PROTOCOLS), help="default: issp.study.PROTOCOL")
+        sub.add_argument("--seeds", type=_ints, help="e.g. 0,1,2 (default: issp.study.SEEDS)")
+        sub.add_argument(
+            "--ratios", type=_floats, help="e.g. 0.9,0.99 (default: issp.study.RATIOS)"
+        )
         sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
         sub.add_argument(
             "--bf16",
-            action="store_true",
-            help="bfloat16 autocast + channels-last (about 4x faster; not the default: "
-            "benchmarks/train_quality.py shows it moves a run's PSNR by 0.1-0.15 dB)",
+            action=argparse.BooleanOptionalAction,
+            help="bfloat16 autocast + channels-last, about 4x faster (default: "
+            "issp.study.BF16, off: it moves a run's PSNR by 0.1-0.15 dB)",
         )
         sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
         sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
@@ -197,13 +200,16 @@ def build_parser() -> Parser:
     for sub in (run, report):
         sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
         sub.add_argument("--extra-test", type=_existing, action="append", default=[])
-        sub.add_argument("--scales", type=_ints, default=(2, 4), help="e.g. 2,4")
         sub.add_argument(
-            "--steps", type=_ints, default=(6000, 6000), help="per scale, e.g. 6000,6000"
+            "--scales", type=_ints, help="e.g. 2,4 (default: those of issp.study.STEPS)"
+        )
+        sub.add_argument(
+            "--steps", type=_ints, help="per scale, e.g. 6000,6000 (default: issp.study.STEPS)"
         )
         sub.add_argument("--lr", type=_positive_float, help="default: the protocol's")
         sub.add_argument("--alpha", type=_alpha, help="default: the protocol's")
 
+    # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
     analyze = commands.add_parser(
         "analyze", help="ISS-P vs IHT in lockstep (same init, same batches), written as JSON"
     )
@@ -433,49 +439,70 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} files to {args.out}")
 
 
-def _study_grid(args: argparse.Namespace, data: str | None, work: Path, command: str, out: Path):
+def _study_grid(args: argparse.Namespace, data: str | None, command: str, out: Path):
     """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol).
     Every rate runs at the first seed; the other seeds run only the rates within
     ``--screen`` dB of the best (successive halving)."""
     from issp import study
     from issp.train import AUTHORS_ALPHA
 
-    # Run scores are kept beside the reports (committed); checkpoints and states in ``work``.
-    folders = (work, out / "study_runs" / "grid")
+    folders = study.RunFolders.of("grid", args.work or study.WORK_DIR, out)
     plan = functools.partial(study.grid_plan, args.protocol, args.steps, data, fast=args.bf16)
     reference = AUTHORS_ALPHA
     first, rest = args.seeds[:1], args.seeds[1:]
     runs = plan(args.lrs, [reference], ratios=args.ratios, seeds=first)
     kept = study.promising_lrs(
-        study.execute(runs, *folders, {}, jobs=args.jobs), reference, args.screen
+        study.execute(runs, folders, {}, jobs=args.jobs), reference, args.screen
     )
     runs += plan(kept, [reference], ratios=args.ratios, seeds=rest)
-    lr = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference).lr
+    lr = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference).lr
     cells = {"ratios": args.ratios, "seeds": args.seeds}
     runs += plan([lr], [reference], prune_edges=False, **cells)
-    choice = study.choose_protocol(study.execute(runs, *folders, {}, jobs=args.jobs), reference)
+    choice = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference)
     others = [a for a in args.alphas if a != reference]
     third = plan([lr], others, prune_edges=choice.prune_edges, **cells)
     runs += [run for run in third if run.config.method == "issp"]
-    results = study.execute(runs, *folders, {}, jobs=args.jobs)
+    results = study.execute(runs, folders, {}, jobs=args.jobs)
     bicubic = study.bicubic_validation(data, args.seeds)
     return study.write_grid(results, command, reference, bicubic, out)
+
+
+def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with issp.study's defaults for the options not given."""
+    from issp import study
+
+    defaults = {
+        "protocol": study.PROTOCOL,
+        "seeds": study.SEEDS,
+        "ratios": study.RATIOS,
+        "bf16": study.BF16,
+    }
+    if args.study_command != "grid":
+        scales = args.scales or tuple(study.STEPS)
+        unknown = [f"x{scale}" for scale in scales if scale not in study.STEPS]
+        if args.steps is None and unknown:
+            known = ", ".join(f"x{scale}" for scale in study.STEPS)
+            raise IsspError(f"give --steps for {', '.join(unknown)} (defaults for {known} only)")
+        steps = args.steps or tuple(study.STEPS[scale] for scale in scales)
+        if len(steps) != len(scales):
+            raise IsspError(f"give one --steps value per scale ({len(scales)})")
+        defaults |= {"scales": scales, "steps": steps}
+    missing = {key: value for key, value in defaults.items() if getattr(args, key) is None}
+    return argparse.Namespace(**(vars(args) | missing))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
+    args = _study_defaults(args)
     data = str(args.data) if args.data else None
     command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
-    work = args.work or study.WORK_DIR
     out = args.out or study.REPORT_DIR
     if args.study_command == "grid":
-        choice = _study_grid(args, data, work / "grid", command, out)
+        choice = _study_grid(args, data, command, out)
         edges = "pruned" if choice.prune_edges else "dense"
         print(f"chosen: lr {choice.lr:g}, first/last conv {edges}, alpha {choice.alpha:g}")
         return
-    if len(args.steps) != len(args.scales):
-        raise IsspError(f"give one --steps value per scale ({len(args.scales)})")
     runs = study.study_plan(
         args.protocol,
         dict(zip(args.scales, args.steps, strict=True)),
@@ -487,14 +514,14 @@ def cmd_study(args: argparse.Namespace) -> None:
         lr=args.lr,
         alpha=args.alpha,
     )
-    folders = (work / args.protocol, out / "study_runs" / args.protocol)
+    folders = study.RunFolders.of(args.protocol, args.work or study.WORK_DIR, out)
     tests = study.test_folders(args.test, args.extra_test)
     if args.study_command == "run":
-        results = study.execute(runs, *folders, tests, jobs=args.jobs)
+        results = study.execute(runs, folders, tests, jobs=args.jobs)
     else:
-        results = study.load_results(runs, folders[1])
+        results = study.load_results(runs, folders.results)
     if not results:
-        raise IsspError(f"no finished runs in {folders[1]}; start them with `issp study run`")
+        raise IsspError(f"no finished runs in {folders.results}; start them with `issp study run`")
     study.write_study(results, list(tests) + ["val"], command, out)
     print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
 

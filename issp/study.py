@@ -8,6 +8,8 @@ is a paired difference: the only thing that differs between the two runs is the 
 rule. Runs execute two at a time (one torch thread each), each claims a lock so that
 several ``study run`` processes split the plan, and a killed run resumes from its state.
 Each finished run leaves ``<name>.json`` with its scores; the report reads only those.
+The zoo's edsr-tiny checkpoints are the study's seed-0 runs (``seed_run``): ``zoo build``
+copies those already finished here instead of training them again.
 
     python -m issp study grid --data ../shared/data/train     # alpha and lr, validation only
     python -m issp study run --data ../shared/data/train --test ../shared/data/test
@@ -41,8 +43,16 @@ from issp.train import TrainConfig, train, training_images
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
 STUDY_JSON = "study.json"  # the study's figures, in ``out`` (REPORT_DIR by default)
+# What ``study run`` trains unless told otherwise. The zoo's edsr-tiny checkpoints are the
+# study's seed-0 runs (``seed_run``), so these are the zoo's settings too.
+ARCH = "edsr-tiny"
+PROTOCOL = "two-stage"
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
+STEPS = {2: 6000, 4: 6000}  # per scale
+# fp32: bfloat16 autocast is about 4x faster on CPU, but benchmarks/train_quality.py shows
+# it moves a run's PSNR by 0.1-0.15 dB, as much as the ISS-P minus IHT gaps we measure.
+BF16 = False
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
 PATCH = {2: 48, 3: 32, 4: 24}
 
@@ -56,6 +66,29 @@ class StudyRun:
 
     def result_path(self, results: Path) -> Path:
         return results / f"{self.name}.json"
+
+    def checkpoint_path(self, work: Path) -> Path:
+        return work / f"{self.name}.safetensors"
+
+
+@dataclass(frozen=True)
+class RunFolders:
+    """Where one plan's runs lie: checkpoints and training states in ``work``, each
+    finished run's ``<name>.json`` in ``results`` (kept beside the reports, committed)."""
+
+    work: Path
+    results: Path
+
+    @classmethod
+    def of(cls, plan: str, work: Path = WORK_DIR, out: Path = REPORT_DIR) -> RunFolders:
+        """The folders of ``plan``: a protocol's study (``two-stage``) or ``grid``."""
+        return cls(work / plan, out / "study_runs" / plan)
+
+    def finished_checkpoint(self, run: StudyRun) -> Path | None:
+        """``run``'s checkpoint if the run has finished (its result written), else None."""
+        checkpoint = run.checkpoint_path(self.work)
+        done = run.result_path(self.results).is_file() and checkpoint.is_file()
+        return checkpoint if done else None
 
 
 def run_name(config: TrainConfig) -> str:
@@ -93,6 +126,7 @@ def study_plan(
         for scale in scales:
             base = TrainConfig.of_protocol(
                 protocol,
+                arch=ARCH,
                 scale=scale,
                 steps=steps[scale],
                 patch=PATCH[scale],
@@ -109,6 +143,19 @@ def study_plan(
                     config = dataclasses.replace(base, method=method, ratio=ratio)
                     runs.append(StudyRun(run_name(config), config))
     return runs
+
+
+def default_plan(data: str | None) -> list[StudyRun]:
+    """The runs ``study run`` trains when given no options but ``--data``."""
+    return study_plan(PROTOCOL, STEPS, data, tuple(STEPS), RATIOS, SEEDS, fast=BF16)
+
+
+def seed_run(scale: int, method: str, ratio: float, data: str | None, seed: int = 0) -> StudyRun:
+    """The run ``study run`` trains by default for one (scale, method, ratio, seed); a
+    ratio the study does not run (0.5, say) gets the config it would have."""
+    scales, ratios, seeds, methods = (scale,), (ratio,), (seed,), (method,)
+    [run] = study_plan(PROTOCOL, STEPS, data, scales, ratios, seeds, methods, fast=BF16)
+    return run
 
 
 def grid_plan(
@@ -154,34 +201,31 @@ def test_folders(test: Path | None, extra: Sequence[Path] = ()) -> dict[str, Pat
 
 def execute(
     runs: Sequence[StudyRun],
-    work: Path,
-    results: Path,
+    folders: RunFolders,
     tests: dict[str, Path],
     jobs: int = 2,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Train and score every run without a result yet, ``jobs`` at a time; return all
     results (those finished by other processes included)."""
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
-    pending = [run for run in runs if not run.result_path(results).exists()]
+    folders.work.mkdir(parents=True, exist_ok=True)
+    folders.results.mkdir(parents=True, exist_ok=True)
+    pending = [run for run in runs if not run.result_path(folders.results).exists()]
     log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
     threads = max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_execute_one, run, work, results, tests, threads) for run in pending]
+        futures = [pool.submit(_execute_one, run, folders, tests, threads) for run in pending]
         for run, future in zip(pending, futures, strict=True):
             message = future.result()
             log(f"[{time.strftime('%H:%M:%S')}] {run.name}: {message}")
-    return load_results(runs, results)
+    return load_results(runs, folders.results)
 
 
-def _execute_one(
-    run: StudyRun, work: Path, results: Path, tests: dict[str, Path], threads: int
-) -> str:
+def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], threads: int) -> str:
     torch.set_num_threads(threads)
-    out = work / f"{run.name}.safetensors"
+    out, results = run.checkpoint_path(folders.work), folders.results
     try:
-        with FileLock(work / f"{run.name}.lock", timeout=0):
+        with FileLock(folders.work / f"{run.name}.lock", timeout=0):
             if run.result_path(results).exists():
                 return "done by another process"
             history = train(run.config, out, resume=True, progress=False)

@@ -4,12 +4,17 @@ import math
 
 import pytest
 
+from issp import study
 from issp.cli import main
 from issp.study import (
+    BF16,
+    PROTOCOL,
+    STEPS,
     Paired,
     choose_protocol,
     paired,
     promising_lrs,
+    seed_run,
     study_plan,
     study_summary,
 )
@@ -76,6 +81,43 @@ def test_study_pairs_differ_only_in_the_pruning_rule():
             iht = by_key[(scale, seed, ratio, "iht")].config
             assert dataclasses.replace(run.config, method="iht") == iht
     assert len({r.name for r in runs}) == len(runs) == 2 * 2 * (3 * 2 + 1)
+
+
+def test_seed_run_is_the_study_s_own_run_and_extends_it_to_other_ratios():
+    plan = {r.name: r for r in study_plan(PROTOCOL, STEPS, "data", seeds=(0,))}
+    for name, run in plan.items():
+        config = run.config
+        assert seed_run(config.scale, config.method, config.ratio, "data") == plan[name]
+    studied = plan["edsr-tiny_x4_issp_r0.9_a0.95_lr0.0001_s0"].config
+    assert seed_run(4, "issp", 0.5, "data").config == dataclasses.replace(studied, ratio=0.5)
+
+
+def test_study_run_trains_the_study_s_steps_and_precision_unless_told(
+    monkeypatch, tmp_path, capsys
+):
+    planned = []
+
+    def execute(runs, folders, tests, jobs):
+        planned.append(runs)
+        return []
+
+    monkeypatch.setattr(study, "execute", execute)
+    out = ["--work", str(tmp_path), "--out", str(tmp_path)]
+    assert main(["study", "run", *out]) == 2  # nothing finished, after planning
+    assert planned[0] == study.default_plan(None)
+    configs = [run.config for run in planned[0]]
+    assert {(c.scale, c.steps) for c in configs} == set(STEPS.items())
+    assert {c.bf16 for c in configs} == {BF16} and {c.protocol for c in configs} == {PROTOCOL}
+    assert main(["study", "run", "--scales", "2", "--bf16", *out]) == 2
+    assert {(c.scale, c.steps, c.bf16) for c in (r.config for r in planned[1])} == {
+        (2, STEPS[2], True)
+    }
+    capsys.readouterr()
+    assert main(["study", "run", "--scales", "3", *out]) == 2
+    assert "give --steps for x3 (defaults for x2, x4 only)" in capsys.readouterr().err
+    assert main(["study", "run", "--scales", "2,4", "--steps", "10", *out]) == 2
+    assert "give one --steps value per scale (2)" in capsys.readouterr().err
+    assert len(planned) == 2
 
 
 def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
