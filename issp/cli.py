@@ -154,6 +154,12 @@ def build_parser() -> Parser:
     build.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
     build.add_argument("--device", default="cpu")
     build.add_argument("--only", help="only checkpoints whose name contains this")
+    build.add_argument(
+        "--train-studied",
+        action="store_true",
+        help="also train the edsr-tiny entries `issp study run` has not finished yet, instead "
+        "of leaving them to it (a later build copies them from runs/study/)",
+    )
     sweep = zoo_commands.add_parser("sweep", help="choose alpha on a validation split")
     sweep.add_argument("--data", type=_existing, help="training images (default: bundled)")
     sweep.add_argument("--steps", type=_positive, default=1000)
@@ -164,6 +170,13 @@ def build_parser() -> Parser:
         "verify", help="check every manifest entry: file, sha256, sparsity, Set5 PSNR"
     )
     verify.add_argument("--data", type=_existing, help="folder with Set5/ (PSNR check)")
+    for sub in (build, table, verify):
+        sub.add_argument(
+            "--zoo",
+            type=Path,
+            help="the zoo's folder (default: the checkout's checkpoints/); build a new zoo "
+            "aside, e.g. runs/zoo-two-stage/, and swap it in when complete",
+        )
 
     study = commands.add_parser("study", help="paired-seed ISS-P vs IHT study and its grid")
     study_commands = study.add_subparsers(dest="study_command", required=True, parser_class=Parser)
@@ -344,7 +357,14 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
 
     if args.zoo_command == "build":
         data = str(args.data) if args.data else None
-        zoo.build(data, args.test, device=args.device, only=args.only)
+        zoo.build(
+            data,
+            args.test,
+            device=args.device,
+            only=args.only,
+            zoo_dir=args.zoo,
+            train_studied=args.train_studied,
+        )
         return
     if args.zoo_command == "sweep":
         data = str(args.data) if args.data else None
@@ -353,30 +373,35 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
     if args.zoo_command == "verify":
         if args.data is not None and not (args.data / "Set5").is_dir():
             raise IsspError(f"{args.data} has no Set5/ folder to check PSNR on")
-        checks = zoo.verify_zoo(args.data)
+        checks = zoo.verify_zoo(args.data, zoo_dir=args.zoo)
         for check in checks:
             print(_verify_line(check))
         failed = sum(not check.ok for check in checks)
         print(f"{len(checks) - failed} of {len(checks)} checkpoints verified")
         return 1 if failed else 0
-    scores = zoo.evaluate_zoo(args.data)
+    scores = zoo.evaluate_zoo(args.data, args.zoo)
     command = f"python -m issp zoo eval --data {args.data}"
+    command += f" --zoo {args.zoo}" if args.zoo else ""
     table = report.results_markdown(scores.records, scores.bicubic, command)
-    dynamics = report.dynamics_markdown(scores.records)
+    folders = zoo.ZooFolders.of(args.zoo)
+    dynamics = report.dynamics_markdown(scores.records, folders.telemetry)
     table += f"\n{dynamics}" if dynamics else ""
-    report.write_results(table)
+    path = report.write_results(table, folders.zoo)
     print(table)
+    print(f"wrote {path}")
 
 
 def _verify_line(check: Verification) -> str:
+    protocol = f"protocol: {check.protocol or 'not recorded'}"
     if not check.exists:
-        return f"FAIL {check.file}: missing"
+        return f"FAIL {check.file}: missing, {protocol}"
     if not check.sha256_ok:
-        return f"FAIL {check.file}: sha256 MISMATCH"
+        return f"FAIL {check.file}: sha256 MISMATCH, {protocol}"
     parts = ["sha256 ok", f"worst layer sparsity off by {check.sparsity_error:.2%}"]
     if check.set5_psnr is not None:
         recorded = "none" if check.set5_manifest is None else f"{check.set5_manifest:.2f}"
         parts.append(f"Set5 {check.set5_psnr:.2f} dB (manifest {recorded})")
+    parts.append(protocol)
     return f"{'ok  ' if check.ok else 'FAIL'} {check.file}: " + ", ".join(parts)
 
 
