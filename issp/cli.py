@@ -132,7 +132,9 @@ def build_parser() -> Parser:
 
     upscale = commands.add_parser("upscale", help="upscale an image")
     upscale.add_argument("input", type=_existing)
-    upscale.add_argument("-o", "--output", type=Path, required=True)
+    upscale.add_argument(
+        "-o", "--output", type=Path, help="default: INPUT's name + _x<scale>.png, in this folder"
+    )
     upscale.add_argument("--checkpoint", type=_existing)
     upscale.add_argument("--scale", type=int, choices=[2, 3, 4])
     upscale.add_argument("--ratio", type=_ratio)
@@ -300,8 +302,7 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.data import load_image
     from issp.upscale import SUFFIX_FORMATS, fast_tile, inference_model, upscale_image
 
-    output_format = SUFFIX_FORMATS.get(args.output.suffix.lower())
-    if output_format is None:
+    if args.output is not None and args.output.suffix.lower() not in SUFFIX_FORMATS:
         raise IsspError(
             f"unsupported output format {args.output.suffix!r}; use {', '.join(SUFFIX_FORMATS)}"
         )
@@ -318,15 +319,16 @@ def cmd_upscale(args: argparse.Namespace) -> None:
         scale = args.scale
     tile = args.tile or fast_tile(scale)
     result = upscale_image(inference_model(model), image, scale, tile=tile)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    output = args.output or Path(f"{args.input.stem}_x{scale}.png")
+    output.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the target, then rename: a failed save never leaves a broken output.
-    partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
+    partial = output.with_name(f".{output.name}.partial{output.suffix}")
     try:
-        output_format.save(result, partial)
-        os.replace(partial, args.output)
+        SUFFIX_FORMATS[output.suffix.lower()].save(result, partial)
+        os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
-    print(f"wrote {args.output} ({result.width}x{result.height})")
+    print(f"wrote {output} ({result.width}x{result.height})")
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -76,6 +76,17 @@ def test_upscale_writes_an_image_twice_the_size_and_keeps_alpha(checkpoint, tmp_
     assert result.size == (42, 34) and result.mode == "RGBA"
 
 
+def test_upscale_without_output_writes_input_name_x_scale_png_here(
+    checkpoint, tmp_path, monkeypatch
+):
+    Image.new("RGB", (21, 17)).save(tmp_path / "photo.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["upscale", str(tmp_path / "photo.jpg"), "--checkpoint", str(checkpoint)]) == 0
+    written = Image.open(tmp_path / "elsewhere" / "photo_x2.png")
+    assert written.format == "PNG" and written.size == (42, 34)
+
+
 def test_upscale_writes_webp_lossless_and_jpeg_at_quality_95_by_suffix(checkpoint, tmp_path):
     Image.new("RGB", (21, 17), (200, 100, 50)).save(tmp_path / "in.png")
     written = {}
