@@ -42,6 +42,12 @@ def test_upscale_returns_an_image_exactly_twice_the_size(client, image):
     assert "Checkpoint" in summary and "edsr-tiny_x2" in summary
 
 
+def test_scale_and_ratio_may_be_sent_as_the_strings_the_schema_shows(client, image):
+    # view_api() shows scale as Literal['2', '4']: a client copying it sends strings.
+    png, _, _ = upscale(client, image, "2", "0.9", "ISS-P")
+    assert Image.open(png).size == (80, 60)
+
+
 def test_architecture_is_an_optional_last_argument(client, image):
     png, _, _ = upscale(client, image, 2, 0.0, "IHT", "edsr-tiny")
     assert Image.open(png).size == (80, 60)
