@@ -433,7 +433,7 @@ class GridChoice:
     alpha: float
     reference_alpha: float
     lr_scores: dict[str, float]  # per rate: mean of IHT's and ISS-P's mean validation PSNR
-    lr_seeds: dict[str, int]  # per rate: how many seeds it ran at (every conv pruned)
+    lr_runs: dict[str, int]  # per rate: its IHT runs with every conv pruned (seeds x ratios)
     edge_scores: dict[str, float]  # the same, first and last conv pruned or left dense
     table: dict[str, dict]  # per grid setting: mean validation PSNR and number of runs
 
@@ -465,9 +465,9 @@ def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoi
     lr_scores = {f"{x:g}": score(x, True) for x in lrs}
     # Rates screened out after the first seed have fewer runs; a mean over one seed is not
     # comparable with a mean over three, so the choice is among the rates run at every seed.
-    seeds = {x: len(val[("iht", x, None, True)]) for x in lrs}
-    lr = max((x for x in lrs if seeds[x] == max(seeds.values())), key=lambda x: score(x, True))
-    lr_seeds = {f"{x:g}": n for x, n in seeds.items()}
+    runs = {x: len(val[("iht", x, None, True)]) for x in lrs}
+    lr = max((x for x in lrs if runs[x] == max(runs.values())), key=lambda x: score(x, True))
+    lr_runs = {f"{x:g}": n for x, n in runs.items()}
     edge_options = sorted({e for m, x, _, e in val if m == "iht" and x == lr})
     edge_scores = {("pruned" if e else "dense"): score(lr, e) for e in edge_options}
     edges = max(edge_options, key=lambda e: score(lr, e))
@@ -480,7 +480,7 @@ def choose_protocol(results: Sequence[dict], reference_alpha: float) -> GridChoi
             "mean_val_psnr": float(np.mean(val[m, x, a, e])),
             "runs": len(val[m, x, a, e]),
         }
-    return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, lr_seeds, edge_scores, table)
+    return GridChoice(lr, edges, alpha, reference_alpha, lr_scores, lr_runs, edge_scores, table)
 
 
 def promising_lrs(results: Sequence[dict], reference_alpha: float, within: float) -> list[float]:
@@ -526,8 +526,8 @@ def grid_markdown(
         "same score is chosen. (3) ISS-P at the other alphas with both settings fixed; its "
         "best alpha is chosen.",
     ]
-    seeds = choice.lr_seeds
-    screened = [lr for lr, n in seeds.items() if n < max(seeds.values())]
+    runs = choice.lr_runs
+    screened = [lr for lr, n in runs.items() if n < max(runs.values())]
     if screened:
         lines[-1] += (
             f" Rates {', '.join(screened)} ran at the first seed only: they were further "

@@ -129,7 +129,7 @@ def test_torchrun_two_cpu_processes_train_with_identical_masks(tmp_path):
 
 def test_two_stage_schedule_is_constant_while_pruning_and_restarts_for_fine_tuning():
     config = TrainConfig.of_protocol("two-stage", steps=400, lr=2e-4)
-    assert config.kp == 100 and config.betas == (0.9, 0.99) and config.prune_edges
+    assert config.kp == 100 and config.betas == (0.9, 0.99) and not config.prune_edges
     rates = [learning_rate(config, step) for step in range(config.steps)]
     assert set(rates[: config.kp]) == {2e-4}
     # Fine-tuning: a fresh schedule from the initial rate, halved two thirds of the way.
@@ -159,16 +159,19 @@ def test_setup_run_gives_every_method_of_a_seed_the_same_initial_weights():
     )
 
 
-def test_two_stage_prunes_the_first_and_last_conv_and_records_its_protocol(tmp_path):
+@pytest.mark.parametrize("prune_edges", [True, False])
+def test_two_stage_prunes_the_edges_as_told_and_records_its_protocol(tmp_path, prune_edges):
     config = TrainConfig.of_protocol(
-        "two-stage", steps=8, batch_size=2, patch=16, val_every=8, workers=0, ratio=0.5
-    )
+        "two-stage", steps=8, batch_size=2, patch=16, val_every=8, workers=0, ratio=0.5,
+        prune_edges=prune_edges,
+    )  # fmt: skip
     out = tmp_path / "two.safetensors"
     train(config, out, progress=False)
     model, meta = load_checkpoint(out)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    assert f"{convs[0]}.weight" in meta["pruned_layers"]
-    assert f"{convs[-1]}.weight" in meta["pruned_layers"]
+    assert (f"{convs[0]}.weight" in meta["pruned_layers"]) == prune_edges
+    assert (f"{convs[-1]}.weight" in meta["pruned_layers"]) == prune_edges
+    assert f"{convs[1]}.weight" in meta["pruned_layers"]
     assert meta["protocol"] == "two-stage" and meta["schedule"] == "two-stage"
     assert meta["betas"] == [0.9, 0.99] and meta["precision"] == "fp32"
 

@@ -11,6 +11,7 @@ from fixtures import live_request
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
+from issp.train import PROTOCOLS
 from webapp import live
 from webapp.files import ResultFolders
 
@@ -51,8 +52,9 @@ def test_the_run_uses_one_torch_thread_and_the_chosen_methods(live_base):
     chosen = live_request(live_base, extra=["GMP", "dense"], prune_steps=5)
     assert chosen.methods == ("issp", "iht", "dense", "gmp")
     assert (chosen.prune_steps, chosen.threads) == (5, 1)
-    # The UI's number box sends 0 when left alone: Kp is then 60% of the steps.
-    assert live_request(live_base, steps=100, prune_steps=0).train_config().kp == 60
+    # The UI's number box sends 0 when left alone: Kp is then the protocol's share.
+    fraction = PROTOCOLS[LockstepConfig.protocol].kp_fraction
+    assert live_request(live_base, steps=100, prune_steps=0).train_config().kp == 100 * fraction
 
 
 def test_stop_ends_a_run_at_once(live_base, tmp_path):

@@ -50,7 +50,8 @@ def test_edsr_tiny_entries_are_the_study_s_seed_0_runs():
         assert (config.seed, config.protocol, config.bf16) == (0, "two-stage", study.BF16)
     # 0.5 and 0.75, which the study does not run, are trained as it would train them.
     half = zoo.entry_config(ZooEntry("edsr-tiny", 4, "iht", 0.5), data, "cpu")
-    assert half == dataclasses.replace(studied["edsr-tiny_x4_iht_r0.9_lr0.0001_s0"], ratio=0.5)
+    studied_09 = studied[study.seed_run(4, "iht", 0.9, data).name]
+    assert half == dataclasses.replace(studied_09, ratio=0.5)
 
 
 def test_swinir_is_trained_on_the_same_protocol_at_its_own_length():
@@ -97,7 +98,8 @@ def test_build_records_each_checkpoint_once_and_loads_it_verified(tiny_zoo):
     assert {r.protocol for r in records} == {"two-stage"}
     described = manifest(tiny_zoo).protocols["edsr-tiny x2"]
     assert described["protocol"] == "two-stage" and described["steps"] == 4
-    assert (described["prune_steps"], described["lr"], described["precision"]) == (1, 1e-4, "fp32")
+    lr = PROTOCOLS["two-stage"].lr
+    assert (described["prune_steps"], described["lr"], described["precision"]) == (1, lr, "fp32")
 
 
 def finish_study_run(root: Path, method: str, ratio: float, **changes) -> Path:
