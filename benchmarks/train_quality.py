@@ -23,13 +23,13 @@ from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
 from issp.machine import machine_description
 from issp.methods import COMPARED
-from issp.train import TrainConfig, train
+from issp.train import PRECISIONS, TrainConfig, train
 
-SETTINGS = {  # name: (torch threads, TrainConfig fields)
-    "fp32": (1, {}),
-    "fp32-2threads": (2, {}),
-    "channels-last": (1, {"channels_last": True}),
-    "bf16+channels-last": (1, {"bf16": True, "channels_last": True}),
+SETTINGS = {  # name (as in run files): (torch threads, issp.train.PRECISIONS entry)
+    "fp32": (1, PRECISIONS["fp32"]),
+    "fp32-2threads": (2, PRECISIONS["fp32"]),
+    "channels-last": (1, PRECISIONS["channels-last"]),
+    "bf16+channels-last": (1, PRECISIONS["bf16"]),
 }
 
 

@@ -83,7 +83,7 @@ def _existing(text: str) -> Path:
 def build_parser() -> Parser:
     from issp.models import PRESETS
     from issp.pruning import METHODS
-    from issp.train import PROTOCOLS
+    from issp.train import PRECISIONS, PROTOCOLS
 
     parser = Parser(prog="issp", description="Sparse SR networks by Iterative Soft Shrinkage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -185,7 +185,7 @@ def build_parser() -> Parser:
     grid = study_commands.add_parser("grid", help="choose alpha and lr on a validation split")
     run = study_commands.add_parser("run", help="train and score every run of the study")
     report = study_commands.add_parser("report", help="write analysis/study.md from results")
-    # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, BF16), which
+    # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, PRECISION), which
     # the zoo's build reads too; importing it here would load scipy for every command.
     for sub in (grid, run, report):
         sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
@@ -196,10 +196,10 @@ def build_parser() -> Parser:
         )
         sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
         sub.add_argument(
-            "--bf16",
-            action=argparse.BooleanOptionalAction,
-            help="bfloat16 autocast + channels-last, about 4x faster (default: "
-            "issp.study.BF16, off: it moves a run's PSNR by 0.1-0.15 dB)",
+            "--precision",
+            choices=list(PRECISIONS),
+            help="fp32, channels-last (fp32, 1.6-1.8x) or bf16 autocast (about 5x; moves a "
+            "run's PSNR by up to 0.15 dB) (default: issp.study.PRECISION)",
         )
         sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
         sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
@@ -219,7 +219,7 @@ def build_parser() -> Parser:
             "--scales", type=_ints, help="e.g. 2,4 (default: those of issp.study.STEPS)"
         )
         sub.add_argument(
-            "--steps", type=_ints, help="per scale, e.g. 6000,6000 (default: issp.study.STEPS)"
+            "--steps", type=_ints, help="per scale, e.g. 3000,3000 (default: issp.study.STEPS)"
         )
         sub.add_argument("--lr", type=_positive_float, help="default: the protocol's")
         sub.add_argument("--alpha", type=_alpha, help="default: the protocol's")
@@ -474,7 +474,9 @@ def _study_grid(args: argparse.Namespace, data: str | None, command: str, out: P
     from issp.train import AUTHORS_ALPHA
 
     folders = study.RunFolders.of("grid", args.work or study.WORK_DIR, out)
-    plan = functools.partial(study.grid_plan, args.protocol, args.steps, data, fast=args.bf16)
+    plan = functools.partial(
+        study.grid_plan, args.protocol, args.steps, data, precision=args.precision
+    )
     reference = AUTHORS_ALPHA
     first, rest = args.seeds[:1], args.seeds[1:]
     runs = plan(args.lrs, [reference], ratios=args.ratios, seeds=first)
@@ -502,7 +504,7 @@ def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
         "protocol": study.PROTOCOL,
         "seeds": study.SEEDS,
         "ratios": study.RATIOS,
-        "bf16": study.BF16,
+        "precision": study.PRECISION,
     }
     if args.study_command != "grid":
         scales = args.scales or tuple(study.STEPS)
@@ -537,7 +539,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         args.scales,
         args.ratios,
         args.seeds,
-        fast=args.bf16,
+        precision=args.precision,
         lr=args.lr,
         alpha=args.alpha,
     )

@@ -38,7 +38,7 @@ from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED
-from issp.train import TrainConfig, train, training_images
+from issp.train import PRECISIONS, TrainConfig, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
@@ -49,10 +49,11 @@ ARCH = "edsr-tiny"
 PROTOCOL = "two-stage"
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
-STEPS = {2: 6000, 4: 6000}  # per scale
-# fp32: bfloat16 autocast is about 4x faster on CPU, but benchmarks/train_quality.py shows
-# it moves a run's PSNR by 0.1-0.15 dB, as much as the ISS-P minus IHT gaps we measure.
-BF16 = False
+STEPS = {2: 3000, 4: 3000}  # per scale: the first zoo's length; about 13 CPU-hours in all
+# A key of issp.train.PRECISIONS. channels-last (fp32 arithmetic) is 1.6-1.8x faster than
+# fp32 eager here and passed benchmarks/train_quality.py's paired check; bf16 (about 5x)
+# did not (README, "Precision").
+PRECISION = "channels-last"
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
 PATCH = {2: 48, 3: 32, 4: 24}
 
@@ -93,8 +94,8 @@ class RunFolders:
 
 def run_name(config: TrainConfig) -> str:
     """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies (with
-    ``_edges-dense`` where the first and last conv are left dense, ``_bf16`` for bfloat16
-    autocast with channels-last)."""
+    ``_edges-dense`` where the first and last conv are left dense, ``_cl`` for fp32 with
+    channels-last, ``_bf16`` for bfloat16 autocast with channels-last)."""
     if config.method == "dense":
         what = "dense"
     elif config.method == "issp":
@@ -102,7 +103,7 @@ def run_name(config: TrainConfig) -> str:
     else:
         what = f"{config.method}_r{config.ratio:g}"
     edges = "" if config.prune_edges or config.method == "dense" else "_edges-dense"
-    precision = "_bf16" if config.bf16 else ""
+    precision = {"fp32": "", "channels-last": "_cl", "bf16": "_bf16"}[config.precision]
     return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}{edges}{precision}_s{config.seed}"
 
 
@@ -114,7 +115,7 @@ def study_plan(
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
     methods: Sequence[str] = (*COMPARED, "dense"),
-    fast: bool = False,
+    precision: str = PRECISION,
     lr: float | None = None,
     alpha: float | None = None,
 ) -> list[StudyRun]:
@@ -133,8 +134,7 @@ def study_plan(
                 seed=seed,
                 data=data,
                 workers=0,
-                bf16=fast,
-                channels_last=fast,
+                **PRECISIONS[precision],
                 val_every=steps[scale],
                 **{key: value for key, value in chosen.items() if value is not None},
             )
@@ -147,14 +147,14 @@ def study_plan(
 
 def default_plan(data: str | None) -> list[StudyRun]:
     """The runs ``study run`` trains when given no options but ``--data``."""
-    return study_plan(PROTOCOL, STEPS, data, tuple(STEPS), RATIOS, SEEDS, fast=BF16)
+    return study_plan(PROTOCOL, STEPS, data, tuple(STEPS), RATIOS, SEEDS, precision=PRECISION)
 
 
 def seed_run(scale: int, method: str, ratio: float, data: str | None, seed: int = 0) -> StudyRun:
     """The run ``study run`` trains by default for one (scale, method, ratio, seed); a
     ratio the study does not run (0.5, say) gets the config it would have."""
     scales, ratios, seeds, methods = (scale,), (ratio,), (seed,), (method,)
-    [run] = study_plan(PROTOCOL, STEPS, data, scales, ratios, seeds, methods, fast=BF16)
+    [run] = study_plan(PROTOCOL, STEPS, data, scales, ratios, seeds, methods, precision=PRECISION)
     return run
 
 
@@ -166,7 +166,7 @@ def grid_plan(
     alphas: Sequence[float],
     ratios: Sequence[float] = RATIOS,
     seeds: Sequence[int] = SEEDS,
-    fast: bool = False,
+    precision: str = PRECISION,
     prune_edges: bool = True,
 ) -> list[StudyRun]:
     """edsr-tiny x2 runs of IHT at each learning rate and ISS-P at each (alpha, rate)."""
@@ -182,8 +182,7 @@ def grid_plan(
                     seed=seed,
                     data=data,
                     workers=0,
-                    bf16=fast,
-                    channels_last=fast,
+                    **PRECISIONS[precision],
                     val_every=steps,
                     prune_edges=prune_edges,
                 )

@@ -54,6 +54,14 @@ from issp.models import PRESETS, build_model, preset_args
 from issp.pruning import Pruner
 
 SCHEDULES = ("cosine", "two-stage")
+# Speed settings by name (TrainConfig fields). channels-last keeps fp32 arithmetic and only
+# reorders the sums; bf16 autocasts the network's forward pass (benchmarks/train_quality.py
+# measures what each does to a run's PSNR).
+PRECISIONS = {
+    "fp32": {"bf16": False, "channels_last": False},
+    "channels-last": {"bf16": False, "channels_last": True},
+    "bf16": {"bf16": True, "channels_last": True},
+}
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,11 @@ class TrainConfig:
         protocol = dataclasses.asdict(PROTOCOLS[name])
         protocol["protocol"] = protocol.pop("name")
         return cls(**(protocol | settings))
+
+    @property
+    def precision(self) -> str:
+        """The speed setting's name in ``PRECISIONS`` (bf16 implies its own layout)."""
+        return "bf16" if self.bf16 else "channels-last" if self.channels_last else "fp32"
 
     @property
     def kp(self) -> int:
@@ -396,7 +409,7 @@ def train(
             "prune_edges": config.prune_edges,
             "batch_size": config.batch_size,
             "patch": config.patch,
-            "precision": "bf16" if config.bf16 else "fp32",
+            "precision": config.precision,
             "data": source,
             "device": _device_name(device),
             "world_size": world,

@@ -94,7 +94,7 @@ def protocol_settings(config: TrainConfig) -> dict:
         "betas": list(config.betas),
         "prune_edges": config.prune_edges,
         "alpha": config.alpha,
-        "precision": "bf16" if config.bf16 else "fp32",
+        "precision": config.precision,
         "seed": config.seed,
     }
 

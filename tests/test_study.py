@@ -7,7 +7,7 @@ import pytest
 from issp import study
 from issp.cli import main
 from issp.study import (
-    BF16,
+    PRECISION,
     PROTOCOL,
     STEPS,
     Paired,
@@ -108,8 +108,9 @@ def test_study_run_trains_the_study_s_steps_and_precision_unless_told(
     assert planned[0] == study.default_plan(None)
     configs = [run.config for run in planned[0]]
     assert {(c.scale, c.steps) for c in configs} == set(STEPS.items())
-    assert {c.bf16 for c in configs} == {BF16} and {c.protocol for c in configs} == {PROTOCOL}
-    assert main(["study", "run", "--scales", "2", "--bf16", *out]) == 2
+    assert {c.precision for c in configs} == {PRECISION}
+    assert {c.protocol for c in configs} == {PROTOCOL}
+    assert main(["study", "run", "--scales", "2", "--precision", "bf16", *out]) == 2
     assert {(c.scale, c.steps, c.bf16) for c in (r.config for r in planned[1])} == {
         (2, STEPS[2], True)
     }
@@ -211,7 +212,7 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
 
 @pytest.mark.slow
 def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tmp_path):
-    args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9", "--bf16"]
+    args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9"]
     args += ["--lrs", "1e-4,1e-3", "--alphas", "0.9,0.95"]
     args += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]
     assert main(args) == 0

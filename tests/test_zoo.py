@@ -47,7 +47,8 @@ def test_edsr_tiny_entries_are_the_study_s_seed_0_runs():
         assert name == study.seed_run(entry.scale, entry.method, entry.ratio, data).name
         if entry.ratio in study.RATIOS or entry.method == "dense":
             assert studied[name] == config, name
-        assert (config.seed, config.protocol, config.bf16) == (0, "two-stage", study.BF16)
+        assert (config.seed, config.protocol) == (0, "two-stage")
+        assert config.precision == study.PRECISION
     # 0.5 and 0.75, which the study does not run, are trained as it would train them.
     half = zoo.entry_config(ZooEntry("edsr-tiny", 4, "iht", 0.5), data, "cpu")
     studied_09 = studied[study.seed_run(4, "iht", 0.9, data).name]
@@ -99,7 +100,8 @@ def test_build_records_each_checkpoint_once_and_loads_it_verified(tiny_zoo):
     described = manifest(tiny_zoo).protocols["edsr-tiny x2"]
     assert described["protocol"] == "two-stage" and described["steps"] == 4
     lr = PROTOCOLS["two-stage"].lr
-    assert (described["prune_steps"], described["lr"], described["precision"]) == (1, lr, "fp32")
+    precision = study.PRECISION
+    assert (described["prune_steps"], described["lr"], described["precision"]) == (1, lr, precision)
 
 
 def finish_study_run(root: Path, method: str, ratio: float, **changes) -> Path:
