@@ -42,7 +42,7 @@ from issp.machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_REQUEST = ["edsr-tiny", 2, 0.9, 0.99, 300, 0, 0, []]
-UPSCALE_ARGS = [2, 0.9, "ISS-P", "edsr-tiny"]
+UPSCALE_ARGS = [2, 0.9, "ISS-P", "edsr-tiny", "PNG"]
 
 
 def submit(url: str, api_name: str, data: list, session_hash: str | None = None) -> str:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 UPLOAD_REFUSED = "that file was not uploaded to this app; upload the image again"
 # Every endpoint that takes a file, with valid other arguments after the image.
 FILE_ENDPOINTS = {
-    "upscale": [2, 0.9, "ISS-P", "edsr-tiny"],
+    "upscale": [2, 0.9, "ISS-P", "edsr-tiny", "PNG"],
     "evaluate": [2, 0.9, "edsr-tiny"],
 }
 
@@ -114,7 +114,7 @@ HUGE = "z" * 10**6
 @pytest.mark.parametrize(
     ("api_name", "data"),
     [
-        ("upscale", [None, 2, 0.9, HUGE, "edsr-tiny"]),
+        ("upscale", [None, 2, 0.9, HUGE, "edsr-tiny", "PNG"]),
         ("evaluate", [None, 2, 0.9, HUGE]),
         ("train_live", [HUGE, 2, 0.9, 0.99, 10, 0, 0, []]),
         ("train_live", ["edsr-tiny", 2, 0.9, 0.99, 10, 0, 0, [HUGE]]),
