@@ -198,8 +198,8 @@ def build_parser() -> Parser:
         sub.add_argument(
             "--precision",
             choices=list(PRECISIONS),
-            help="fp32, channels-last (fp32, 1.6-1.8x) or bf16 autocast (about 5x; moves a "
-            "run's PSNR by up to 0.15 dB) (default: issp.study.PRECISION)",
+            help="fp32, channels-last (1.6-1.8x) or bf16 autocast (about 5x); neither faster "
+            "one passed benchmarks/train_quality.py (default: issp.study.PRECISION)",
         )
         sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
         sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
