@@ -141,27 +141,16 @@ def test_grid_picks_the_learning_rate_by_both_methods_not_by_issp_alone():
 def test_grid_screens_far_rates_after_one_seed_and_chooses_among_fully_run_rates():
     # After seed 0, lr 1e-4 is 3 dB behind: it gets no more seeds. lr 1e-2 looks best on
     # seed 0 alone, but seed 1 drags it below 3e-3, and only fully run rates are chosen.
-    seed0 = [
-        result(2, method, 0.9, 0, 0, lr=lr, alpha=0.95, val=val)
-        for method, lr, val in [
-            ("iht", 1e-4, 28.0),
-            ("issp", 1e-4, 28.0),
-            ("iht", 3e-3, 31.0),
-            ("issp", 3e-3, 31.0),
-            ("iht", 1e-2, 31.2),
-            ("issp", 1e-2, 31.2),
+    def runs(seed, scores):  # both methods score the same at each rate
+        return [
+            result(2, method, 0.9, seed, 0, lr=lr, alpha=0.95, val=val)
+            for lr, val in scores.items()
+            for method in ("iht", "issp")
         ]
-    ]
+
+    seed0 = runs(0, {1e-4: 28.0, 3e-3: 31.0, 1e-2: 31.2})
     assert promising_lrs(seed0, 0.95, within=1.0) == [3e-3, 1e-2]
-    seed1 = [
-        result(2, method, 0.9, 1, 0, lr=lr, alpha=0.95, val=val)
-        for method, lr, val in [
-            ("iht", 3e-3, 31.0),
-            ("issp", 3e-3, 31.0),
-            ("iht", 1e-2, 30.0),
-            ("issp", 1e-2, 30.0),
-        ]
-    ]
+    seed1 = runs(1, {3e-3: 31.0, 1e-2: 30.0})
     choice = choose_protocol(seed0 + seed1, reference_alpha=0.95)
     assert choice.lr == 3e-3
     assert choice.lr_runs == {"0.0001": 1, "0.003": 2, "0.01": 2}
