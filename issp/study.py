@@ -356,6 +356,54 @@ def study_summary(results: Sequence[dict], metrics: Sequence[str]) -> dict:
     return summary
 
 
+@dataclass(frozen=True)
+class Goal:
+    """One of the study's targets, checked on Set5 means over seeds: met when ``figure``
+    (dB) is at least ``at_least``; ``figure`` is None until the runs it needs finish."""
+
+    text: str
+    figure: float | None
+    at_least: float
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.figure is None else self.figure >= self.at_least
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def study_goals(results: Sequence[dict]) -> list[Goal]:
+    """The study's goals: ISS-P's mean paired difference >= 0 at 0.95 and 0.99 on both
+    scales, ISS-P at 0.9 within 0.5 dB of dense, dense x2 >= 36.8 and x4 >= 30.3 dB."""
+    goals = []
+    for scale in (2, 4):
+        for ratio in (0.95, 0.99):
+            pair = paired(results, scale, ratio, "set5")
+            figure = pair.mean if pair.n else None
+            goals.append(Goal(f"x{scale} r{ratio:g}: ISS-P − IHT, mean paired", figure, 0.0))
+    for scale in (2, 4):
+        issp = _mean_or_none(_scores(results, scale, "issp", 0.9, "set5"))
+        dense = _mean_or_none(_scores(results, scale, "dense", 0.0, "set5"))
+        gap = None if issp is None or dense is None else issp - dense
+        goals.append(Goal(f"x{scale} r0.9: ISS-P − dense, mean", gap, -0.5))
+    for scale, target in ((2, 36.8), (4, 30.3)):
+        dense = _mean_or_none(_scores(results, scale, "dense", 0.0, "set5"))
+        goals.append(Goal(f"x{scale} dense Set5 PSNR, mean", dense, target))
+    return goals
+
+
+def _goals_markdown(goals: Sequence[Goal]) -> list[str]:
+    lines = ["## Goals", "", "Set5, means over seeds.", ""]
+    lines += ["| goal | figure | met |", "|---|---|---|"]
+    for goal in goals:
+        figure = "-" if goal.figure is None else f"{goal.figure:.3f} dB"
+        met = {None: "not yet run", True: "met", False: "not met"}[goal.met]
+        lines.append(f"| {goal.text} ≥ {goal.at_least:g} dB | {figure} | {met} |")
+    return lines
+
+
 def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
     """``analysis/study.md``: the per-ratio verdicts, then every run's scores."""
     summary = study_summary(results, metrics)
@@ -387,7 +435,8 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
             f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
             f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} |"
         )
-    lines += ["", "Scores are mean ± standard deviation over seeds.", "", "## Every run", ""]
+    lines += ["", "Scores are mean ± standard deviation over seeds.", ""]
+    lines += [*_goals_markdown(study_goals(results)), "", "## Every run", ""]
     metrics = [m for m in metrics if m != "val"]
     lines += [
         "| run | " + " | ".join(f"{m} PSNR / SSIM" for m in metrics) + " | val PSNR | train s |",
@@ -410,6 +459,7 @@ def write_study(
     data = {
         "command": command,
         "summary": study_summary(results, metrics),
+        "goals": [dataclasses.asdict(goal) | {"met": goal.met} for goal in study_goals(results)],
         "runs": list(results),
     }
     (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")

@@ -15,6 +15,7 @@ from issp.study import (
     paired,
     promising_lrs,
     seed_run,
+    study_goals,
     study_plan,
     study_summary,
 )
@@ -71,6 +72,25 @@ def test_paired_differences_match_seeds_and_skip_unpaired_runs():
     assert pair.differences == pytest.approx((0.2, -0.1))
     row = study_summary(results, ["set5"])["x2 r0.9 set5"]
     assert row["seeds"] == 2 and row["issp_wins"] == 1 and row["verdict"] == "tie"
+
+
+def test_goals_are_checked_on_set5_means_and_wait_for_their_runs():
+    results = [
+        result(2, "issp", 0.95, 0, 35.0),
+        result(2, "iht", 0.95, 0, 35.2),
+        result(2, "issp", 0.95, 1, 35.3),
+        result(2, "iht", 0.95, 1, 35.0),  # mean paired difference +0.05
+        result(2, "issp", 0.9, 0, 36.0),
+        result(2, "dense", 0.0, 0, 36.6),  # 0.6 dB gap, and below 36.8
+    ]
+    goals = {goal.text: goal for goal in study_goals(results)}
+    assert goals["x2 r0.95: ISS-P − IHT, mean paired"].figure == pytest.approx(0.05)
+    assert goals["x2 r0.95: ISS-P − IHT, mean paired"].met is True
+    assert goals["x2 r0.9: ISS-P − dense, mean"].figure == pytest.approx(-0.6)
+    assert goals["x2 r0.9: ISS-P − dense, mean"].met is False
+    assert goals["x2 dense Set5 PSNR, mean"].met is False
+    assert goals["x4 r0.99: ISS-P − IHT, mean paired"].met is None  # not run yet
+    assert len(goals) == 8
 
 
 def test_study_pairs_differ_only_in_the_pruning_rule():
@@ -188,8 +208,9 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
         str(tmp_path / "report"),
     ]
     assert main(args) == 0
-    summary = json.loads((tmp_path / "report" / "study.json").read_text())["summary"]
-    row = summary["x2 r0.9 val"]
+    report = json.loads((tmp_path / "report" / "study.json").read_text())
+    row = report["summary"]["x2 r0.9 val"]
+    assert [goal["met"] for goal in report["goals"]] == [None] * 8  # no Set5 scores asked for
     assert row["seeds"] == 2 and len(row["differences"]) == 2
     assert "| x2 | 0.9 | val |" in (tmp_path / "report" / "study.md").read_text()
     finished = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.json"))
