@@ -602,8 +602,41 @@ def grid_markdown(
         "",
         f"**Chosen: lr {choice.lr:g}, first and last conv "
         f"{'pruned' if choice.prune_edges else 'dense'}, alpha {choice.alpha:g}.**",
+        "",
+        *_grid_noise_markdown(results, choice),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _grid_noise_markdown(results: Sequence[dict], choice: GridChoice) -> list[str]:
+    """The paired ISS-P minus IHT at the chosen settings: its seed-to-seed spread is what
+    sets the width of the study's intervals."""
+    chosen = [
+        r
+        for r in results
+        if math.isclose(r["config"]["lr"], choice.lr)
+        and r["config"]["prune_edges"] == choice.prune_edges
+        and (r["config"]["method"] != "issp" or math.isclose(r["config"]["alpha"], choice.alpha))
+    ]
+    lines = [
+        "Seed noise at the chosen settings: ISS-P minus IHT on validation, paired by seed. "
+        "The spread of these differences, not their mean, is the finding here: it says how "
+        "wide the study's 95% interval will be with this many seeds (at these short runs).",
+        "",
+        "| ratio | differences (dB) | mean | SD | 95% interval |",
+        "|---|---|---|---|---|",
+    ]
+    for ratio in sorted({r["config"]["ratio"] for r in chosen}):
+        pair = paired(chosen, 2, ratio, "val")
+        if pair.n < 2:
+            continue
+        low, high = pair.interval
+        spread = np.std(pair.differences, ddof=1)
+        lines.append(
+            f"| {ratio:g} | {', '.join(f'{d:+.3f}' for d in pair.differences)} "
+            f"| {pair.mean:+.3f} | {spread:.3f} | [{low:+.3f}, {high:+.3f}] |"
+        )
+    return lines
 
 
 def write_grid(

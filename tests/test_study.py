@@ -220,6 +220,21 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     assert [p.stat().st_mtime_ns for p in finished] == stamps
 
 
+def test_grid_reports_the_seed_spread_of_the_paired_difference_at_its_choice():
+    results = [
+        result(2, method, 0.9, seed, 0, val=val, edges=edges, alpha=0.95)
+        for seed, (iht, issp) in enumerate([(30.0, 30.2), (30.1, 30.0)])
+        for edges in (True, False)
+        for method, val in (("iht", iht), ("issp", issp))
+    ]
+    results.append(result(2, "issp", 0.9, 0, 0, alpha=0.9, val=29.0, edges=False))  # not chosen
+    for r in results:
+        r["config"]["steps"] = 1000
+    text = study.grid_markdown(results, "cmd", reference_alpha=0.95, bicubic=28.0)
+    # Differences +0.2 and -0.1: mean +0.05, SD 0.212, half-width t(0.975, 1) * 0.15 = 1.906.
+    assert "| 0.9 | +0.200, -0.100 | +0.050 | 0.212 | [-1.856, +1.956] |" in text
+
+
 @pytest.mark.slow
 def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tmp_path):
     args = ["study", "grid", "--steps", "4", "--seeds", "0", "--ratios", "0.9"]
