@@ -19,7 +19,6 @@ from issp.machine import machine_description
 from issp.methods import COMPARED
 
 README = catalogue.ROOT / "README.md"
-MARKERS = ("<!-- zoo-table:start -->", "<!-- zoo-table:end -->")
 
 
 def table_order(records: list[Record]) -> list[Record]:
@@ -163,10 +162,19 @@ def write_results(table: str, zoo_dir: Path | None = None) -> Path:
     path = catalogue.results_file(zoo_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Zoo results\n\n" + table)
-    start, end = MARKERS
-    if catalogue.is_checkout_zoo(zoo_dir) and README.exists():
-        text = README.read_text()
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            README.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
+    if catalogue.is_checkout_zoo(zoo_dir):
+        write_readme_section("zoo-table", table)
     return path
+
+
+def write_readme_section(name: str, text: str, readme: Path = README) -> bool:
+    """Put ``text`` between the README's ``<!-- name:start -->`` and ``<!-- name:end -->``
+    markers, so that its figures come from the command that writes them; False (and the
+    README untouched) where the markers are missing."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = readme.read_text() if readme.exists() else ""
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    readme.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
+    return True

@@ -38,6 +38,7 @@ from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED
+from issp.report import write_readme_section
 from issp.train import PRECISIONS, TrainConfig, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
@@ -394,14 +395,48 @@ def study_goals(results: Sequence[dict]) -> list[Goal]:
     return goals
 
 
-def _goals_markdown(goals: Sequence[Goal]) -> list[str]:
-    lines = ["## Goals", "", "Set5, means over seeds.", ""]
-    lines += ["| goal | figure | met |", "|---|---|---|"]
+def _goals_table(goals: Sequence[Goal]) -> list[str]:
+    lines = ["| goal (Set5, means over seeds) | figure | met |", "|---|---|---|"]
     for goal in goals:
         figure = "-" if goal.figure is None else f"{goal.figure:.3f} dB"
         met = {None: "not yet run", True: "met", False: "not met"}[goal.met]
         lines.append(f"| {goal.text} ≥ {goal.at_least:g} dB | {figure} | {met} |")
     return lines
+
+
+def _verdict_words(row: dict) -> str:
+    """One summary row in words: the verdict, then the figures it rests on."""
+    seeds = row["seeds"]
+    if row["verdict"] == "too few seeds":
+        return f"not decided yet ({seeds} paired seed{'s' * (seeds != 1)} finished)"
+    low, high = row["interval95"]
+    words = {"ISS-P ahead": "ISS-P ahead", "ISS-P behind": "ISS-P behind", "tie": "a tie"}
+    return (
+        f"{words[row['verdict']]}: ISS-P − IHT {row['mean_difference']:+.2f} dB "
+        f"(95% interval {low:+.2f} to {high:+.2f}; ISS-P won {row['issp_wins']} of {seeds} seeds)"
+    )
+
+
+def verdict_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
+    """The verdict per scale and ratio in plain words, then the goals: what ``study
+    report`` writes between the README's ``study-verdict`` markers."""
+    summary = study_summary(results, metrics)
+    tests = [m for m in metrics if m != "val"] or list(metrics)
+    devices = ", ".join(sorted({r["device"] for r in results}))
+    lines = [
+        f"From `{command}`, {len(results)} runs on {devices} ({time.strftime('%Y-%m-%d')}); "
+        "the tables are in `analysis/study.md`.",
+        "",
+    ]
+    for scale in sorted({row["scale"] for row in summary.values()}):
+        for ratio in sorted({row["ratio"] for row in summary.values() if row["scale"] == scale}):
+            parts = [
+                f"{metric if metric == 'val' else metric.capitalize()} "
+                f"{_verdict_words(summary[f'x{scale} r{ratio:g} {metric}'])}"
+                for metric in tests
+            ]
+            lines.append(f"- x{scale}, ratio {ratio:g}: " + "; ".join(parts) + ".")
+    return "\n".join([*lines, "", *_goals_table(study_goals(results))]) + "\n"
 
 
 def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
@@ -436,7 +471,7 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
             f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} |"
         )
     lines += ["", "Scores are mean ± standard deviation over seeds.", ""]
-    lines += [*_goals_markdown(study_goals(results)), "", "## Every run", ""]
+    lines += ["## Goals", "", *_goals_table(study_goals(results)), "", "## Every run", ""]
     metrics = [m for m in metrics if m != "val"]
     lines += [
         "| run | " + " | ".join(f"{m} PSNR / SSIM" for m in metrics) + " | val PSNR | train s |",
@@ -463,6 +498,8 @@ def write_study(
         "runs": list(results),
     }
     (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
+    if out == REPORT_DIR:  # the checkout's report: the README says its verdict too
+        write_readme_section("study-verdict", verdict_markdown(results, metrics, command))
     return text
 
 

@@ -63,3 +63,12 @@ def test_dynamics_table_counts_flips_before_kp_and_the_magnitude_gap(tmp_path):
     assert "| edsr-tiny x2 | issp | 0.9 | 0.9 | 10 | 2 | 0.0300 |" in table
     assert "iht" not in table.split("|---|")[-1]
     assert report.dynamics_markdown(records[1:], tmp_path) == ""
+
+
+def test_readme_section_replaces_only_what_lies_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    assert report.write_readme_section("t", "new\n", readme)
+    assert readme.read_text() == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\noutro\n"
+    assert not report.write_readme_section("other", "x\n", readme)
+    assert "x" not in readme.read_text()

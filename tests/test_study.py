@@ -93,6 +93,23 @@ def test_goals_are_checked_on_set5_means_and_wait_for_their_runs():
     assert len(goals) == 8
 
 
+def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
+    results = [
+        result(2, method, 0.95, seed, score)
+        for seed, gain in enumerate((0.30, 0.31, 0.29))
+        for method, score in (("issp", 35.0 + gain), ("iht", 35.0))
+    ]
+    results.append(result(2, "issp", 0.99, 0, 33.0))
+    results.append(result(2, "iht", 0.99, 0, 33.1))
+    text = study.verdict_markdown(results, ["set5"], "cmd")
+    assert (
+        "- x2, ratio 0.95: Set5 ISS-P ahead: ISS-P − IHT +0.30 dB "
+        "(95% interval +0.28 to +0.32; ISS-P won 3 of 3 seeds)." in text
+    )
+    assert "- x2, ratio 0.99: Set5 not decided yet (1 paired seed finished)." in text
+    assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | met |" in text
+
+
 def test_study_pairs_differ_only_in_the_pruning_rule():
     runs = study_plan("two-stage", {2: 100, 4: 100}, None, seeds=(0, 1))
     by_key = {(r.config.scale, r.config.seed, r.config.ratio, r.config.method): r for r in runs}
