@@ -37,7 +37,7 @@ from issp.catalogue import ROOT, TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
-from issp.methods import COMPARED
+from issp.methods import COMPARED, label
 from issp.report import write_readme_section
 from issp.train import PRECISIONS, TrainConfig, train, training_images
 
@@ -404,16 +404,44 @@ def _goals_table(goals: Sequence[Goal]) -> list[str]:
     return lines
 
 
-def _verdict_words(row: dict) -> str:
-    """One summary row in words: the verdict, then the figures it rests on."""
-    seeds = row["seeds"]
-    if row["verdict"] == "too few seeds":
-        return f"not decided yet ({seeds} paired seed{'s' * (seeds != 1)} finished)"
-    low, high = row["interval95"]
-    words = {"ISS-P ahead": "ISS-P ahead", "ISS-P behind": "ISS-P behind", "tie": "a tie"}
+def metric_label(metric: str) -> str:
+    """How a metric is named in words: ``set5`` -> ``Set5``, ``val`` -> ``validation``."""
+    names = {score_key(name): name for name in TEST_SETS} | {"val": "validation"}
+    return names.get(metric, metric)
+
+
+def _signed(value: float) -> str:
+    # A typographic minus, so that +0.03 and −0.10 line up and read as numbers.
+    return f"{value:+.2f}".replace("-", "−")
+
+
+def seed_count(n: int) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def verdict_sentence(
+    scale: int,
+    ratio: float,
+    verdict: str,
+    mean: float | None,
+    interval: tuple[float, float] | None,
+    wins: int,
+    seeds: int,
+) -> str:
+    """One (scale, ratio) of the study in words, as the README and the Results tab say it:
+    the verdict, the mean paired difference, its 95% interval and the wins."""
+    head = f"x{scale}, ratio {ratio:g}: **{verdict}**"
+    issp, iht = label("issp"), label("iht")
+    if mean is None:
+        return f"{head} — no seed has finished both {issp} and {iht} yet."
+    if interval is None:
+        within = "the 95% interval needs at least two seeds"
+    else:
+        within = f"95% interval {_signed(interval[0])} to {_signed(interval[1])}"
     return (
-        f"{words[row['verdict']]}: ISS-P − IHT {row['mean_difference']:+.2f} dB "
-        f"(95% interval {low:+.2f} to {high:+.2f}; ISS-P won {row['issp_wins']} of {seeds} seeds)"
+        f"{head} — {issp} minus {iht} {_signed(mean)} dB ({within}), "
+        f"{issp} won {wins} of {seed_count(seeds)}."
     )
 
 
@@ -428,15 +456,23 @@ def verdict_markdown(results: Sequence[dict], metrics: Sequence[str], command: s
         "the tables are in `analysis/study.md`.",
         "",
     ]
-    for scale in sorted({row["scale"] for row in summary.values()}):
-        for ratio in sorted({row["ratio"] for row in summary.values() if row["scale"] == scale}):
-            parts = [
-                f"{metric if metric == 'val' else metric.capitalize()} "
-                f"{_verdict_words(summary[f'x{scale} r{ratio:g} {metric}'])}"
-                for metric in tests
-            ]
-            lines.append(f"- x{scale}, ratio {ratio:g}: " + "; ".join(parts) + ".")
-    return "\n".join([*lines, "", *_goals_table(study_goals(results))]) + "\n"
+    for metric in tests:
+        lines.append(f"{metric_label(metric)} PSNR:")
+        lines.append("")
+        for row in (row for row in summary.values() if row["metric"] == metric):
+            interval = row["interval95"]
+            sentence = verdict_sentence(
+                row["scale"],
+                row["ratio"],
+                row["verdict"],
+                row["mean_difference"],
+                None if interval is None else tuple(interval),
+                row["issp_wins"],
+                row["seeds"],
+            )
+            lines.append(f"- {sentence}")
+        lines.append("")
+    return "\n".join([*lines, *_goals_table(study_goals(results))]) + "\n"
 
 
 def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:

@@ -102,11 +102,15 @@ def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
     results.append(result(2, "issp", 0.99, 0, 33.0))
     results.append(result(2, "iht", 0.99, 0, 33.1))
     text = study.verdict_markdown(results, ["set5"], "cmd")
+    assert "Set5 PSNR:" in text
     assert (
-        "- x2, ratio 0.95: Set5 ISS-P ahead: ISS-P − IHT +0.30 dB "
-        "(95% interval +0.28 to +0.32; ISS-P won 3 of 3 seeds)." in text
+        "- x2, ratio 0.95: **ISS-P ahead** — ISS-P minus IHT +0.30 dB "
+        "(95% interval +0.28 to +0.32), ISS-P won 3 of 3 seeds." in text
     )
-    assert "- x2, ratio 0.99: Set5 not decided yet (1 paired seed finished)." in text
+    assert (
+        "- x2, ratio 0.99: **too few seeds** — ISS-P minus IHT −0.10 dB "
+        "(the 95% interval needs at least two seeds), ISS-P won 0 of 1 seed." in text
+    )
     assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | met |" in text
 
 

@@ -18,7 +18,6 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from issp import IsspError, study
-from issp.catalogue import TEST_SETS, score_key
 from issp.methods import COMPARED, colour, label
 from webapp.checks import check_choice, echo, user_message
 
@@ -30,8 +29,6 @@ NO_STUDY = (
 )
 # The study's per-seed scores, keyed in each summary row by method name.
 STUDY_METHODS = (*COMPARED, "dense")
-# The summary's key for the validation split carved out of the training folder.
-VALIDATION = "val"
 # How far the dense reference line reaches past the outermost ratios, so that it still
 # shows as a line where only one ratio has finished.
 DENSE_MARGIN = 0.005
@@ -166,25 +163,15 @@ def load_study(path: Path = STUDY_JSON) -> StudySummary | None:
         raise IsspError(f"{path} is not a study report: {err}") from None
 
 
-def metric_label(metric: str) -> str:
-    """How a metric is named on screen: ``set5`` -> ``Set5``, ``val`` -> ``validation``."""
-    names = {score_key(name): name for name in TEST_SETS} | {VALIDATION: "validation"}
-    return names.get(metric, metric)
-
-
 def _sd(values: Sequence[float]) -> float | None:
     """The sample standard deviation over seeds; None for one seed, which has no spread."""
     return float(np.std(values, ddof=1)) if len(values) >= 2 else None
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
 def _mean_sd(values: Sequence[float]) -> str:
     sd = _sd(values)
     spread = "" if sd is None else f" ± {sd:.2f}"
-    return f"{np.mean(values):.2f}{spread} dB (mean ± sd over {_seeds(len(values))})"
+    return f"{np.mean(values):.2f}{spread} dB (mean ± sd over {study.seed_count(len(values))})"
 
 
 def _translucent(hex_colour: str, alpha: float) -> str:
@@ -271,31 +258,22 @@ def study_figure(summary: StudySummary, metric: str) -> go.Figure:
         figure.update_xaxes(title_text="pruning ratio", row=1, col=column)
     figure.update_yaxes(title_text="PSNR (dB, Y channel), mean ± sd over seeds", row=1, col=1)
     figure.update_layout(
-        title=f"{metric_label(metric)} PSNR of the paired-seed study",
+        title=f"{study.metric_label(metric)} PSNR of the paired-seed study",
         template="plotly_white",
     )
     return figure
 
 
-def _signed(value: float) -> str:
-    # A typographic minus, so that +0.03 and −0.10 line up and read as numbers.
-    return f"{value:+.2f}".replace("-", "−")
-
-
 def _verdict(row: StudyRow) -> str:
     """One sentence on one (scale, ratio): the stored verdict and the numbers behind it."""
-    head = f"x{row.scale}, ratio {row.ratio:g}: **{row.verdict}**"
-    difference = f"{label('issp')} minus {label('iht')}"
-    if row.mean_difference is None:
-        return f"{head} — no seed has finished both {label('issp')} and {label('iht')} yet."
-    if row.interval95 is None:
-        interval = "the 95% interval needs at least two seeds"
-    else:
-        low, high = row.interval95
-        interval = f"95% interval {_signed(low)} to {_signed(high)}"
-    return (
-        f"{head} — {difference} {_signed(row.mean_difference)} dB ({interval}), "
-        f"{label('issp')} won {row.issp_wins} of {_seeds(row.seeds)}."
+    return study.verdict_sentence(
+        row.scale,
+        row.ratio,
+        row.verdict,
+        row.mean_difference,
+        row.interval95,
+        row.issp_wins,
+        row.seeds,
     )
 
 
@@ -306,11 +284,12 @@ def study_verdicts(summary: StudySummary, metric: str) -> str:
     rows = summary.rows_of(metric)
     counts = sorted({row.seeds for row in rows})
     if len(counts) == 1:
-        seeds = f"{_seeds(counts[0])} per ratio"
+        seeds = f"{study.seed_count(counts[0])} per ratio"
     else:
-        seeds = f"{counts[0]} to {_seeds(counts[-1])} per ratio (not every run has finished)"
+        most = study.seed_count(counts[-1])
+        seeds = f"{counts[0]} to {most} per ratio (not every run has finished)"
     header = (
-        f"{metric_label(metric)} PSNR, {seeds}, {summary.runs} runs; made by "
+        f"{study.metric_label(metric)} PSNR, {seeds}, {summary.runs} runs; made by "
         f"`{summary.command}`. Each seed trains {label('issp')} and {label('iht')} from the "
         f"same weights on the same batches, so {label('issp')} minus {label('iht')} is a "
         "paired difference; the interval is the 95% t-interval of its mean, and the verdict "
@@ -335,6 +314,6 @@ def study_page(path: Path | None = STUDY_JSON, metric: str | None = None) -> Stu
     return StudyPage(
         study_verdicts(summary, shown),
         study_figure(summary, shown),
-        [(metric_label(m), m) for m in summary.metrics],
+        [(study.metric_label(m), m) for m in summary.metrics],
         shown,
     )
