@@ -86,6 +86,7 @@ def test_goals_are_checked_on_set5_means_and_wait_for_their_runs():
     goals = {goal.text: goal for goal in study_goals(results)}
     assert goals["x2 r0.95: ISS-P − IHT, mean paired"].figure == pytest.approx(0.05)
     assert goals["x2 r0.95: ISS-P − IHT, mean paired"].met is True
+    assert goals["x2 r0.95: ISS-P − IHT, mean paired"].seeds == 2
     assert goals["x2 r0.9: ISS-P − dense, mean"].figure == pytest.approx(-0.6)
     assert goals["x2 r0.9: ISS-P − dense, mean"].met is False
     assert goals["x2 dense Set5 PSNR, mean"].met is False
@@ -111,7 +112,7 @@ def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
         "- x2, ratio 0.99: **too few seeds** — ISS-P minus IHT −0.10 dB "
         "(the 95% interval needs at least two seeds), ISS-P won 0 of 1 seed." in text
     )
-    assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | met |" in text
+    assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | 3 | met |" in text
 
 
 def test_study_pairs_differ_only_in_the_pruning_rule():
