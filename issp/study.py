@@ -534,7 +534,7 @@ def write_study(
         "runs": list(results),
     }
     (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
-    if out == REPORT_DIR:  # the checkout's report: the README says its verdict too
+    if out.resolve() == REPORT_DIR.resolve():  # the checkout's report: the README says it too
         write_readme_section("study-verdict", verdict_markdown(results, metrics, command))
     return text
 
