@@ -9,6 +9,7 @@ README's ``zoo-table`` markers (a zoo built elsewhere with ``--zoo DIR``: to
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,31 +110,47 @@ def _comparison_lines(records: list[Record]) -> list[str]:
     ]
 
 
-def dynamics_markdown(records: list[Record], telemetry_dir: Path | None = None) -> str:
-    """What each sparse run's stored telemetry says about its mask during pruning.
+@dataclass(frozen=True)
+class MaskDynamics:
+    """What a run's stored telemetry says about its mask during the pruning stage: mask
+    flips over the stage and over its last fifth, and mean |w| of the selected (shrunk or
+    zeroed) weights over mean |w| of the kept ones on its last step, averaged over layers:
+    near 0 means freezing the mask at Kp changes little, near 1 that it removes weights
+    still in use."""
 
-    Mask flips are counted over the pruning stage (steps before Kp) and over its last
-    fifth; the magnitude ratio is mean |w| of the selected (shrunk or zeroed) weights over
-    mean |w| of the kept ones on the last pruning step, averaged over layers: near 0 means
-    freezing the mask at Kp changes little, near 1 means it removes weights still in use.
-    """
+    flips_before_kp: float
+    flips_last_fifth: float
+    selected_over_kept: float
+
+
+def mask_dynamics(path: Path, prune_steps: int) -> MaskDynamics:
+    """The mask dynamics of the telemetry file ``path`` of a run whose mask froze at step
+    ``prune_steps`` (Kp)."""
+    with np.load(path) as telemetry:
+        flips = telemetry["flips"].sum(axis=1)
+        kept, selected = telemetry["kept_abs"], telemetry["selected_abs"]
+    # Row t - 1 is step t; the pruning stage is steps 1 .. Kp - 1, the freeze is step Kp
+    # (a run too short to have a pruning stage is read as if Kp were 2).
+    last = max(int(prune_steps) - 1, 1)
+    late = flips[last - max(last // 5, 1) : last].sum()
+    ratio = float(np.mean(selected[last - 1] / np.maximum(kept[last - 1], 1e-12)))
+    return MaskDynamics(float(flips[:last].sum()), float(late), ratio)
+
+
+def dynamics_markdown(records: list[Record], telemetry_dir: Path | None = None) -> str:
+    """What each sparse run's stored telemetry says about its mask (``MaskDynamics``)."""
     telemetry_dir = catalogue.TELEMETRY_DIR if telemetry_dir is None else telemetry_dir
     lines = []
     for record in table_order(records):
         path = telemetry_dir / f"{Path(record.file).stem}.npz"
         if record.method not in COMPARED or not path.is_file():
             continue
-        with np.load(path) as telemetry:
-            flips = telemetry["flips"].sum(axis=1)
-            kept, selected = telemetry["kept_abs"], telemetry["selected_abs"]
-        # Row t - 1 is step t; the pruning stage is steps 1 .. Kp - 1, the freeze is step Kp.
-        last = int(record.prune_steps) - 1
-        late = flips[last - max(last // 5, 1) : last].sum()
-        ratio = float(np.mean(selected[last - 1] / np.maximum(kept[last - 1], 1e-12)))
+        dynamics = mask_dynamics(path, int(record.prune_steps))
         alpha = "" if record.alpha is None else f"{record.alpha:g}"
         lines.append(
             f"| {record.arch} x{record.scale} | {record.method} | {alpha} | {record.ratio:g} "
-            f"| {flips[:last].sum():,.0f} | {late:,.0f} | {ratio:.4f} |"
+            f"| {dynamics.flips_before_kp:,.0f} | {dynamics.flips_last_fifth:,.0f} "
+            f"| {dynamics.selected_over_kept:.4f} |"
         )
     if not lines:
         return ""

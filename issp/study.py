@@ -38,8 +38,8 @@ from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED, label
-from issp.report import write_readme_section
-from issp.train import PRECISIONS, TrainConfig, train, training_images
+from issp.report import mask_dynamics, write_readme_section
+from issp.train import PRECISIONS, TrainConfig, telemetry_path, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
@@ -239,6 +239,9 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
             for key, folder in tests.items():
                 scores = evaluate_folder(model, folder, run.config.scale)
                 result[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+            if run.config.method in COMPARED and telemetry_path(out).is_file():
+                dynamics = mask_dynamics(telemetry_path(out), run.config.kp)
+                result["dynamics"] = dataclasses.asdict(dynamics)
             tmp = run.result_path(results).with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp, run.result_path(results))
@@ -475,6 +478,55 @@ def verdict_markdown(results: Sequence[dict], metrics: Sequence[str], command: s
     return "\n".join([*lines, *_goals_table(study_goals(results))]) + "\n"
 
 
+def _count(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:,.0f}" if values else "-"
+    return f"{np.mean(values):,.0f} ± {np.std(values, ddof=1):,.0f}"
+
+
+def _dynamics(by_seed: dict[int, dict[str, dict]], method: str, key: str) -> list[float]:
+    return [runs[method][key] for runs in by_seed.values() if method in runs]
+
+
+def flips_markdown(results: Sequence[dict]) -> list[str]:
+    """The paper's second claim, paired by seed like the PSNR: mask flips during the
+    pruning stage (``issp.report.MaskDynamics``) of ISS-P and IHT per scale and ratio."""
+    cells: dict[tuple[int, float], dict[int, dict[str, dict]]] = {}
+    for r in results:
+        c = r["config"]
+        if "dynamics" in r:
+            by_seed = cells.setdefault((c["scale"], c["ratio"]), {})
+            by_seed.setdefault(c["seed"], {})[c["method"]] = r["dynamics"]
+    lines = []
+    for (scale, ratio), by_seed in sorted(cells.items()):
+        pairs = [runs for runs in by_seed.values() if set(COMPARED) <= runs.keys()]
+        more = sum(p["issp"]["flips_before_kp"] > p["iht"]["flips_before_kp"] for p in pairs)
+        magnitude = _dynamics(by_seed, "issp", "selected_over_kept")
+        lines.append(
+            f"| x{scale} | {ratio:g} | {_count(_dynamics(by_seed, 'iht', 'flips_before_kp'))} "
+            f"| {_count(_dynamics(by_seed, 'issp', 'flips_before_kp'))} | {more} of {len(pairs)} "
+            f"| {_count(_dynamics(by_seed, 'iht', 'flips_last_fifth'))} "
+            f"| {_count(_dynamics(by_seed, 'issp', 'flips_last_fifth'))} "
+            f"| {f'{np.mean(magnitude):.4f}' if magnitude else '-'} |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Mask flips during pruning",
+        "",
+        "From each run's telemetry: mask flips over the pruning stage and over its last "
+        "fifth (mean ± sd over seeds), the seeds where ISS-P flipped more than IHT from the "
+        "same start, and ISS-P's mean |w| of the selected weights over the kept ones on the "
+        "last pruning step, mean over seeds (IHT's is 0).",
+        "",
+        "| scale | ratio | IHT flips before Kp | ISS-P flips before Kp | ISS-P more in "
+        "| IHT flips, last fifth | ISS-P flips, last fifth | ISS-P selected/kept at Kp |",
+        "|---|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
     """``analysis/study.md``: the per-ratio verdicts, then every run's scores."""
     summary = study_summary(results, metrics)
@@ -507,7 +559,8 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
             f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} |"
         )
     lines += ["", "Scores are mean ± standard deviation over seeds.", ""]
-    lines += ["## Goals", "", *_goals_table(study_goals(results)), "", "## Every run", ""]
+    lines += ["## Goals", "", *_goals_table(study_goals(results)), ""]
+    lines += [*flips_markdown(results), "## Every run", ""]
     metrics = [m for m in metrics if m != "val"]
     lines += [
         "| run | " + " | ".join(f"{m} PSNR / SSIM" for m in metrics) + " | val PSNR | train s |",

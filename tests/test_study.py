@@ -115,6 +115,22 @@ def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
     assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | 3 | met |" in text
 
 
+def test_flips_are_compared_seed_by_seed_from_each_run_s_dynamics():
+    results = []
+    for seed, (iht, issp) in enumerate([(100, 300), (200, 150)]):
+        for method, flips in (("iht", iht), ("issp", issp)):
+            run = result(2, method, 0.9, seed, 35.0)
+            run["dynamics"] = {
+                "flips_before_kp": flips,
+                "flips_last_fifth": flips / 10,
+                "selected_over_kept": 0.0 if method == "iht" else 0.25,
+            }
+            results.append(run)
+    text = "\n".join(study.flips_markdown(results))
+    assert "| x2 | 0.9 | 150 ± 71 | 225 ± 106 | 1 of 2 | 15 ± 7 | 22 ± 11 | 0.2500 |" in text
+    assert study.flips_markdown([result(2, "iht", 0.9, 0, 35.0)]) == []  # no telemetry
+
+
 def test_study_pairs_differ_only_in_the_pruning_rule():
     runs = study_plan("two-stage", {2: 100, 4: 100}, None, seeds=(0, 1))
     by_key = {(r.config.scale, r.config.seed, r.config.ratio, r.config.method): r for r in runs}
@@ -233,6 +249,8 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     report = json.loads((tmp_path / "report" / "study.json").read_text())
     row = report["summary"]["x2 r0.9 val"]
     assert [goal["met"] for goal in report["goals"]] == [None] * 8  # no Set5 scores asked for
+    pruned = [r for r in report["runs"] if r["config"]["method"] != "dense"]
+    assert all(r["dynamics"]["flips_before_kp"] >= 0 for r in pruned)
     assert row["seeds"] == 2 and len(row["differences"]) == 2
     assert "| x2 | 0.9 | val |" in (tmp_path / "report" / "study.md").read_text()
     finished = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.json"))
