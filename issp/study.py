@@ -214,9 +214,10 @@ def execute(
     threads = max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
         futures = [pool.submit(_execute_one, run, folders, tests, threads) for run in pending]
-        for run, future in zip(pending, futures, strict=True):
+        for done, (run, future) in enumerate(zip(pending, futures, strict=True), start=1):
             message = future.result()
-            log(f"[{time.strftime('%H:%M:%S')}] {run.name}: {message}")
+            count = f"{len(runs) - len(pending) + done} of {len(runs)}"
+            log(f"[{time.strftime('%H:%M:%S')}] ({count}) {run.name}: {message}")
     return load_results(runs, folders.results)
 
 
