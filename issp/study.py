@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,11 +213,12 @@ def execute(
     log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
     threads = max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_execute_one, run, folders, tests, threads) for run in pending]
-        for done, (run, future) in enumerate(zip(pending, futures, strict=True), start=1):
+        futures = {pool.submit(_execute_one, run, folders, tests, threads): run for run in pending}
+        # As they finish, not in plan order: a short x4 run is logged while an x2 one trains.
+        for done, future in enumerate(as_completed(futures), start=1):
             message = future.result()
             count = f"{len(runs) - len(pending) + done} of {len(runs)}"
-            log(f"[{time.strftime('%H:%M:%S')}] ({count}) {run.name}: {message}")
+            log(f"[{time.strftime('%H:%M:%S')}] ({count}) {futures[future].name}: {message}")
     return load_results(runs, folders.results)
 
 
