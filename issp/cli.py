@@ -551,7 +551,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         results = study.load_results(runs, folders.results)
     if not results:
         raise IsspError(f"no finished runs in {folders.results}; start them with `issp study run`")
-    study.write_study(results, list(tests) + ["val"], command, out)
+    study.write_study(results, list(tests) + ["val"], command, out, planned=len(runs))
     print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
 
 

@@ -405,6 +405,8 @@ def _goals_table(goals: Sequence[Goal]) -> list[str]:
     for goal in goals:
         figure = "-" if goal.figure is None else f"{goal.figure:.3f} dB"
         met = {None: "not yet run", True: "met", False: "not met"}[goal.met]
+        if goal.seeds == 1:
+            met += " on 1 seed"
         lines.append(f"| {goal.text} ≥ {goal.at_least:g} dB | {figure} | {goal.seeds} | {met} |")
     return lines
 
@@ -450,14 +452,21 @@ def verdict_sentence(
     )
 
 
-def verdict_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
+def _finished(results: Sequence[dict], planned: int | None) -> str:
+    return f"{len(results)} runs" if planned is None else f"{len(results)} of {planned} runs"
+
+
+def verdict_markdown(
+    results: Sequence[dict], metrics: Sequence[str], command: str, planned: int | None = None
+) -> str:
     """The verdict per scale and ratio in plain words, then the goals: what ``study
     report`` writes between the README's ``study-verdict`` markers."""
     summary = study_summary(results, metrics)
     tests = [m for m in metrics if m != "val"] or list(metrics)
     devices = ", ".join(sorted({r["device"] for r in results}))
     lines = [
-        f"From `{command}`, {len(results)} runs on {devices} ({time.strftime('%Y-%m-%d')}); "
+        f"From `{command}`, {_finished(results, planned)} on {devices} "
+        f"({time.strftime('%Y-%m-%d')}); "
         "the tables are in `analysis/study.md`.",
         "",
     ]
@@ -529,7 +538,9 @@ def flips_markdown(results: Sequence[dict]) -> list[str]:
     ]
 
 
-def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str) -> str:
+def study_markdown(
+    results: Sequence[dict], metrics: Sequence[str], command: str, planned: int | None = None
+) -> str:
     """``analysis/study.md``: the per-ratio verdicts, then every run's scores."""
     summary = study_summary(results, metrics)
     configs = [r["config"] for r in results]
@@ -540,7 +551,8 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
         "",
         f"Made by `{command}`; runs trained on {', '.join(devices)} "
         f"(this report written on {machine_description()}, {time.strftime('%Y-%m-%d')}).",
-        f"Protocol: {', '.join(protocols)} (`issp/train.py`). edsr-tiny, {len(results)} runs. "
+        f"Protocol: {', '.join(protocols)} (`issp/train.py`). edsr-tiny, "
+        f"{_finished(results, planned)} finished. "
         "For each seed, ISS-P and IHT start from the same initial weights and see the same "
         "batches, so each seed gives one paired difference. PSNR in dB on the Y channel "
         "(`crop_border = scale`). The interval is the 95% t-interval of the mean paired "
@@ -554,7 +566,8 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
         interval = row["interval95"]
         mean = row["mean_difference"]
         lines.append(
-            f"| x{row['scale']} | {row['ratio']:g} | {row['metric']} | {_mean_sd(row['dense'])} "
+            f"| x{row['scale']} | {row['ratio']:g} | {metric_label(row['metric'])} "
+            f"| {_mean_sd(row['dense'])} "
             f"| {_mean_sd(row['iht'])} | {_mean_sd(row['issp'])} "
             f"| {'-' if mean is None else f'{mean:+.3f}'} "
             f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
@@ -565,7 +578,9 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
     lines += [*flips_markdown(results), "## Every run", ""]
     metrics = [m for m in metrics if m != "val"]
     lines += [
-        "| run | " + " | ".join(f"{m} PSNR / SSIM" for m in metrics) + " | val PSNR | train s |",
+        "| run | "
+        + " | ".join(f"{metric_label(m)} PSNR / SSIM" for m in metrics)
+        + " | validation PSNR | train s |",
         "|---|" + "---|" * (len(metrics) + 2),
     ]
     for r in results:
@@ -576,21 +591,28 @@ def study_markdown(results: Sequence[dict], metrics: Sequence[str], command: str
 
 
 def write_study(
-    results: Sequence[dict], metrics: Sequence[str], command: str, out: Path = REPORT_DIR
+    results: Sequence[dict],
+    metrics: Sequence[str],
+    command: str,
+    out: Path = REPORT_DIR,
+    planned: int | None = None,
 ) -> str:
-    """Write ``study.md`` and ``study.json`` into ``out``; return the Markdown."""
-    text = study_markdown(results, metrics, command)
+    """Write ``study.md`` and ``study.json`` into ``out`` (and, for the checkout's report,
+    the README's verdict); ``planned`` is how many runs the plan has. Returns the Markdown."""
+    text = study_markdown(results, metrics, command, planned)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text)
     data = {
         "command": command,
+        "planned_runs": planned,
         "summary": study_summary(results, metrics),
         "goals": [dataclasses.asdict(goal) | {"met": goal.met} for goal in study_goals(results)],
         "runs": list(results),
     }
     (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
     if out.resolve() == REPORT_DIR.resolve():  # the checkout's report: the README says it too
-        write_readme_section("study-verdict", verdict_markdown(results, metrics, command))
+        verdict = verdict_markdown(results, metrics, command, planned)
+        write_readme_section("study-verdict", verdict)
     return text
 
 

@@ -102,7 +102,8 @@ def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
     ]
     results.append(result(2, "issp", 0.99, 0, 33.0))
     results.append(result(2, "iht", 0.99, 0, 33.1))
-    text = study.verdict_markdown(results, ["set5"], "cmd")
+    text = study.verdict_markdown(results, ["set5"], "cmd", planned=12)
+    assert "From `cmd`, 8 of 12 runs on cpu" in text
     assert "Set5 PSNR:" in text
     assert (
         "- x2, ratio 0.95: **ISS-P ahead** — ISS-P minus IHT +0.30 dB "
@@ -113,6 +114,8 @@ def test_readme_verdict_says_each_ratio_in_words_with_its_interval():
         "(the 95% interval needs at least two seeds), ISS-P won 0 of 1 seed." in text
     )
     assert "| x2 r0.95: ISS-P − IHT, mean paired ≥ 0 dB | 0.300 dB | 3 | met |" in text
+    goal = "| x2 r0.99: ISS-P − IHT, mean paired ≥ 0 dB | -0.100 dB | 1 | not met on 1 seed |"
+    assert goal in text
 
 
 def test_flips_are_compared_seed_by_seed_from_each_run_s_dynamics():
@@ -249,10 +252,11 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     report = json.loads((tmp_path / "report" / "study.json").read_text())
     row = report["summary"]["x2 r0.9 val"]
     assert [goal["met"] for goal in report["goals"]] == [None] * 8  # no Set5 scores asked for
+    assert report["planned_runs"] == 6
     pruned = [r for r in report["runs"] if r["config"]["method"] != "dense"]
     assert all(r["dynamics"]["flips_before_kp"] >= 0 for r in pruned)
     assert row["seeds"] == 2 and len(row["differences"]) == 2
-    assert "| x2 | 0.9 | val |" in (tmp_path / "report" / "study.md").read_text()
+    assert "| x2 | 0.9 | validation |" in (tmp_path / "report" / "study.md").read_text()
     finished = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.json"))
     assert len(finished) == 6
     stamps = [p.stat().st_mtime_ns for p in finished]
