@@ -51,6 +51,9 @@ def test_verdicts_say_ahead_behind_and_tie_as_the_study_decided(study):
     lines = text.splitlines()
     assert lines[0].startswith("Set5 PSNR, 1 to 3 seeds per ratio (not every run has finished)")
     assert f"`{COMMAND}`" in lines[0] and f"{len(study_runs())} runs" in lines[0]
+    write_study(study_runs(), ["set5"], COMMAND, study.parent, planned=42)
+    header = study_view.study_verdicts(study_view.load_study(study), "set5").splitlines()[0]
+    assert f"{len(study_runs())} of 42 planned runs" in header
     assert lines[2:] == [
         "- x2, ratio 0.9: **ISS-P ahead** — ISS-P minus IHT +0.30 dB "
         "(95% interval +0.28 to +0.32), ISS-P won 3 of 3 seeds.",
@@ -95,3 +98,10 @@ def test_a_corrupt_or_malformed_study_is_one_line_naming_the_file(study, tmp_pat
     page = study_view.study_page(study)
     assert page.figure is None and str(tmp_path) not in page.text
     assert page.text.startswith("**Paired-seed study:** study.json is not a study report")
+
+    write_study(study_runs(), ["set5"], COMMAND, study.parent)
+    data = json.loads(study.read_text())
+    data["planned_runs"] = "42"
+    study.write_text(json.dumps(data))
+    with pytest.raises(IsspError, match="planned_runs that is not a whole number"):
+        study_view.load_study(study)

@@ -87,12 +87,13 @@ class StudyRow:
 
 @dataclass(frozen=True)
 class StudySummary:
-    """``analysis/study.json``: the command that wrote it, how many runs had finished, and
-    one row per (scale, ratio, metric)."""
+    """``analysis/study.json``: the command that wrote it, how many runs had finished (of
+    how many planned, where it says), and one row per (scale, ratio, metric)."""
 
     command: str
     runs: int
     rows: tuple[StudyRow, ...]
+    planned: int | None = None
 
     @classmethod
     def from_json(cls, data: object) -> StudySummary:
@@ -109,7 +110,10 @@ class StudySummary:
                 rows.append(StudyRow.from_json(item))
             except IsspError as err:
                 raise IsspError(f"summary row {echo(key)} {err}") from None
-        return cls(data["command"], len(data["runs"]), tuple(rows))
+        planned = data.get("planned_runs")
+        if planned is not None and not _is_int(planned):
+            raise IsspError("has a planned_runs that is not a whole number")
+        return cls(data["command"], len(data["runs"]), tuple(rows), planned)
 
     @property
     def metrics(self) -> list[str]:
@@ -288,8 +292,11 @@ def study_verdicts(summary: StudySummary, metric: str) -> str:
     else:
         most = study.seed_count(counts[-1])
         seeds = f"{counts[0]} to {most} per ratio (not every run has finished)"
+    finished = f"{summary.runs} runs"
+    if summary.planned is not None:
+        finished = f"{summary.runs} of {summary.planned} planned runs"
     header = (
-        f"{study.metric_label(metric)} PSNR, {seeds}, {summary.runs} runs; made by "
+        f"{study.metric_label(metric)} PSNR, {seeds}, {finished}; made by "
         f"`{summary.command}`. Each seed trains {label('issp')} and {label('iht')} from the "
         f"same weights on the same batches, so {label('issp')} minus {label('iht')} is a "
         "paired difference; the interval is the 95% t-interval of its mean, and the verdict "
