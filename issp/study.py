@@ -317,12 +317,13 @@ def paired(results: Sequence[dict], scale: int, ratio: float, metric: str) -> Pa
     )
 
 
-def _mean_sd(values: Sequence[float]) -> str:
+def _mean_sd(values: Sequence[float], form: str = ".3f") -> str:
+    """Mean ± sample SD over seeds in ``form``; one value alone, "-" for none."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return f"{values[0]:{form}}"
+    return f"{np.mean(values):{form}} ± {np.std(values, ddof=1):{form}}"
 
 
 def _scores(results: Sequence[dict], scale: int, method: str, ratio: float, key: str) -> list:
@@ -489,14 +490,9 @@ def verdict_markdown(
     return "\n".join([*lines, *_goals_table(study_goals(results))]) + "\n"
 
 
-def _count(values: Sequence[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:,.0f}" if values else "-"
-    return f"{np.mean(values):,.0f} ± {np.std(values, ddof=1):,.0f}"
-
-
-def _dynamics(by_seed: dict[int, dict[str, dict]], method: str, key: str) -> list[float]:
-    return [runs[method][key] for runs in by_seed.values() if method in runs]
+def _dynamics(by_seed: dict[int, dict[str, dict]], method: str, key: str) -> str:
+    """``key`` of ``method``'s dynamics as a count, mean ± sd over seeds."""
+    return _mean_sd([runs[method][key] for runs in by_seed.values() if method in runs], ",.0f")
 
 
 def flips_markdown(results: Sequence[dict]) -> list[str]:
@@ -512,12 +508,13 @@ def flips_markdown(results: Sequence[dict]) -> list[str]:
     for (scale, ratio), by_seed in sorted(cells.items()):
         pairs = [runs for runs in by_seed.values() if set(COMPARED) <= runs.keys()]
         more = sum(p["issp"]["flips_before_kp"] > p["iht"]["flips_before_kp"] for p in pairs)
-        magnitude = _dynamics(by_seed, "issp", "selected_over_kept")
+        issp = [runs["issp"] for runs in by_seed.values() if "issp" in runs]
+        magnitude = [dynamics["selected_over_kept"] for dynamics in issp]
         lines.append(
-            f"| x{scale} | {ratio:g} | {_count(_dynamics(by_seed, 'iht', 'flips_before_kp'))} "
-            f"| {_count(_dynamics(by_seed, 'issp', 'flips_before_kp'))} | {more} of {len(pairs)} "
-            f"| {_count(_dynamics(by_seed, 'iht', 'flips_last_fifth'))} "
-            f"| {_count(_dynamics(by_seed, 'issp', 'flips_last_fifth'))} "
+            f"| x{scale} | {ratio:g} | {_dynamics(by_seed, 'iht', 'flips_before_kp')} "
+            f"| {_dynamics(by_seed, 'issp', 'flips_before_kp')} | {more} of {len(pairs)} "
+            f"| {_dynamics(by_seed, 'iht', 'flips_last_fifth')} "
+            f"| {_dynamics(by_seed, 'issp', 'flips_last_fifth')} "
             f"| {f'{np.mean(magnitude):.4f}' if magnitude else '-'} |"
         )
     if not lines:
