@@ -337,7 +337,7 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         gr.Markdown("### Does ISS-P beat IHT? The paired-seed study")
         study_metric = gr.Dropdown(choices=[], value=None, label="Study test set")
         study_text = gr.Markdown(label="study verdicts")
-        study_plot = gr.Plot(label="Study PSNR (mean ± sd over seeds)")
+        study_plot = gr.Plot(label="Study PSNR and paired ISS-P − IHT per seed")
         gr.Markdown("### The checkpoint zoo")
         with gr.Row():
             x_axis = gr.Radio(

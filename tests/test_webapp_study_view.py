@@ -46,6 +46,35 @@ def test_figure_shows_each_method_at_its_seed_mean_with_the_seed_sd_as_error_bar
     assert "sd over seeds" in figure.layout.yaxis.title.text
 
 
+def test_figure_shows_each_seeds_paired_difference_and_the_interval_that_decides(study):
+    summary = study_view.load_study(study)
+    figure = study_view.study_figure(summary, "set5")
+    # The second row's subplots: x2 in "x3", x4 in "x4".
+    for axis, scale in (("x3", 2), ("x4", 4)):
+        seeds, mean = [t for t in figure.data if t.xaxis == axis and t.legendgroup == "difference"]
+        rows = [row for row in summary.rows_of("set5") if row.scale == scale]
+        differences = [
+            (ratio, issp - iht)
+            for (s, ratio), m in SET5.items()
+            if s == scale and ratio
+            for issp, iht in zip(m["issp"], m["iht"], strict=False)
+        ]
+        assert list(seeds.x) == pytest.approx([r - study_view.SEED_OFFSET for r, _ in differences])
+        assert list(seeds.y) == pytest.approx([d for _, d in differences])
+        assert list(mean.x) == [row.ratio for row in rows]
+        assert list(mean.y) == pytest.approx([row.mean_difference for row in rows])
+        for row, up, down in zip(rows, mean.error_y.array, mean.error_y.arrayminus, strict=True):
+            if row.interval95 is None:
+                assert up is None and down is None
+            else:
+                assert row.mean_difference + up == pytest.approx(row.interval95[1])
+                assert row.mean_difference - down == pytest.approx(row.interval95[0])
+    x2_mean = next(t for t in figure.data if t.xaxis == "x3" and "95% interval" in t.name)
+    assert x2_mean.hovertext[0].startswith("x2, ratio 0.9: ISS-P ahead — ISS-P minus IHT +0.30")
+    zero_lines = [shape for shape in figure.layout.shapes if shape.y0 == 0 == shape.y1]
+    assert len(zero_lines) == 2
+
+
 def test_verdicts_say_ahead_behind_and_tie_as_the_study_decided(study):
     text = study_view.study_verdicts(study_view.load_study(study), "set5")
     lines = text.splitlines()
@@ -98,6 +127,13 @@ def test_a_corrupt_or_malformed_study_is_one_line_naming_the_file(study, tmp_pat
     page = study_view.study_page(study)
     assert page.figure is None and str(tmp_path) not in page.text
     assert page.text.startswith("**Paired-seed study:** study.json is not a study report")
+
+    write_study(study_runs(), ["set5"], COMMAND, study.parent)
+    data = json.loads(study.read_text())
+    del data["summary"]["x2 r0.95 set5"]["differences"]
+    study.write_text(json.dumps(data))
+    with pytest.raises(IsspError, match="'x2 r0.95 set5' has no list of paired differences"):
+        study_view.load_study(study)
 
     write_study(study_runs(), ["set5"], COMMAND, study.parent)
     data = json.loads(study.read_text())

@@ -1,5 +1,6 @@
 """The Results tab's paired-seed study: ``analysis/study.json`` as types, PSNR against
-pruning ratio with the seed spread, and the per-ratio verdicts in words.
+pruning ratio with the seed spread, each seed's paired ISS-P minus IHT with the 95%
+interval of its mean, and the per-ratio verdicts in words.
 
 ``python -m issp study report`` writes the file (:func:`issp.study.write_study`); its
 numbers and verdicts are :func:`issp.study.study_summary`'s, shown here as stored and never
@@ -32,6 +33,9 @@ STUDY_METHODS = (*COMPARED, "dense")
 # How far the dense reference line reaches past the outermost ratios, so that it still
 # shows as a line where only one ratio has finished.
 DENSE_MARGIN = 0.005
+# How far left of its ratio a single seed's paired difference is drawn, off the mean's bar.
+SEED_OFFSET = 0.004
+DIFFERENCE = f"{label('issp')} − {label('iht')}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class StudyRow:
     ratio: float
     metric: str
     scores: dict[str, tuple[float, ...]]  # by method in STUDY_METHODS; dense is ratio 0
+    differences: tuple[float, ...]  # ISS-P minus IHT, one per seed that finished both
     mean_difference: float | None  # ISS-P minus IHT; None while no seed has both
     interval95: tuple[float, float] | None  # None with fewer than two paired seeds
     issp_wins: int
@@ -72,11 +77,14 @@ class StudyRow:
         for method in STUDY_METHODS:
             if not _numbers(data.get(method)):
                 raise IsspError(f"has no list of {method} scores")
+        if not _numbers(data.get("differences")):
+            raise IsspError("has no list of paired differences")
         return cls(
             scale=data["scale"],
             ratio=float(data["ratio"]),
             metric=data["metric"],
             scores={method: tuple(map(float, data[method])) for method in STUDY_METHODS},
+            differences=tuple(map(float, data["differences"])),
             mean_difference=None if mean is None else float(mean),
             interval95=None if interval is None else (float(interval[0]), float(interval[1])),
             issp_wins=data["issp_wins"],
@@ -223,47 +231,111 @@ def _add_dense(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
     )
 
 
+def _add_methods(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+    """ISS-P and IHT at their mean over seeds against ratio, error bars ± sd over seeds."""
+    for method in COMPARED:
+        points = [(row.ratio, row.scores[method]) for row in rows if row.scores[method]]
+        figure.add_trace(
+            go.Scatter(
+                x=[ratio for ratio, _ in points],
+                y=[float(np.mean(scores)) for _, scores in points],
+                error_y={
+                    "type": "data",
+                    "array": [_sd(scores) for _, scores in points],
+                    "visible": True,
+                },
+                mode="lines+markers",
+                name=f"{label(method)} (mean, bars: ± sd over seeds)",
+                legendgroup=method,
+                showlegend=column == 1,
+                line={"color": colour(method)},
+                hovertext=[
+                    f"{label(method)}, ratio {ratio:g}: {_mean_sd(scores)}"
+                    for ratio, scores in points
+                ],
+                hovertemplate="%{hovertext}<extra></extra>",
+            ),
+            1,
+            column,
+        )
+
+
+def _add_differences(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+    """Each seed's ISS-P minus IHT as an open dot (set a little left of its ratio so it
+    does not hide under the mean), the mean with its 95% interval as error bars, and 0."""
+    style = {"legendgroup": "difference", "showlegend": column == 1}
+    seeds = [(row.ratio, d) for row in rows for d in row.differences]
+    figure.add_trace(
+        go.Scatter(
+            x=[ratio - SEED_OFFSET for ratio, _ in seeds],
+            y=[d for _, d in seeds],
+            mode="markers",
+            marker={"symbol": "circle-open", "color": colour("issp")},
+            name=f"{DIFFERENCE}, one seed each",
+            hovertext=[f"ratio {ratio:g}, one seed: {d:+.2f} dB" for ratio, d in seeds],
+            hovertemplate="%{hovertext}<extra></extra>",
+            **style,
+        ),
+        2,
+        column,
+    )
+    means = [row for row in rows if row.mean_difference is not None]
+    # One seed has no interval: its mean is drawn without a bar.
+    above = [row.interval95[1] - row.mean_difference if row.interval95 else None for row in means]
+    below = [row.mean_difference - row.interval95[0] if row.interval95 else None for row in means]
+    figure.add_trace(
+        go.Scatter(
+            x=[row.ratio for row in means],
+            y=[row.mean_difference for row in means],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": above,
+                "arrayminus": below,
+                "visible": True,
+            },
+            mode="markers",
+            marker={"color": colour("issp"), "size": 9},
+            name=f"{DIFFERENCE} (mean, bars: 95% interval)",
+            hovertext=[_verdict(row).replace("**", "") for row in means],
+            hovertemplate="%{hovertext}<extra></extra>",
+            **style,
+        ),
+        2,
+        column,
+    )
+    figure.add_hline(y=0, line_dash="dot", line_color="grey", row=2, col=column)
+
+
 def study_figure(summary: StudySummary, metric: str) -> go.Figure:
-    """PSNR on ``metric`` against pruning ratio, one subplot per scale: ISS-P and IHT at
-    their mean over seeds with error bars of the sample standard deviation over seeds, and
-    the dense model's mean as a dashed line with a band of ± its standard deviation."""
+    """Two rows, one column per scale. Top: PSNR on ``metric`` against pruning ratio, ISS-P
+    and IHT at their mean over seeds with error bars of the sample standard deviation over
+    seeds, the dense model's mean as a dashed line with a band of ± its standard deviation.
+    Bottom: the study's answer, ISS-P minus IHT per seed and its mean with the 95% interval
+    that decides the verdict; the verdict is the hover text."""
     metric = check_choice(metric, "metric", summary.metrics)
     rows = summary.rows_of(metric)
     scales = sorted({row.scale for row in rows})
-    figure = make_subplots(1, len(scales), subplot_titles=[f"x{scale}" for scale in scales])
+    figure = make_subplots(
+        2,
+        len(scales),
+        shared_xaxes=True,
+        row_heights=[0.6, 0.4],
+        vertical_spacing=0.08,
+        subplot_titles=[f"x{scale}" for scale in scales] + [""] * len(scales),
+    )
     for column, scale in enumerate(scales, start=1):
         at_scale = [row for row in rows if row.scale == scale]
         _add_dense(figure, at_scale, column)
-        for method in COMPARED:
-            points = [(row.ratio, row.scores[method]) for row in at_scale if row.scores[method]]
-            figure.add_trace(
-                go.Scatter(
-                    x=[ratio for ratio, _ in points],
-                    y=[float(np.mean(scores)) for _, scores in points],
-                    error_y={
-                        "type": "data",
-                        "array": [_sd(scores) for _, scores in points],
-                        "visible": True,
-                    },
-                    mode="lines+markers",
-                    name=f"{label(method)} (mean, bars: ± sd over seeds)",
-                    legendgroup=method,
-                    showlegend=column == 1,
-                    line={"color": colour(method)},
-                    hovertext=[
-                        f"{label(method)}, ratio {ratio:g}: {_mean_sd(scores)}"
-                        for ratio, scores in points
-                    ],
-                    hovertemplate="%{hovertext}<extra></extra>",
-                ),
-                1,
-                column,
-            )
-        figure.update_xaxes(title_text="pruning ratio", row=1, col=column)
-    figure.update_yaxes(title_text="PSNR (dB, Y channel), mean ± sd over seeds", row=1, col=1)
+        _add_methods(figure, at_scale, column)
+        _add_differences(figure, at_scale, column)
+        figure.update_xaxes(title_text="pruning ratio", row=2, col=column)
+    figure.update_yaxes(title_text="PSNR (dB), mean ± sd over seeds", row=1, col=1)
+    figure.update_yaxes(title_text=f"{DIFFERENCE} (dB)", row=2, col=1)
     figure.update_layout(
         title=f"{study.metric_label(metric)} PSNR of the paired-seed study",
         template="plotly_white",
+        height=700,
     )
     return figure
 
