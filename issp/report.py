@@ -49,6 +49,7 @@ def results_markdown(
         "| non-zero weights | sparse GFLOPs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    lines[1:1] = _protocol_lines(records)
     ordered = table_order(records)
     for arch, scale in sorted({(r.arch, r.scale) for r in records} | set(bicubic)):
         if (arch, scale) in bicubic:
@@ -60,6 +61,21 @@ def results_markdown(
                 f"| {r.nonzeros:,} | {r.flops_sparse / 1e9:.2f} |"
             )
     return "\n".join(lines + _comparison_lines(records) + _training_time_lines(ordered)) + "\n"
+
+
+def _protocol_lines(records: list[Record]) -> list[str]:
+    """How many checkpoints each training protocol (``issp.train.PROTOCOLS``) and seed made,
+    from the records; the first zoo's records name neither."""
+    if not records:
+        return []
+
+    def counted(values: list) -> str:
+        counts = {value: values.count(value) for value in dict.fromkeys(values)}
+        return ", ".join(f"{value} for {count}" for value, count in counts.items())
+
+    protocols = counted([r.protocol or "not recorded" for r in records])
+    seeds = counted([r.seed if r.seed is not None else "not recorded" for r in records])
+    return [f"Protocol (`issp/train.py: PROTOCOLS`): {protocols}; seed {seeds}."]
 
 
 def _training_time_lines(records: list[Record]) -> list[str]:
@@ -102,7 +118,8 @@ def _comparison_lines(records: list[Record]) -> list[str]:
     return [
         "",
         "ISS-P minus IHT and ISS-P minus dense at each ratio (PSNR, dB; positive means ISS-P "
-        "is higher):",
+        "is higher). One seed per checkpoint: a gap of a few tenths of a dB can be seed noise; "
+        "`analysis/study.md` compares the methods over paired seeds with intervals.",
         "",
         "| model | ratio | vs IHT, Set5 | vs IHT, Set14 | vs dense, Set5 | vs dense, Set14 |",
         "|---|---|---|---|---|---|",

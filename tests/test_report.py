@@ -31,6 +31,14 @@ def test_results_markdown_has_a_row_per_model_and_provenance():
     assert "vs IHT" not in table  # nothing to compare without an IHT row
 
 
+def test_results_markdown_says_which_protocol_and_seed_trained_the_checkpoints():
+    records = [record("dense", 0.0, protocol="two-stage", seed=0),
+               record("iht", 0.9, protocol="two-stage", seed=0), record("issp", 0.9)]  # fmt: skip
+    table = report.results_markdown(records, {}, "cmd")
+    line = "Protocol (`issp/train.py: PROTOCOLS`): two-stage for 2, not recorded for 1"
+    assert f"{line}; seed 0 for 2, not recorded for 1." in table.splitlines()
+
+
 def test_results_markdown_compares_issp_with_iht_and_dense_at_each_ratio():
     records = [record("dense", 0.0, 36.5, 32.3), record("iht", 0.9, 35.0, 31.3),
                record("issp", 0.9, 35.3, 31.2), record("issp", 0.99, 34.0)]  # fmt: skip
