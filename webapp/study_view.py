@@ -330,7 +330,7 @@ def study_figure(summary: StudySummary, metric: str) -> go.Figure:
         _add_methods(figure, at_scale, column)
         _add_differences(figure, at_scale, column)
         figure.update_xaxes(title_text="pruning ratio", row=2, col=column)
-    figure.update_yaxes(title_text="PSNR (dB), mean ± sd over seeds", row=1, col=1)
+    figure.update_yaxes(title_text="PSNR (dB, Y channel), mean ± sd over seeds", row=1, col=1)
     figure.update_yaxes(title_text=f"{DIFFERENCE} (dB)", row=2, col=1)
     figure.update_layout(
         title=f"{study.metric_label(metric)} PSNR of the paired-seed study",
