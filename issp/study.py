@@ -317,17 +317,12 @@ def paired_runs(
     by_seed: dict[int, dict[tuple[str, float], float]] = {}
     for result in results:
         config = result["config"]
-        run = next(
-            (
-                key
-                for key in (first, second)
-                if config["method"] == key[0] and math.isclose(config["ratio"], key[1])
-            ),
-            None,
-        )
-        if config["scale"] == scale and run is not None and (metric == "val" or metric in result):
-            score = result["val_psnr"] if metric == "val" else result[metric]["psnr"]
-            by_seed.setdefault(config["seed"], {})[run] = score
+        if config["scale"] != scale or (metric != "val" and metric not in result):
+            continue
+        for run in (first, second):
+            if config["method"] == run[0] and math.isclose(config["ratio"], run[1]):
+                score = result["val_psnr"] if metric == "val" else result[metric]["psnr"]
+                by_seed.setdefault(config["seed"], {})[run] = score
     return Paired(
         tuple(
             scores[first] - scores[second]
