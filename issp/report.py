@@ -44,12 +44,12 @@ def results_markdown(
         f"Made by `{command}` on {machine_description()}, {time.strftime('%Y-%m-%d')}. "
         "PSNR (dB) / SSIM on the Y channel, border = scale; FLOPs for a "
         f"{FLOPS_INPUT[0]}x{FLOPS_INPUT[1]} LR input.",
+        *_protocol_lines(records),
         "",
         "| model | method | ratio | Set5 PSNR | Set5 SSIM | Set14 PSNR | Set14 SSIM "
         "| non-zero weights | sparse GFLOPs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines[1:1] = _protocol_lines(records)
     ordered = table_order(records)
     for arch, scale in sorted({(r.arch, r.scale) for r in records} | set(bicubic)):
         if (arch, scale) in bicubic:
