@@ -324,8 +324,8 @@ def sweep_alpha(
     lines = [
         f"# Alpha sweep\n\nMade by `python -m issp zoo sweep --data {data}` on "
         f"{machine_description()}, {time.strftime('%Y-%m-%d')}: edsr-tiny x2, ratio {ratio}, "
-        f"{steps} steps, Kp = {base.kp}, otherwise the zoo protocol. PSNR (Y) on the "
-        "validation split carved out of the training images (never Set5/Set14).\n",
+        f"{steps} steps, Kp = {base.kp}, otherwise the zoo's `{base.protocol}` protocol. PSNR "
+        "(Y) on the validation split carved out of the training images (never Set5/Set14).\n",
         "| run | validation PSNR (dB) | mask flips (all layers, all steps) |",
         "|---|---|---|",
     ]
