@@ -95,9 +95,10 @@ def build_parser() -> Parser:
     train.add_argument("--ratio", type=_ratio, default=0.9, help="pruning ratio r in [0, 1)")
     train.add_argument(
         "--protocol",
-        default="cosine",
+        default="two-stage",
         choices=list(PROTOCOLS),
-        help="schedule, Kp fraction, Adam betas, pruned layers, default lr and alpha",
+        help="schedule, Kp fraction, Adam betas, pruned layers, default lr and alpha "
+        "(two-stage: the study's and the zoo's; cosine: the first zoo's)",
     )
     train.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor (default: protocol's)")
     train.add_argument("--steps", type=_positive, default=2000, help="total training steps")

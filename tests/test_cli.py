@@ -12,10 +12,11 @@ from PIL import Image
 
 from analysis.lockstep import MAX_STEPS
 from issp import catalogue
-from issp.checkpoint import save_checkpoint
+from issp.checkpoint import read_metadata, save_checkpoint
 from issp.cli import main
 from issp.models import build_model
 from issp.pruning import prunable_weights, smallest_mask
+from issp.train import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,6 +185,17 @@ def test_cli_analyze_then_plot(photos, tmp_path, capsys):
     assert main(["plot", str(out), "--out", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "dynamics.html").exists()
     assert (tmp_path / "figures" / "flips.png").exists()
+
+
+def test_train_defaults_to_the_protocol_the_study_and_zoo_use(photos, tmp_path):
+    out = tmp_path / "run.safetensors"
+    args = ["train", "--steps", "4", "--batch-size", "2", "--patch", "8", "--workers", "0"]
+    assert main([*args, "--data", str(photos), "--val-every", "4", "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    two_stage = PROTOCOLS["two-stage"]
+    assert meta["protocol"] == "two-stage" and meta["schedule"] == "two-stage"
+    assert float(meta["lr"]) == two_stage.lr and float(meta["alpha"]) == two_stage.alpha
+    assert meta["prune_steps"] == "1"  # a quarter of the steps
 
 
 @pytest.mark.parametrize(
