@@ -197,6 +197,9 @@ def build_parser() -> Parser:
         )
         sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
         sub.add_argument(
+            "--threads", type=_positive, help="torch threads per run (default: cores / jobs)"
+        )
+        sub.add_argument(
             "--precision",
             choices=list(PRECISIONS),
             help="fp32, channels-last (1.6-1.8x) or bf16 autocast (about 5x); neither faster "
@@ -547,7 +550,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     folders = study.RunFolders.of(args.protocol, args.work or study.WORK_DIR, out)
     tests = study.test_folders(args.test, args.extra_test)
     if args.study_command == "run":
-        results = study.execute(runs, folders, tests, jobs=args.jobs)
+        results = study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
     else:
         results = study.load_results(runs, folders.results)
     if not results:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -204,14 +205,16 @@ def execute(
     tests: dict[str, Path],
     jobs: int = 2,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> list[dict]:
-    """Train and score every run without a result yet, ``jobs`` at a time; return all
+    """Train and score every run without a result yet, ``jobs`` at a time with ``threads``
+    torch threads each (default: the usable cores split between the jobs); return all
     results (those finished by other processes included)."""
     folders.work.mkdir(parents=True, exist_ok=True)
     folders.results.mkdir(parents=True, exist_ok=True)
     pending = [run for run in runs if not run.result_path(folders.results).exists()]
     log(f"[{time.strftime('%H:%M:%S')}] {len(runs) - len(pending)} of {len(runs)} runs done")
-    threads = max(1, available_cpus() // jobs)
+    threads = threads or max(1, available_cpus() // jobs)
     with ProcessPoolExecutor(jobs) as pool:
         futures = {pool.submit(_execute_one, run, folders, tests, threads): run for run in pending}
         # As they finish, not in plan order: a short x4 run is logged while an x2 one trains.
@@ -240,10 +243,13 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
             }
             for key, folder in tests.items():
                 scores = evaluate_folder(model, folder, run.config.scale)
-                result[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+                result[key] = scores  # with per-image rows, for re-analysis
             if run.config.method in COMPARED and telemetry_path(out).is_file():
                 dynamics = mask_dynamics(telemetry_path(out), run.config.kp)
                 result["dynamics"] = dataclasses.asdict(dynamics)
+            # The checkpoint is kept beside its scores (compact sparse storage, about 200
+            # KB), so a later analysis can re-score it on any images (``study rescore``).
+            shutil.copyfile(out, run.checkpoint_path(results))
             tmp = run.result_path(results).with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp, run.result_path(results))
