@@ -240,6 +240,7 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
                 "val_psnr": history["val_psnr"][-1],
                 "train_seconds": float(meta["train_seconds"]),
                 "device": meta["device"],
+                "machine": machine_description(),  # the CPU: bf16 speed and sums depend on it
             }
             for key, folder in tests.items():
                 scores = evaluate_folder(model, folder, run.config.scale)
