@@ -186,27 +186,43 @@ def build_parser() -> Parser:
     grid = study_commands.add_parser("grid", help="choose alpha and lr on a validation split")
     run = study_commands.add_parser("run", help="train and score every run of the study")
     report = study_commands.add_parser("report", help="write analysis/study.md from results")
+    rescore = study_commands.add_parser(
+        "rescore", help="re-score every committed study checkpoint on a folder of images"
+    )
+    rescore.add_argument("--test", type=_existing, required=True, help="a folder of HR images")
+    rescore.add_argument("--name", help="the report's name (default: the folder's)")
+    precision = study_commands.add_parser(
+        "precision", help="the bf16 bias test of analysis/precision.md: train, then report"
+    )
+    precision.add_argument("--data", type=_existing, help="training images (default: bundled)")
+    precision.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
+    precision.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
+    precision.add_argument("--threads", type=_positive, help="torch threads per run")
+    precision.add_argument(
+        "--report", action="store_true", help="only write the report from finished runs"
+    )
     # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, PRECISION), which
     # the zoo's build reads too; importing it here would load scipy for every command.
-    for sub in (grid, run, report):
-        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
+    for sub in (grid, run, report, rescore):
         sub.add_argument("--protocol", choices=list(PROTOCOLS), help="default: issp.study.PROTOCOL")
         sub.add_argument("--seeds", type=_ints, help="e.g. 0,1,2 (default: issp.study.SEEDS)")
         sub.add_argument(
             "--ratios", type=_floats, help="e.g. 0.9,0.99 (default: issp.study.RATIOS)"
         )
+        sub.add_argument(
+            "--precision",
+            choices=list(PRECISIONS),
+            help="fp32, channels-last or bf16 autocast with channels-last; see "
+            "analysis/precision.md (default: issp.study.PRECISION)",
+        )
+        sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
+    for sub in (grid, run, report):
+        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
         sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
         sub.add_argument(
             "--threads", type=_positive, help="torch threads per run (default: cores / jobs)"
         )
-        sub.add_argument(
-            "--precision",
-            choices=list(PRECISIONS),
-            help="fp32, channels-last (1.6-1.8x) or bf16 autocast (about 5x); neither faster "
-            "one passed benchmarks/train_quality.py (default: issp.study.PRECISION)",
-        )
         sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
-        sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
     grid.add_argument("--steps", type=_positive, default=1000)
     grid.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4, 1e-3), help="e.g. 1e-4,1e-3")
     grid.add_argument("--alphas", type=_floats, default=(0.9, 0.95, 0.99), help="ISS-P's")
@@ -219,6 +235,7 @@ def build_parser() -> Parser:
     for sub in (run, report):
         sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
         sub.add_argument("--extra-test", type=_existing, action="append", default=[])
+    for sub in (run, report, rescore):
         sub.add_argument(
             "--scales", type=_ints, help="e.g. 2,4 (default: those of issp.study.STEPS)"
         )
@@ -524,12 +541,44 @@ def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**(vars(args) | missing))
 
 
+def _study_precision(args: argparse.Namespace, command: str) -> None:
+    from issp import precision, study
+
+    data = str(args.data) if args.data else None
+    folders = study.RunFolders.of(study.PROTOCOL, study.WORK_DIR, study.REPORT_DIR)
+    if not args.report:
+        tests = study.test_folders(args.test)
+        runs = precision.precision_plan(data)
+        study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
+    pairs = precision.run_pairs(folders.results)
+    if not pairs:
+        raise IsspError(f"no bf16 run in {folders.results} has finished yet")
+    summary = precision.write_precision(pairs, command, study.REPORT_DIR)
+    print(f"{summary['pairs']} of {summary['planned_pairs']} pairs; {summary['decision']}")
+
+
+def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
+    from issp import rescore, study
+    from issp.catalogue import score_key
+
+    folders = study.RunFolders.of(args.protocol, study.WORK_DIR, out)
+    key = args.name or score_key(args.test.name)  # Set14 -> set14, as the run files key it
+    rescored = rescore.rescore(runs, folders.results, args.test, key)
+    report = rescore.write_rescore(rescored, key, args.test, command, out / "rescore")
+    gap = rescore.reproduction(rescored, key)
+    same = "" if gap is None else f"; largest gap to the committed scores {gap:.4f} dB"
+    print(f"re-scored {len(rescored)} checkpoints{same}; wrote {report}")
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
-    args = _study_defaults(args)
-    data = str(args.data) if args.data else None
     command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
+    if args.study_command == "precision":
+        _study_precision(args, command)
+        return
+    args = _study_defaults(args)
+    data = str(getattr(args, "data", None) or "") or None
     out = args.out or study.REPORT_DIR
     if args.study_command == "grid":
         choice = _study_grid(args, data, command, out)
@@ -547,6 +596,9 @@ def cmd_study(args: argparse.Namespace) -> None:
         lr=args.lr,
         alpha=args.alpha,
     )
+    if args.study_command == "rescore":
+        _study_rescore(args, runs, command, out)
+        return
     folders = study.RunFolders.of(args.protocol, args.work or study.WORK_DIR, out)
     tests = study.test_folders(args.test, args.extra_test)
     if args.study_command == "run":

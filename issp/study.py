@@ -294,6 +294,13 @@ class Paired:
         return self.mean - half, self.mean + half
 
     @property
+    def p_value(self) -> float:
+        """Two-sided paired t-test of a zero mean difference (NaN with fewer than two)."""
+        if self.n < 2:
+            return math.nan
+        return float(stats.ttest_1samp(self.differences, 0.0).pvalue)
+
+    @property
     def wins(self) -> int:
         return sum(d > 0 for d in self.differences)
 
@@ -339,7 +346,7 @@ def paired_runs(
     )
 
 
-def _mean_sd(values: Sequence[float], form: str = ".3f") -> str:
+def mean_sd(values: Sequence[float], form: str = ".3f") -> str:
     """Mean ± sample SD over seeds in ``form``; one value alone, "-" for none."""
     if not values:
         return "-"
@@ -381,8 +388,33 @@ def study_summary(results: Sequence[dict], metrics: Sequence[str]) -> dict:
                     "issp_wins": pair.wins,
                     "seeds": pair.n,
                     "verdict": pair.verdict,
+                    "p": None if math.isnan(pair.p_value) else pair.p_value,
                 }
+    for metric in metrics:
+        rows = [row for row in summary.values() if row["metric"] == metric and row["p"] is not None]
+        for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
+            row["p_holm"] = adjusted
     return summary
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (family-wise error across them), in
+    their order: the k-th smallest is multiplied by (m - k + 1), kept monotone, capped at 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_survivors(summary: dict, metric: str, level: float = 0.05) -> list[dict]:
+    """The rows of ``metric`` whose Holm-adjusted p is below ``level``."""
+    return [
+        row
+        for row in summary.values()
+        if row["metric"] == metric and row.get("p_holm") is not None and row["p_holm"] < level
+    ]
 
 
 @dataclass(frozen=True)
@@ -420,6 +452,31 @@ def study_goals(results: Sequence[dict]) -> list[Goal]:
         figure = float(np.mean(dense)) if dense else None
         goals.append(Goal(f"x{scale} dense Set5 PSNR, mean", figure, target, len(dense)))
     return goals
+
+
+def _p_values(row: dict) -> str:
+    if row.get("p") is None:
+        return "-"
+    return f"{row['p']:.3f} ({row['p_holm']:.3f})"
+
+
+def holm_sentences(summary: dict, metrics: Sequence[str]) -> list[str]:
+    """Per test set, in words: which cells keep their verdict after Holm's correction."""
+    lines = []
+    for metric in (m for m in metrics if m != "val"):
+        family = [row for row in summary.values() if row["metric"] == metric and "p_holm" in row]
+        if not family:
+            continue
+        kept = [
+            f"x{row['scale']} {row['ratio']:g} ({row['verdict']}, adjusted p {row['p_holm']:.3f})"
+            for row in holm_survivors(summary, metric)
+        ]
+        head = f"After Holm's correction across the {len(family)} cells of {metric_label(metric)}"
+        lines.append(
+            f"{head}, {len(kept)} keep a difference at the 5% level"
+            + (f": {', '.join(kept)}." if kept else ".")
+        )
+    return lines
 
 
 def _goals_table(goals: Sequence[Goal]) -> list[str]:
@@ -507,13 +564,13 @@ def verdict_markdown(
                 row["seeds"],
             )
             lines.append(f"- {sentence}")
-        lines.append("")
+        lines += ["", *holm_sentences(summary, [metric]), ""]
     return "\n".join([*lines, *_goals_table(study_goals(results))]) + "\n"
 
 
 def _dynamics(by_seed: dict[int, dict[str, dict]], method: str, key: str) -> str:
     """``key`` of ``method``'s dynamics as a count, mean ± sd over seeds."""
-    return _mean_sd([runs[method][key] for runs in by_seed.values() if method in runs], ",.0f")
+    return mean_sd([runs[method][key] for runs in by_seed.values() if method in runs], ",.0f")
 
 
 def flips_markdown(results: Sequence[dict]) -> list[str]:
@@ -577,21 +634,29 @@ def study_markdown(
         "difference; the verdict says ahead or behind only where it excludes 0.",
         "",
         "| scale | ratio | test set | dense | IHT | ISS-P | ISS-P − IHT (mean) | 95% interval "
-        "| ISS-P wins | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ISS-P wins | verdict | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.values():
         interval = row["interval95"]
         mean = row["mean_difference"]
         lines.append(
             f"| x{row['scale']} | {row['ratio']:g} | {metric_label(row['metric'])} "
-            f"| {_mean_sd(row['dense'])} "
-            f"| {_mean_sd(row['iht'])} | {_mean_sd(row['issp'])} "
+            f"| {mean_sd(row['dense'])} "
+            f"| {mean_sd(row['iht'])} | {mean_sd(row['issp'])} "
             f"| {'-' if mean is None else f'{mean:+.3f}'} "
             f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
-            f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} |"
+            f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} | {_p_values(row)} |"
         )
-    lines += ["", "Scores are mean ± standard deviation over seeds.", ""]
+    lines += [
+        "",
+        "Scores are mean ± standard deviation over seeds. p is the two-sided paired t-test "
+        "of a zero mean difference; in brackets, Holm's adjustment across the cells of the "
+        "same test set (the family a reader scans for any win).",
+        "",
+        *holm_sentences(summary, metrics),
+        "",
+    ]
     lines += ["## Goals", "", *_goals_table(study_goals(results)), ""]
     lines += [*flips_markdown(results), "## Every run", ""]
     metrics = [m for m in metrics if m != "val"]
