@@ -151,7 +151,7 @@ class Decision:
         if self.shift.n < self.expected:
             return None
         low, high = self.shift.interval
-        return low >= -TOLERANCE and high <= TOLERANCE
+        return bool(low >= -TOLERANCE and high <= TOLERANCE)
 
     @property
     def words(self) -> str:

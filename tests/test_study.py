@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+from PIL import Image
 
 from issp import study
 from issp.cli import main
@@ -161,7 +162,7 @@ def test_study_run_trains_the_study_s_steps_and_precision_unless_told(
 ):
     planned = []
 
-    def execute(runs, folders, tests, jobs):
+    def execute(runs, folders, tests, jobs, threads):
         planned.append(runs)
         return []
 
@@ -296,3 +297,53 @@ def test_grid_runs_other_alphas_only_at_the_chosen_rate_and_writes_its_choice(tm
     text = (tmp_path / "report" / "protocol_grid.md").read_text()
     assert f"Chosen: lr {choice['lr']:g}" in text and "| bicubic (reference) |" in text
     assert 20 < data["bicubic_val_psnr"] < 50
+
+
+def test_holm_multiplies_the_k_th_smallest_p_by_the_remaining_count_and_stays_monotone():
+    assert study.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert study.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_report_names_the_cells_that_survive_holm_across_a_test_set():
+    results = []
+    for seed, (gap_a, gap_b) in enumerate([(0.30, 0.05), (0.31, -0.2), (0.29, 0.3)]):
+        for ratio, gap in ((0.9, gap_a), (0.99, gap_b)):
+            results += [result(2, "issp", ratio, seed, 35 + gap), result(2, "iht", ratio, seed, 35)]
+    summary = study_summary(results, ["set5"])
+    clear, unclear = summary["x2 r0.9 set5"], summary["x2 r0.99 set5"]
+    assert clear["p_holm"] == pytest.approx(2 * clear["p"]) and clear["p_holm"] < 0.05
+    assert unclear["p_holm"] == pytest.approx(unclear["p"])  # the largest p: times 1
+    assert study.holm_survivors(summary, "set5") == [clear]
+    [sentence] = study.holm_sentences(summary, ["set5"])
+    assert "across the 2 cells of Set5, 1 keep" in sentence and "x2 0.9 (ISS-P ahead" in sentence
+
+
+def test_study_runs_keep_checkpoints_and_per_image_scores_and_rescore_reproduces_them(
+    tmp_path, photos, capsys
+):
+    plan = ["--scales", "4", "--steps", "4", "--seeds", "0,1", "--ratios", "0.9"]
+    out = ["--out", str(tmp_path / "report")]
+    run = ["study", "run", *plan, "--work", str(tmp_path / "runs"), *out]
+    assert main([*run, "--extra-test", str(photos)]) == 0
+    results = tmp_path / "report" / "study_runs" / "two-stage"
+    assert len(list(results.glob("*.safetensors"))) == 6  # every run's checkpoint is kept
+    finished = json.loads(next(results.glob("*iht*_s1.json")).read_text())
+    key = photos.name.lower()
+    assert len(finished[key]["images"]) == len(list(photos.iterdir()))
+    assert main(["study", "rescore", "--test", str(photos), *plan, *out]) == 0
+    assert "largest gap to the committed scores 0.0000 dB" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "rescore" / f"{key}.json").read_text())
+    assert report["largest_gap_to_committed"] == 0.0
+    assert report["summary"][f"x4 r0.9 {key}"]["seeds"] == 2
+    markdown = (tmp_path / "report" / "rescore" / f"{key}.md").read_text()
+    assert "| x4 | 0.9 |" in markdown and "Per image" in markdown
+
+
+def test_rescore_refuses_a_folder_with_no_scorable_image(tmp_path, photos):
+    plan = ["--scales", "4", "--steps", "4", "--seeds", "0", "--ratios", "0.9"]
+    out = ["--out", str(tmp_path / "report")]
+    assert main(["study", "run", *plan, "--work", str(tmp_path / "runs"), *out]) == 0
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.open(next(photos.iterdir())).resize((12, 12)).save(tiny / "small.png")
+    assert main(["study", "rescore", "--test", str(tiny), *plan, *out]) == 2
