@@ -390,7 +390,8 @@ def run_controls(steps: int, steps_label: str, prefix: str, alpha: bool) -> RunC
             0.01, 0.999, value=defaults.alpha, step=0.001, label="ISS-P alpha (shrink factor)"
         )
     count = gr.Number(value=steps, precision=0, label=steps_label, elem_id=f"{prefix}-steps")
-    kp = gr.Number(value=0, precision=0, label="Pruning stage Kp (steps; 0 = 60% of them)")
+    share = defaults.train_config().kp_fraction  # the live protocol's, as the run uses it
+    kp = gr.Number(value=0, precision=0, label=f"Pruning stage Kp (steps; 0 = {share:.0%} of them)")
     seed = gr.Number(value=defaults.seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
     return RunControls(arch, scale, ratio, shrink, count, kp, seed)
 

@@ -70,7 +70,11 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             or has more than ``max_pixels`` pixels.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name longer than the file system allows, say
+        found = False
+    if not found:
         raise IsspError(f"image file not found: {path}")
     try:
         img = Image.open(path)

@@ -50,7 +50,7 @@ from issp.checkpoint import save_checkpoint
 from issp.data import PatchDataset, default_image_paths, find_images, split_train_val
 from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
-from issp.models import PRESETS, build_model, preset_args
+from issp.models import PRESETS, build_model, prefers_channels_last, preset_args
 from issp.pruning import Pruner
 
 SCHEDULES = ("cosine", "two-stage")
@@ -115,9 +115,11 @@ class TrainConfig:
     prune_edges: bool = PROTOCOLS["cosine"].prune_edges
     scope: str = "local"
     # Speed settings: bfloat16 autocast of the network's forward pass (the loss, Adam's
-    # weights and the pruner's selection stay fp32), and channels-last convolutions.
+    # weights and the pruner's selection stay fp32), and channels-last convolutions. Both
+    # are fp32-exact in what they compute but not in the order they sum it, so a run's
+    # figures move by about as much as running on two threads instead of one does.
     bf16: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: the architecture's faster layout
     data: str | None = None  # None: photos shipped in installed packages
     val: str | None = None  # None: a split carved out of the training images
     val_every: int = 200
@@ -125,6 +127,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.channels_last is None:  # resolved here so that every saved config says it
+            self.channels_last = self.arch in PRESETS and prefers_channels_last(self.arch)
 
     @classmethod
     def of_protocol(cls, name: str, **settings) -> TrainConfig:
@@ -229,6 +235,11 @@ def setup_run(
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        # DDP broadcasts buffers flat and refuses the strides channels-last gives a
+        # [1, C, 1, 1] buffer (EDSR's mean); a buffer is a constant, its layout is moot.
+        for module in model.modules():
+            for name, buffer in module.named_buffers(recurse=False):
+                setattr(module, name, buffer.clone(memory_format=torch.contiguous_format))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     pruner = Pruner(
         model,

@@ -77,7 +77,7 @@ def check_scale(scale: int | str) -> int:
     radio's choices as strings, so ``"2"`` is taken as 2; ``2.5`` or ``"2.0"`` are not."""
     try:
         value = int(scale.strip()) if isinstance(scale, str) else int(scale)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         value = None
     exact = isinstance(scale, str) or value == scale
     if value is None or not exact or value not in SCALES:

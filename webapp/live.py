@@ -56,9 +56,9 @@ def live_config(
 ) -> LockstepConfig:
     """The checked ``LockstepConfig`` of a UI or API request; IsspError for bad input.
 
-    ``prune_steps`` (Kp) None or 0 means 60% of the steps; ``extra`` adds ``dense`` and/or
-    ``GMP`` to ISS-P and IHT. ``base`` supplies everything the user does not pick (batch,
-    patch, data, one torch thread).
+    ``prune_steps`` (Kp) None or 0 means the live protocol's share of the steps; ``extra``
+    adds ``dense`` and/or ``GMP`` to ISS-P and IHT. ``base`` supplies everything the user
+    does not pick (batch, patch, data, one torch thread).
     """
     if arch not in LIVE_ARCHS:
         raise IsspError(f"architecture must be one of {', '.join(LIVE_ARCHS)}, got {echo(arch)}")
@@ -75,9 +75,9 @@ def live_config(
         scale=whole(scale, "scale", 2, 4),
         ratio=number(ratio, "pruning ratio"),
         alpha=number(alpha, "alpha"),
-        steps=whole(steps, "steps", 1),
+        steps=whole(steps, "steps", 1, MAX_STEPS),
         # A number box cannot be empty, so 0 stands for the default as None does.
-        prune_steps=whole(prune_steps, "pruning stage", 1) if prune_steps else None,
+        prune_steps=whole(prune_steps, "pruning stage", 1, MAX_STEPS) if prune_steps else None,
         seed=whole(seed, "seed", 0, MAX_SEED),
         methods=(*COMPARED, *(EXTRA_METHODS[m] for m in EXTRA_METHODS if m in extra)),
     )

@@ -136,6 +136,7 @@ def upscale(
         raise IsspError(f"no x{scale} model can be used now. {zoo.status()}")
     choice = choose_model(manifest, arch, scale, method, ratio)
     img = open_image(path, limits.max_upscale_pixels)
+    fmt.check_fits(img.width * choice.scale, img.height * choice.scale)
     model, record = zoo.model(choice.arch, choice.scale, choice.method, choice.ratio)
     started = time.perf_counter()
     tile = fast_tile(choice.scale)
