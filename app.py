@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from plotly.graph_objects import Figure  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from analysis.lockstep import MAX_STEPS, LockstepConfig  # noqa: E402
 from analysis.plots import FIGURES  # noqa: E402
@@ -54,9 +55,11 @@ QUEUE_SIZE = 32
 # One "Evaluate" sweep touches a dense model and 2 methods x 5 ratios: 11 models fit.
 MODEL_CACHE = 16
 # Results and Gradio's cache (uploads, and the files sent back: about 0.6 MB for a small
-# upscale, 42 MB for a 1 MP x4 one) are kept under DISK_MB (ISSP_DISK_MB overrides it),
-# oldest files deleted first, checked every PRUNE_SECONDS; Gradio's delete_cache also
-# removes each file after an hour. Under sustained load that is what bounds the disk.
+# upscale, 42 MB for a 1 MP x4 one) are kept under DISK_MB (ISSP_DISK_MB overrides it):
+# an upload that would pass it is refused at the door (webapp.files.DiskBudget), and every
+# PRUNE_SECONDS the oldest results, then the oldest cached files, are deleted down to it
+# (never an upload younger than two minutes); Gradio's delete_cache also removes each
+# file after an hour.
 DISK_MB = 1024
 PRUNE_SECONDS = 10
 # Live training runs and alpha sweeps run one at a time server-wide, so training takes one
@@ -611,16 +614,17 @@ def serve(work: Path) -> None:
         path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())
     }
     disk_bytes = int(os.environ.get("ISSP_DISK_MB", DISK_MB)) * 2**20
+    # Results first: they have been sent. Gradio's folder holds the uploads and its cache.
+    budget = files.DiskBudget([work / "results", work / "gradio"], disk_bytes, examples)
     stop = threading.Event()
     pruner = threading.Thread(
-        target=files.prune_until,
-        args=(stop, PRUNE_SECONDS, [work / "gradio", work / "results"], disk_bytes, examples),
-        daemon=True,
+        target=files.prune_until, args=(stop, PRUNE_SECONDS, budget), daemon=True
     )
     pruner.start()
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    gate = Middleware(files.UploadGate, budget=budget)
     try:
-        demo.launch(max_file_size=f"{LIMITS.max_upload_mb}mb")
+        demo.launch(max_file_size=f"{LIMITS.max_upload_mb}mb", app_kwargs={"middleware": [gate]})
     finally:
         stop.set()
 

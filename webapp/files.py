@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
@@ -83,33 +85,59 @@ def _locked(path: Path) -> bool:
         return False
 
 
-def prune_files(folders: Sequence[Path], max_bytes: int, keep: Collection[str] = ()) -> int:
-    """Delete the oldest files under ``folders`` until they hold at most ``max_bytes``.
+@dataclass(frozen=True)
+class _File:
+    mtime: float
+    size: int
+    path: Path
 
-    ``keep`` lists paths never deleted (the examples Gradio copied into its cache); lock
-    files are kept too. Returns the bytes freed. Empty folders left behind are removed.
+
+def _files(root: Path) -> list[_File]:
+    """Every regular file under ``root``, whatever its name (a ``.lock`` counts too)."""
+    found = []
+    for path in root.rglob("*"):
+        try:
+            stat = path.lstat()
+        except OSError:  # gone meanwhile
+            continue
+        if S_ISREG(stat.st_mode):
+            found.append(_File(stat.st_mtime, stat.st_size, path))
+    return found
+
+
+def prune_files(
+    folders: Sequence[Path],
+    max_bytes: int,
+    keep: Collection[str] = (),
+    fresh_seconds: float = 0.0,
+    now: float | None = None,
+) -> int:
+    """Delete files under ``folders`` until they hold at most ``max_bytes``: the first
+    folder's oldest files first (the results, which have been sent), then the next's.
+
+    Every file counts, whatever its name. ``keep`` lists paths never deleted (the examples
+    Gradio copied into its cache), and a file younger than ``fresh_seconds`` is not
+    deleted either: it is an upload whose request may still be waiting in the queue (a
+    full folder refuses new uploads at the door instead, :class:`DiskBudget`). Returns the
+    bytes freed. Empty folders left behind are removed.
     """
     roots = [Path(folder) for folder in folders]
-    files = []
-    for root in roots:
-        for path in root.rglob("*"):
-            try:
-                stat = path.lstat()
-            except FileNotFoundError:
-                continue
-            if S_ISREG(stat.st_mode) and path.name != LOCK and str(path) not in keep:
-                files.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in files)
+    now = time.time() if now is None else now
+    found = [_files(root) for root in roots]
+    total = sum(f.size for files in found for f in files)
     freed = 0
-    for _, size, path in sorted(files, key=lambda item: item[0]):
-        if total - freed <= max_bytes:
-            break
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            continue
-        freed += size
-        _remove_empty_parents(path, roots)
+    for files in found:
+        for file in sorted(files, key=lambda f: f.mtime):
+            if total - freed <= max_bytes:
+                return freed
+            if str(file.path) in keep or now - file.mtime < fresh_seconds:
+                continue
+            try:
+                file.path.unlink(missing_ok=True)
+            except OSError:
+                continue
+            freed += file.size
+            _remove_empty_parents(file.path, roots)
     return freed
 
 
@@ -124,16 +152,129 @@ def _remove_empty_parents(path: Path, roots: list[Path]) -> None:
             return
 
 
-def prune_until(
-    stop: threading.Event,
-    every: float,
-    folders: Sequence[Path],
-    max_bytes: int,
-    keep: Collection[str] = (),
-) -> None:
-    """:func:`prune_files` every ``every`` seconds until ``stop`` is set (a thread's loop)."""
+class DiskBudget:
+    """The bound on the bytes under the app's folders, held at the door and by pruning.
+
+    An upload reserves its size before a byte of it is written (:meth:`claim`): it is
+    refused with a message when the folders plus what other uploads in flight have
+    reserved would pass ``max_bytes``, or when its client has sent more than
+    ``client_share`` of the bound within ``window`` seconds (Gradio deletes cached files
+    after an hour), so one client cannot take the space of all. :meth:`prune` then keeps
+    the folders under the bound, results first, never a fresh upload. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[Path],
+        max_bytes: int,
+        keep: Collection[str] = (),
+        client_share: float = 0.25,
+        window: float = 3600.0,
+        fresh_seconds: float = 120.0,
+    ) -> None:
+        self.folders = [Path(folder) for folder in folders]
+        self.max_bytes = max_bytes
+        self.keep = set(keep)
+        self.client_bytes = int(client_share * max_bytes)
+        self.window = window
+        self.fresh_seconds = fresh_seconds
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self._sent: dict[str, list[tuple[float, int]]] = {}
+
+    def usage(self) -> int:
+        """Bytes the folders hold now."""
+        return sum(f.size for root in self.folders for f in _files(root))
+
+    def prune(self) -> int:
+        """Delete old files down to the bound (see :func:`prune_files`); the bytes freed."""
+        return prune_files(self.folders, self.max_bytes, self.keep, self.fresh_seconds)
+
+    def claim(self, client: str, size: int) -> None:
+        """Reserve room for an upload of ``size`` bytes from ``client``, to be given back
+        with :meth:`release` once it is on disk (and counted); IsspError if there is none."""
+        now = time.time()
+        with self._lock:
+            for name in list(self._sent):
+                recent = [(t, n) for t, n in self._sent[name] if now - t < self.window]
+                if recent:
+                    self._sent[name] = recent
+                else:
+                    del self._sent[name]
+            sent = sum(n for _, n in self._sent.get(client, ()))
+            if sent + size > self.client_bytes:
+                raise IsspError(
+                    f"you have uploaded {sent / 2**20:.0f} MB in the last "
+                    f"{self.window / 60:.0f} minutes, the most one user may; try again later"
+                )
+            if self.usage() + self._reserved + size > self.max_bytes:
+                self.prune()
+            if self.usage() + self._reserved + size > self.max_bytes:
+                raise IsspError(
+                    "the server's upload space is full right now; try again in a minute"
+                )
+            self._reserved += size
+            self._sent.setdefault(client, []).append((now, size))
+
+    def release(self, size: int) -> None:
+        """Give back a reservation of :meth:`claim`."""
+        with self._lock:
+            self._reserved -= size
+
+
+def prune_until(stop: threading.Event, every: float, budget: DiskBudget) -> None:
+    """``budget.prune()`` every ``every`` seconds until ``stop`` is set (a thread's loop)."""
     while not stop.wait(every):
-        prune_files(folders, max_bytes, keep)
+        budget.prune()
+
+
+class UploadGate:
+    """ASGI middleware that makes every upload to Gradio reserve its room in a
+    :class:`DiskBudget` first, and answers 413 with the reason when there is none.
+
+    An upload must state its size (``Content-Length``; browsers and ``gradio_client``
+    do); the server reads no more than that. The client is the first address of
+    ``X-Forwarded-For`` where a proxy (a Space's) sets it, else the peer's.
+    """
+
+    def __init__(self, app, budget: DiskBudget, path: str = "/gradio_api/upload") -> None:
+        self.app = app
+        self.budget = budget
+        self.path = path
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].endswith(self.path)
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        if not length.isdigit():
+            await _refuse(send, 411, "an upload must state its size (Content-Length)")
+            return
+        forwarded = headers.get(b"x-forwarded-for", b"").split(b",")[0].strip()
+        client = forwarded.decode("latin-1") or (scope.get("client") or ("?",))[0]
+        size = int(length)
+        try:
+            self.budget.claim(client, size)
+        except IsspError as error:
+            await _refuse(send, 413, str(error))
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.budget.release(size)
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    body = message.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ResultFolders:
