@@ -8,7 +8,6 @@ training queue filling up for everyone, a broken zoo stopping the server.
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -225,22 +224,29 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def test_disk_is_bounded_and_a_killed_server_s_files_are_removed_on_restart(fake_zoo, tmp_path):
+def test_disk_is_bounded_at_the_door_and_a_killed_server_s_files_are_removed_on_restart(
+    fake_zoo, tmp_path
+):
     temp = tmp_path / "temp"
-    env = {"GRADIO_TEMP_DIR": str(temp), "ISSP_DISK_MB": "1"}
+    env = {"GRADIO_TEMP_DIR": str(temp), "ISSP_DISK_MB": "4"}  # a client's share: 1 MB
     with app_process(fake_zoo, tmp_path / "first.log", env) as (url, process):
         (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
-        examples = folder_bytes(work / "examples")
-        # Noise does not compress: 5 uploads of 0.75 MB each, 3.75 MB in all.
-        for n in range(5):
+        # Noise does not compress: 0.75 MB a file, each different (Gradio stores a file
+        # once however often it is sent). One client, then one per proxy address.
+        answers = []
+        for n, client in enumerate(["", "", *(f"10.0.0.{n}" for n in range(8))]):
             noise = np.random.default_rng(n).integers(0, 256, (500, 500, 3), dtype=np.uint8)
-            Image.fromarray(noise).save(tmp_path / f"noise{n}.png")
-            upload(url, tmp_path / f"noise{n}.png")
-        deadline = time.monotonic() + 30
-        # Pruned every 10 s to 1 MB; the examples (copied into Gradio's cache) are kept.
-        while folder_bytes(work) > 2**20 + 2 * examples:
-            assert time.monotonic() < deadline, f"{folder_bytes(work):,} bytes after 30 s"
-            time.sleep(1)
+            Image.fromarray(noise).save(tmp_path / "noise.png")
+            with open(tmp_path / "noise.png", "rb") as data:
+                headers = {"X-Forwarded-For": f"6.6.6.6, {client}"} if client else {}
+                files = {"files": ("noise.png", data)}
+                answers.append(httpx.post(f"{url}gradio_api/upload", files=files, headers=headers))
+            assert folder_bytes(work / "gradio") + folder_bytes(work / "results") <= 4 * 2**20
+        assert answers[0].status_code == 200
+        assert answers[1].status_code == 413 and "the most one user may" in answers[1].text
+        refused = [a for a in answers[2:] if a.status_code == 413]
+        assert refused and all("upload space is full" in a.text for a in refused)
+        assert sum(a.status_code == 200 for a in answers) >= 4, "room was used, not wasted"
         process.kill()
         process.wait()
     assert work.is_dir(), "kill -9 leaves the folder behind"

@@ -76,8 +76,45 @@ def test_pruning_deletes_the_oldest_files_down_to_the_bound(tmp_path):
     example.write_bytes(b"x" * 1000)
     os.utime(example, (1, 1))
     freed = files.prune_files([cache, results], 2500, keep={str(example)})
-    assert freed == 4000
+    assert freed == 5000
     left = sorted(p.parent.name for p in tmp_path.rglob("*.png"))
-    assert left == ["example", "request4", "request5"]
-    assert sorted(p.name for p in cache.iterdir()) == ["example", "request5"], "empty folders go"
+    assert left == ["example", "request4"], "the first folder's oldest go first, then the next's"
+    assert sorted(p.name for p in cache.iterdir()) == ["example"], "empty folders go"
     assert files.prune_files([cache, results], 2500, keep={str(example)}) == 0
+
+
+def test_pruning_counts_every_file_whatever_its_name_and_spares_fresh_uploads(tmp_path):
+    results, uploads = tmp_path / "results", tmp_path / "gradio"
+    for folder, name, age in ((results, "out.png", 500), (uploads, ".lock", 400)):
+        folder.mkdir()
+        (folder / name).write_bytes(b"x" * 1000)
+        os.utime(folder / name, (1000 - age, 1000 - age))
+    fresh = uploads / "new" / "photo.png"
+    fresh.parent.mkdir()
+    fresh.write_bytes(b"x" * 1000)
+    os.utime(fresh, (990, 990))
+    freed = files.prune_files([results, uploads], 500, fresh_seconds=60, now=1000)
+    assert freed == 2000, "a file named .lock counts and goes like any other"
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["photo.png"], "10 s old: kept"
+
+
+def test_an_upload_is_refused_at_the_door_when_the_folders_are_full(tmp_path):
+    uploads = tmp_path / "gradio"
+    uploads.mkdir()
+    (uploads / "big.bin").write_bytes(b"x" * 3000)  # fresh: pruning may not take it
+    budget = files.DiskBudget([uploads], 4000, client_share=1.0)
+    budget.claim("a", 800)
+    # The first upload's reservation counts before a byte of it is written.
+    with pytest.raises(IsspError, match="upload space is full"):
+        budget.claim("b", 300)
+    budget.release(800)
+    budget.claim("b", 300)
+
+
+def test_one_client_cannot_take_more_than_its_share_of_the_disk(tmp_path):
+    budget = files.DiskBudget([tmp_path], 4000, client_share=0.25)
+    budget.claim("a", 600)
+    budget.release(600)
+    with pytest.raises(IsspError, match="the most one user may"):
+        budget.claim("a", 600)
+    budget.claim("b", 600)  # another client has its own share

@@ -233,8 +233,10 @@ class UploadGate:
     :class:`DiskBudget` first, and answers 413 with the reason when there is none.
 
     An upload must state its size (``Content-Length``; browsers and ``gradio_client``
-    do); the server reads no more than that. The client is the first address of
-    ``X-Forwarded-For`` where a proxy (a Space's) sets it, else the peer's.
+    do); the server reads no more than that. The client is the last address of
+    ``X-Forwarded-For`` where a proxy (a Space's) appends it, else the peer's: the
+    addresses before it are the sender's to write. (Served without a proxy, a sender can
+    name itself anew each time and so dodge its share, never the bound itself.)
     """
 
     def __init__(self, app, budget: DiskBudget, path: str = "/gradio_api/upload") -> None:
@@ -255,7 +257,7 @@ class UploadGate:
         if not length.isdigit():
             await _refuse(send, 411, "an upload must state its size (Content-Length)")
             return
-        forwarded = headers.get(b"x-forwarded-for", b"").split(b",")[0].strip()
+        forwarded = headers.get(b"x-forwarded-for", b"").split(b",")[-1].strip()
         client = forwarded.decode("latin-1") or (scope.get("client") or ("?",))[0]
         size = int(length)
         try:
