@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from issp import IsspError
+from issp import IsspError, study
 from issp.checkpoint import load_checkpoint
 from issp.pruning import Pruner
 from issp.train import (
@@ -173,7 +173,15 @@ def test_two_stage_prunes_the_edges_as_told_and_records_its_protocol(tmp_path, p
     assert (f"{convs[-1]}.weight" in meta["pruned_layers"]) == prune_edges
     assert f"{convs[1]}.weight" in meta["pruned_layers"]
     assert meta["protocol"] == "two-stage" and meta["schedule"] == "two-stage"
-    assert meta["betas"] == [0.9, 0.99] and meta["precision"] == "fp32"
+    assert meta["betas"] == [0.9, 0.99] and meta["precision"] == "channels-last"  # edsr's
+
+
+def test_each_architecture_trains_in_its_faster_layout_unless_told():
+    assert TrainConfig(arch="edsr-tiny").precision == "channels-last"
+    assert TrainConfig(arch="swinir-tiny").precision == "fp32"
+    assert TrainConfig(arch="edsr-tiny", channels_last=False).precision == "fp32"
+    # A study's registered arithmetic is stated, not defaulted: seeds 3-4 stay fp32 eager.
+    assert {run.config.precision for run in study.default_plan(None)} == {"fp32"}
 
 
 def test_bf16_channels_last_run_trains_and_saves_an_exactly_sparse_checkpoint(tmp_path):
