@@ -48,9 +48,13 @@ from webapp.results import (  # noqa: E402
 )
 from webapp.study_view import STUDY_JSON, study_page  # noqa: E402
 
-# Two requests at a time fits the two-core machines the app is meant for; more queue up,
-# and past QUEUE_SIZE waiting requests a new one is told the queue is full at once.
+# Upscale and Evaluate, the costly requests, share one queue (COMPUTE) that runs two at a
+# time server-wide, which fits the two-core machines the app is meant for; more wait, and
+# past QUEUE_SIZE waiting requests a new one is told the queue is full at once. The page's
+# light requests (model options, tables, stored figures) have queues of their own of the
+# same size, and live training its own line (TRAINING_SLOTS below).
 CONCURRENCY = 2
+COMPUTE = {"concurrency_id": "compute", "concurrency_limit": CONCURRENCY}
 QUEUE_SIZE = 32
 # One "Evaluate" sweep touches a dense model and 2 methods x 5 ratios: 11 models fit.
 MODEL_CACHE = 16
@@ -307,6 +311,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
         [download, compare, summary],
         api_name="upscale",
         **RAW,
+        **COMPUTE,
     )
     evaluate_button.click(
         evaluate,
@@ -314,6 +319,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
         [eval_table, eval_plot, eval_note],
         api_name="evaluate",
         **RAW,
+        **COMPUTE,
     )
 
 

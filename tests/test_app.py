@@ -67,6 +67,17 @@ def test_training_events_wait_in_their_own_bounded_line(fake_zoo, tmp_path):
     assert sorted(sum(app.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
 
 
+def test_upscale_and_evaluate_share_one_queue_of_two_server_wide(fake_zoo, tmp_path):
+    demo = app.build_app(ModelZoo(fake_zoo), Limits(), None, [], ResultFolders(tmp_path))
+    public = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
+    costly = {public[name].concurrency_id for name in ("upscale", "evaluate")}
+    assert len(costly) == 1 and public["upscale"].concurrency_limit == app.CONCURRENCY == 2
+    others = {
+        fn.concurrency_id for name, fn in public.items() if name not in ("upscale", "evaluate")
+    }
+    assert not costly & others, "nothing else waits in (or adds to) the costly queue"
+
+
 def test_live_and_sweep_settings_default_to_the_lockstep_config(fake_zoo, tmp_path):
     demo = app.build_app(ModelZoo(fake_zoo), Limits(), None, [], ResultFolders(tmp_path))
     public = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
