@@ -10,13 +10,14 @@ The layout lives here, one builder per tab; the work is done by :mod:`webapp`, w
 tests call without a UI.
 """
 
+import contextlib
 import functools
 import inspect
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -623,14 +624,22 @@ def serve(work: Path) -> None:
     # Results first: they have been sent. Gradio's folder holds the uploads and its cache.
     budget = files.DiskBudget([work / "results", work / "gradio"], disk_bytes, examples)
     stop = threading.Event()
-    pruner = threading.Thread(
-        target=files.prune_until, args=(stop, PRUNE_SECONDS, budget), daemon=True
-    )
-    pruner.start()
+    chores = (stop, PRUNE_SECONDS, budget, demo.temp_file_sets)
+    threading.Thread(target=files.housekeeping, args=chores, daemon=True).start()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: object) -> AsyncIterator[None]:
+        yield
+        # Runs before Gradio's own cleanup at shutdown, which a folder in its sets fails.
+        files.forget_directories(demo.temp_file_sets)
+
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     gate = Middleware(files.UploadGate, budget=budget)
     try:
-        demo.launch(max_file_size=f"{LIMITS.max_upload_mb}mb", app_kwargs={"middleware": [gate]})
+        demo.launch(
+            max_file_size=f"{LIMITS.max_upload_mb}mb",
+            app_kwargs={"middleware": [gate], "lifespan": lifespan},
+        )
     finally:
         stop.set()
 

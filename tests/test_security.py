@@ -254,3 +254,14 @@ def test_disk_is_bounded_at_the_door_and_a_killed_server_s_files_are_removed_on_
         assert not work.exists(), "the next server removes it"
         (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
     assert not work.exists(), "a server stopped with SIGTERM removes its own"
+
+
+def test_a_folder_named_as_an_upload_leaves_gradio_s_cleanup_and_shutdown_clean(fake_zoo, tmp_path):
+    photo(48, 40).save(tmp_path / "in.png")
+    log = tmp_path / "app.log"
+    with app_process(fake_zoo, log, {"GRADIO_TEMP_DIR": str(tmp_path / "temp")}) as (url, _):
+        folder = str(Path(upload(url, tmp_path / "in.png")).parent.parent)
+        image = {"path": folder, "meta": {"_type": "gradio.FileData"}}
+        event, message = call(url, "upscale", [image, *FILE_ENDPOINTS["upscale"]])
+        assert event == "error" and "image file not found" in message
+    assert "shutdown failed" not in log.read_text() and "IsADirectoryError" not in log.read_text()

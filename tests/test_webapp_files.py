@@ -118,3 +118,10 @@ def test_one_client_cannot_take_more_than_its_share_of_the_disk(tmp_path):
     with pytest.raises(IsspError, match="the most one user may"):
         budget.claim("a", 600)
     budget.claim("b", 600)  # another client has its own share
+
+
+def test_folders_are_dropped_from_gradio_s_sets_of_files_to_delete(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    temp_set = {str(tmp_path), str(tmp_path / "a.png"), str(tmp_path / "gone.png")}
+    files.forget_directories([temp_set])
+    assert temp_set == {str(tmp_path / "a.png"), str(tmp_path / "gone.png")}

@@ -222,10 +222,27 @@ class DiskBudget:
             self._reserved -= size
 
 
-def prune_until(stop: threading.Event, every: float, budget: DiskBudget) -> None:
-    """``budget.prune()`` every ``every`` seconds until ``stop`` is set (a thread's loop)."""
+def forget_directories(temp_file_sets: Sequence[set[str]]) -> None:
+    """Drop folders from Gradio's sets of files to delete.
+
+    A request that names a folder inside the upload folder as a file (the folder itself,
+    say) gets it into those sets, and Gradio's cleanup, which removes them with
+    ``os.remove``, then fails on it: the hourly one stops for good and the one at shutdown
+    reports "Application shutdown failed". Our own pruning and the server folder's removal
+    take care of everything in there anyway.
+    """
+    for temp_set in temp_file_sets:
+        temp_set -= {path for path in list(temp_set) if Path(path).is_dir()}
+
+
+def housekeeping(
+    stop: threading.Event, every: float, budget: DiskBudget, temp_file_sets: Sequence[set[str]]
+) -> None:
+    """Every ``every`` seconds until ``stop`` is set (a thread's loop): prune to the disk
+    bound and keep Gradio's cleanup working (:func:`forget_directories`)."""
     while not stop.wait(every):
         budget.prune()
+        forget_directories(temp_file_sets)
 
 
 class UploadGate:
