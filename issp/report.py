@@ -2,7 +2,7 @@
 time, and what each run's stored telemetry says about its mask.
 
 ``python -m issp zoo eval`` writes them to ``analysis/results.md`` and between the
-README's ``zoo-table`` markers (a zoo built elsewhere with ``--zoo DIR``: to
+``zoo-table`` markers of ``docs/zoo.md`` (a zoo built elsewhere with ``--zoo DIR``: to
 ``DIR/results.md``).
 """
 
@@ -19,7 +19,7 @@ from issp.catalogue import FLOPS_INPUT, SCORE_KEYS, Record, Score
 from issp.machine import machine_description
 from issp.methods import COMPARED
 
-README = catalogue.ROOT / "README.md"
+DOCS = catalogue.ROOT / "docs"  # the manual; generated sections sit between markers there
 
 
 def table_order(records: list[Record]) -> list[Record]:
@@ -191,24 +191,24 @@ def dynamics_markdown(records: list[Record], telemetry_dir: Path | None = None) 
 def write_results(table: str, zoo_dir: Path | None = None) -> Path:
     """Store the table of the zoo in ``zoo_dir`` (default: the checkout's) where the app
     reads it (``catalogue.results_file``), and the checkout's zoo's also between the
-    README's markers. Returns the file written."""
+    markers of ``docs/zoo.md``. Returns the file written."""
     zoo_dir = zoo_dir or catalogue.ZOO_DIR
     path = catalogue.results_file(zoo_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Zoo results\n\n" + table)
     if catalogue.is_checkout_zoo(zoo_dir):
-        write_readme_section("zoo-table", table)
+        write_doc_section(DOCS / "zoo.md", "zoo-table", table)
     return path
 
 
-def write_readme_section(name: str, text: str, readme: Path = README) -> bool:
-    """Put ``text`` between the README's ``<!-- name:start -->`` and ``<!-- name:end -->``
+def write_doc_section(doc: Path, name: str, text: str) -> bool:
+    """Put ``text`` between ``doc``'s ``<!-- name:start -->`` and ``<!-- name:end -->``
     markers, so that its figures come from the command that writes them; False (and the
-    README untouched) where the markers are missing."""
+    file untouched) where the markers are missing."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    content = readme.read_text() if readme.exists() else ""
+    content = doc.read_text() if doc.exists() else ""
     if start not in content or end not in content:
         return False
     head, rest = content.split(start, 1)
-    readme.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
+    doc.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
     return True

@@ -39,7 +39,7 @@ from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED, label
-from issp.report import mask_dynamics, write_readme_section
+from issp.report import DOCS, mask_dynamics, write_doc_section
 from issp.train import PRECISIONS, TrainConfig, telemetry_path, train, training_images
 
 WORK_DIR = ROOT / "runs" / "study"
@@ -52,8 +52,8 @@ PROTOCOL = "two-stage"
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
 STEPS = {2: 3000, 4: 3000}  # per scale: the first zoo's length; about 21 CPU-hours in all
-# A key of issp.train.PRECISIONS. fp32 eager: channels-last (1.6-1.8x) and bf16 (about 5x)
-# both moved runs by more than 0.05 dB in benchmarks/train_quality.py (README, "Precision").
+# A key of issp.train.PRECISIONS: the arithmetic seeds 0-4 were registered in. A new study
+# may take channels-last, or bf16 if analysis/precision.md adopts it (docs/study.md).
 PRECISION = "fp32"
 # The zoo's batches: 16 patches of 48 px LR at x2, 24 px at x4 (the same HR-side 96 px).
 PATCH = {2: 48, 3: 32, 4: 24}
@@ -515,7 +515,7 @@ def verdict_sentence(
     wins: int,
     seeds: int,
 ) -> str:
-    """One (scale, ratio) of the study in words, as the README and the Results tab say it:
+    """One (scale, ratio) of the study in words, as docs/study.md and the Results tab say it:
     the verdict, the mean paired difference, its 95% interval and the wins."""
     head = f"x{scale}, ratio {ratio:g}: **{verdict}**"
     issp, iht = label("issp"), label("iht")
@@ -539,7 +539,7 @@ def verdict_markdown(
     results: Sequence[dict], metrics: Sequence[str], command: str, planned: int | None = None
 ) -> str:
     """The verdict per scale and ratio in plain words, then the goals: what ``study
-    report`` writes between the README's ``study-verdict`` markers."""
+    report`` writes between the ``study-verdict`` markers of ``docs/study.md``."""
     summary = study_summary(results, metrics)
     tests = [m for m in metrics if m != "val"] or list(metrics)
     devices = ", ".join(sorted({r["device"] for r in results}))
@@ -681,7 +681,7 @@ def write_study(
     planned: int | None = None,
 ) -> str:
     """Write ``study.md`` and ``study.json`` into ``out`` (and, for the checkout's report,
-    the README's verdict); ``planned`` is how many runs the plan has. Returns the Markdown."""
+    docs/study.md's verdict); ``planned`` is how many runs the plan has. Returns the Markdown."""
     text = study_markdown(results, metrics, command, planned)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text)
@@ -693,9 +693,9 @@ def write_study(
         "runs": list(results),
     }
     (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
-    if out.resolve() == REPORT_DIR.resolve():  # the checkout's report: the README says it too
+    if out.resolve() == REPORT_DIR.resolve():  # the checkout's report: docs/study.md says it
         verdict = verdict_markdown(results, metrics, command, planned)
-        write_readme_section("study-verdict", verdict)
+        write_doc_section(DOCS / "study.md", "study-verdict", verdict)
     return text
 
 

@@ -73,10 +73,10 @@ def test_dynamics_table_counts_flips_before_kp_and_the_magnitude_gap(tmp_path):
     assert report.dynamics_markdown(records[1:], tmp_path) == ""
 
 
-def test_readme_section_replaces_only_what_lies_between_its_markers(tmp_path):
+def test_doc_section_replaces_only_what_lies_between_its_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
-    assert report.write_readme_section("t", "new\n", readme)
+    assert report.write_doc_section(readme, "t", "new\n")
     assert readme.read_text() == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\noutro\n"
-    assert not report.write_readme_section("other", "x\n", readme)
+    assert not report.write_doc_section(readme, "other", "x\n")
     assert "x" not in readme.read_text()
