@@ -134,3 +134,11 @@ def test_a_stopped_sweep_says_how_far_it_got(live_base):
 def test_bad_sweeps_are_refused(alphas, steps, message):
     with pytest.raises(IsspError, match=message):
         live.sweep_alphas(alphas, steps)
+
+
+@pytest.mark.parametrize("field", ["steps", "prune_steps"])
+def test_a_huge_step_count_is_refused_with_a_short_echo(field):
+    settings = {"steps": 300, "prune_steps": 0} | {field: 1e308}
+    with pytest.raises(IsspError) as err:
+        live.live_config("edsr-tiny", 2, 0.9, 0.95, settings["steps"], settings["prune_steps"], 0)
+    assert len(str(err.value)) < 120 and "1e+308" in str(err.value)

@@ -133,6 +133,7 @@ def test_bad_files_raise_a_clear_user_error(zoo, tmp_path, kind, message):
         ({"ratio": "r" * 10**6}, f"pruning ratio must be a number in [0, 1), got '{'r' * 76}..."),
         ({"output_format": "GIF"}, "output format must be one of PNG, WebP, JPEG, got 'GIF'"),
         ({"output_format": None}, "output format must be one of PNG, WebP, JPEG, got None"),
+        ({"scale": float("inf")}, "scale must be one of 2, 3, 4, got inf"),
     ],
 )
 def test_bad_arguments_raise_a_clear_user_error(zoo, tmp_path, args, message):
@@ -242,3 +243,12 @@ def test_threads_are_split_between_concurrent_requests():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_output_too_wide_for_its_format_is_refused_before_the_work(zoo, tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    photo(4100, 200).save(path)
+    monkeypatch.setattr(zoo, "model", lambda *args: pytest.fail("the model was loaded"))
+    request = {"scale": 4, "ratio": 0.9, "method": "ISS-P", "arch": None, "limits": LIMITS}
+    with pytest.raises(IsspError, match="WebP .* at most 16,383 px a side .* 16,400x800"):
+        upscale(zoo, str(path), **request, out_dir=tmp_path, output_format="WebP")
