@@ -177,6 +177,8 @@ def checkpoint_info(path: str | Path, size: int = 256) -> dict:
         "scale": int(meta["scale"]),
         "method": meta["method"],
         "ratio": float(meta["ratio"]),
+        # Checkpoints from before N:M selection chose per layer.
+        "pattern": meta.get("pattern", "per layer"),
         "alpha": float(meta["alpha"]),
         "input_size": [size, size],
         **summary,

@@ -92,7 +92,12 @@ def build_parser() -> Parser:
     train.add_argument("--arch", default="edsr-tiny", choices=list(PRESETS))
     train.add_argument("--scale", type=int, default=2, choices=[2, 3, 4])
     train.add_argument("--method", default="issp", choices=list(METHODS))
-    train.add_argument("--ratio", type=_ratio, default=0.9, help="pruning ratio r in [0, 1)")
+    train.add_argument(
+        "--ratio", type=_ratio, help="pruning ratio r in [0, 1) (default: 0.9, or N/M)"
+    )
+    train.add_argument(
+        "--pattern", help="N:M, e.g. 19:20: prune N of every M consecutive weights of a layer"
+    )
     train.add_argument(
         "--protocol",
         default="two-stage",
@@ -280,15 +285,23 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from issp.pruning import parse_pattern
     from issp.train import TrainConfig, train
 
     chosen = {"alpha": args.alpha, "lr": args.lr}
+    ratio = args.ratio
+    if ratio is None:
+        ratio = 0.9
+        if args.pattern:
+            n, m = parse_pattern(args.pattern)
+            ratio = n / m
     config = TrainConfig.of_protocol(
         args.protocol,
         arch=args.arch,
         scale=args.scale,
         method=args.method,
-        ratio=args.ratio,
+        ratio=ratio,
+        pattern=args.pattern,
         steps=args.steps,
         prune_steps=args.prune_steps,
         scope=args.scope,
@@ -365,9 +378,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2))
         return
     alpha = f"  alpha={info['alpha']}" if info["method"] == "issp" else ""
-    print(
-        f"{info['preset']} x{info['scale']}  method={info['method']}  ratio={info['ratio']}{alpha}"
-    )
+    what = f"method={info['method']}  ratio={info['ratio']:g}  pattern={info['pattern']}"
+    print(f"{info['preset']} x{info['scale']}  {what}{alpha}")
     print(f"parameters {info['params']:,}  non-zero {info['nonzeros']:,}")
     size = "x".join(map(str, info["input_size"]))
     print(

@@ -14,7 +14,14 @@ COMPARED = ("issp", "iht")
 REFERENCES = ("dense", "gmp")
 LOCKSTEP = COMPARED + REFERENCES
 # "bicubic" is no pruning method, but it is a row of every table and a line of every chart.
-LABELS = {"issp": "ISS-P", "iht": "IHT", "dense": "dense", "gmp": "GMP", "bicubic": "bicubic"}
+LABELS = {
+    "issp": "ISS-P",
+    "iht": "IHT",
+    "dense": "dense",
+    "gmp": "GMP",
+    "greg": "GReg",
+    "bicubic": "bicubic",
+}
 COLOURS = {"issp": "#d62728", "iht": "#1f77b4", "dense": "#7f7f7f", "gmp": "#2ca02c"}
 OTHER_COLOUR = "#9467bd"
 

@@ -13,8 +13,18 @@ Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step
 - ``l1``: dense training, one magnitude pruning at ``t = Kp``, then fine-tuning.
 - ``gmp``: gradual magnitude pruning (Zhu and Gupta 2017): the pruned fraction follows
   ``r * (1 - (1 - t / Kp) ** 3)``, updated every ``gmp_interval`` steps.
+- ``greg``: growing regularization (Wang et al., ICLR 2021; "SRP" in the ISS-P paper's
+  tables, ``GReg-1`` in its authors' code): the selection made on the first step gets an
+  L2 penalty, added to its gradient, that grows to ``GREG_CEILING`` over the first
+  ``GREG_GROWTH`` of the pruning stage and is held for the rest; at ``t = Kp`` those
+  weights are zeroed and the net fine-tuned (see ``Pruner._greg_step``).
 - ``scratch``: a random mask of ratio ``r`` fixed at initialization.
 - ``dense``: no pruning; records the same telemetry.
+
+Selection is per layer (``scope="local"``) or over all layers (``"global"``); with
+``pattern="N:M"`` it is the N smallest-magnitude weights in every run of M consecutive
+weights of a layer (``nm_mask``), the structure the authors' SwinIR runs use and sparse
+hardware accelerates (2:4).
 
 After the mask freezes, every step keeps the masked weights exactly zero, and their
 gradients and optimizer state are zeroed so that momentum cannot revive them.
@@ -32,7 +42,15 @@ from torch import nn
 
 from issp import IsspError
 
-METHODS = ("issp", "iht", "l1", "gmp", "scratch", "dense")
+METHODS = ("issp", "iht", "l1", "gmp", "greg", "scratch", "dense")
+# The methods whose mask is a magnitude selection, which ``pattern`` may shape.
+MAGNITUDE = ("issp", "iht", "l1", "gmp", "greg")
+# GReg's schedule, as a share of the pruning stage. The authors' SR runs add 1e-4 to the
+# penalty every 20 iterations up to 0.5 (about 100k iterations), hold it 43,150 more, then
+# prune (their README's --update_reg_interval 20 --reg_granularity_prune 0.0001
+# --reg_upper_limit 0.5 --stabilize_reg_interval 43150): growth is 70% of that stage.
+GREG_CEILING = 0.5
+GREG_GROWTH = 0.7
 TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
 
 
@@ -72,6 +90,72 @@ def smallest_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(weight)
 
 
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"19:20"`` -> ``(19, 20)``: N of every M weights pruned; IsspError unless 0 < N < M."""
+    try:
+        n, m = (int(part) for part in pattern.split(":"))
+    except (AttributeError, ValueError):
+        raise IsspError(f"pattern must be N:M, e.g. 2:4 or 19:20, got {pattern!r}") from None
+    if not 0 < n < m:
+        raise IsspError(f"pattern N:M needs 0 < N < M, got {pattern!r}")
+    return n, m
+
+
+def nm_groups(numel: int, n: int, m: int) -> tuple[int, int]:
+    """The ``(N, M)`` a layer of ``numel`` weights is cut by: as asked where M divides it,
+    else both raised by one until M does, as the authors' code does
+    (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, ``basicsr/pruner/utils.py`` lines 154-158).
+    They raise them until M divides the gcd of every layer's size, so that all layers share
+    one N:M (EDSR-L x4's 19:20 became 23:24 everywhere); here each layer keeps the asked
+    N:M wherever it can. Either way M - N weights survive per group."""
+    while numel % m:
+        n, m = n + 1, m + 1
+    return n, m
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask of the ``n`` smallest-magnitude weights in every run of ``m``
+    consecutive weights of ``weight`` flattened in row-major order (so a group may span two
+    filters, as in the authors' code), with ``nm_groups``' rule where ``m`` does not divide
+    the layer."""
+    n, m = nm_groups(weight.numel(), n, m)
+    groups = weight.detach().abs().reshape(-1, m)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(1, torch.topk(groups, n, dim=1, largest=False, sorted=False).indices, True)
+    return mask.view_as(weight)
+
+
+def check_arguments(
+    method: str,
+    ratio: float,
+    prune_steps: int,
+    alpha: float | None,
+    scope: str,
+    pattern: str | None,
+) -> None:
+    """IsspError for a ``Pruner`` no run could use."""
+    if method not in METHODS:
+        raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    if not 0 <= ratio < 1:
+        raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if method == "issp" and (alpha is None or not 0 < alpha < 1):
+        raise IsspError(f"ISS-P needs alpha, its shrink factor, in (0, 1), got {alpha}")
+    if scope not in ("local", "global"):
+        raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
+    if prune_steps < 1 and method in MAGNITUDE:
+        raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
+    if pattern is None:
+        return
+    n, m = parse_pattern(pattern)
+    if method not in MAGNITUDE or scope != "local":
+        raise IsspError(
+            f"an N:M pattern shapes a per-layer magnitude selection: methods "
+            f"{', '.join(MAGNITUDE)} with scope 'local', not {method} ({scope})"
+        )
+    if not math.isclose(ratio, n / m):
+        raise IsspError(f"pattern {pattern} prunes {n / m:g} of the weights, not {ratio}")
+
+
 class Pruner:
     """Magnitude pruning of a model's conv and linear weights; see the module docstring.
 
@@ -87,9 +171,11 @@ class Pruner:
         skip: fnmatch patterns of module names to leave dense (see ``prunable_weights``).
         optimizer: if given, its state for masked weights is zeroed when the mask freezes.
         seed: seed of the ``scratch`` method's random mask.
-        gmp_interval: steps between GMP mask updates.
+        gmp_interval: steps between GMP mask updates (and GReg's penalty updates).
         telemetry: record the per-step series of ``telemetry()``; off only to measure
             what recording costs.
+        pattern: ``"N:M"`` to select N of every M consecutive weights of a layer
+            (``nm_mask``) instead of ``ceil(r * n)`` per layer; ``ratio`` must be N / M.
     """
 
     def __init__(
@@ -105,19 +191,10 @@ class Pruner:
         seed: int = 0,
         gmp_interval: int = 10,
         telemetry: bool = True,
+        pattern: str | None = None,
     ) -> None:
-        if method not in METHODS:
-            raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
-        if not 0 <= ratio < 1:
-            raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
-        if method == "issp" and alpha is None:
-            raise IsspError("ISS-P needs alpha, its shrink factor in (0, 1)")
-        if method == "issp" and not 0 < alpha < 1:
-            raise IsspError(f"alpha must be in (0, 1), got {alpha}")
-        if scope not in ("local", "global"):
-            raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
-        if prune_steps < 1 and method in ("issp", "iht", "l1", "gmp"):
-            raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
+        check_arguments(method, ratio, prune_steps, alpha, scope, pattern)
+        self.pattern = pattern
         self.method, self.ratio, self.alpha, self.scope = method, ratio, alpha, scope
         self.prune_steps, self.gmp_interval = prune_steps, gmp_interval
         self.optimizer = optimizer
@@ -129,7 +206,16 @@ class Pruner:
         self.frozen = False
         self.masks: dict[str, torch.Tensor] | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._penalty_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._records: list[torch.Tensor] = []
+        # GReg's penalty per weight: grows on its selection, added to the gradient by a hook.
+        self.penalty = {name: torch.zeros_like(w) for name, w in self.weights.items()}
+        if method == "greg":
+            for name, w in self.weights.items():
+                penalty = self.penalty[name]
+                self._penalty_hooks.append(
+                    w.register_hook(lambda grad, w=w, penalty=penalty: grad + penalty * w.detach())
+                )
         if method == "scratch":
             generator = torch.Generator().manual_seed(seed)
             masks = {
@@ -159,12 +245,35 @@ class Pruner:
                 fraction = self.ratio * (1 - (1 - self.t / self.prune_steps) ** 3)
                 self.masks = self._select(fraction)
             self._apply_mask()
+        elif self.method == "greg" and self.t < self.prune_steps:
+            self._greg_step()
         elif self.method != "dense" and self.t >= self.prune_steps:
-            self._freeze(self._select(self.ratio))
+            # GReg prunes what it has penalised (if Kp came after any step); the others what
+            # is smallest now.
+            penalised = self.method == "greg" and self.masks is not None
+            self._freeze(self.masks if penalised else self._select(self.ratio))
         if stats is not None:
             self._record(stats, previous)
 
+    def _greg_step(self) -> None:
+        """GReg before Kp: select once, on the first step (the authors choose at the start
+        and never again, ``basicsr/pruner/greg_pruner.py`` lines 66-67 and 82), then every
+        ``gmp_interval`` steps raise the selection's penalty towards ``GREG_CEILING``,
+        reaching it at ``GREG_GROWTH`` of ``Kp`` (their +1e-4 every 20 iterations,
+        ``greg_pruner.py`` line 88), and hold it until ``Kp``. The hook adds ``penalty * w``
+        to the gradient before the optimizer step, as their ``grad += reg * w`` (line 155)."""
+        if self.masks is None:
+            self.masks = self._select(self.ratio)
+        if self.t % self.gmp_interval == 0:
+            growth = max(1.0, GREG_GROWTH * self.prune_steps)
+            level = GREG_CEILING * min(1.0, self.t / growth)
+            for name, penalty in self.penalty.items():
+                penalty.copy_(self.masks[name] * level)
+
     def _select(self, fraction: float) -> dict[str, torch.Tensor]:
+        if self.pattern is not None and fraction == self.ratio:
+            n, m = parse_pattern(self.pattern)
+            return {name: nm_mask(w, n, m) for name, w in self.weights.items()}
         if self.scope == "local":
             return {
                 name: smallest_mask(w, math.ceil(fraction * w.numel()))
@@ -185,6 +294,9 @@ class Pruner:
 
     def _freeze(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks, self.frozen = masks, True
+        for handle in self._penalty_hooks:  # pruned weights are zero: nothing to penalise
+            handle.remove()
+        self._penalty_hooks = []
         self._apply_mask()
         for name, w in self.weights.items():
             keep = (~masks[name]).to(w.dtype)
@@ -248,6 +360,7 @@ class Pruner:
             "frozen": self.frozen,
             "masks": dict(self.masks) if self.masks is not None else None,
             "records": torch.stack(self._records) if self._records else None,
+            "penalty": {name: p.clone() for name, p in self.penalty.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,6 +373,8 @@ class Pruner:
         if masks is not None:
             masks = {name: masks[name].to(self.weights[name].device) for name in self.names}
         self.masks = masks
+        for name, penalty in state.get("penalty", {}).items():  # states before GReg lack it
+            self.penalty[name].copy_(penalty)
         if state["frozen"]:
             self._freeze(masks)
         records = state["records"]
@@ -275,9 +390,9 @@ class Pruner:
             self._freeze(self._select(self.ratio))
         if self.masks is not None:
             self._apply_mask()
-        for handle in self._hooks:
+        for handle in self._hooks + self._penalty_hooks:
             handle.remove()
-        self._hooks = []
+        self._hooks, self._penalty_hooks = [], []
         self.masks, self.frozen = None, False
         return self._model
 

@@ -51,7 +51,7 @@ from issp.data import PatchDataset, default_image_paths, find_images, split_trai
 from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
 from issp.models import PRESETS, build_model, prefers_channels_last, preset_args
-from issp.pruning import Pruner
+from issp.pruning import Pruner, check_arguments
 
 SCHEDULES = ("cosine", "two-stage")
 # Speed settings by name (TrainConfig fields). channels-last keeps fp32 arithmetic and only
@@ -114,6 +114,7 @@ class TrainConfig:
     betas: tuple[float, float] = PROTOCOLS["cosine"].betas
     prune_edges: bool = PROTOCOLS["cosine"].prune_edges
     scope: str = "local"
+    pattern: str | None = None  # "N:M": N of every M consecutive weights (issp.pruning)
     # Speed settings: bfloat16 autocast of the network's forward pass (the loss, Adam's
     # weights and the pruner's selection stay fp32), and channels-last convolutions. Both
     # are fp32-exact in what they compute but not in the order they sum it, so a run's
@@ -172,6 +173,8 @@ class TrainConfig:
             raise IsspError(f"learning rate must be positive, got {self.lr}")
         if self.batch_size < 1 or self.patch < 8:
             raise IsspError("batch size must be >= 1 and patch >= 8")
+        # What the pruner itself refuses (N:M against method, scope and ratio), refused here.
+        check_arguments(self.method, self.ratio, self.kp, self.alpha, self.scope, self.pattern)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise IsspError("--device cuda was asked for, but no CUDA device is available")
 
@@ -252,6 +255,7 @@ def setup_run(
         optimizer=optimizer,
         seed=config.seed,
         telemetry=telemetry,
+        pattern=config.pattern,
     )
     net = model
     if world > 1:
@@ -409,6 +413,7 @@ def train(
             "scale": config.scale,
             "method": config.method,
             "ratio": config.ratio,
+            "pattern": config.pattern or "per layer",
             "alpha": config.alpha,
             "prune_steps": config.kp,
             "steps": config.steps,
@@ -437,8 +442,12 @@ def train(
 
 def _result_settings(settings: dict) -> dict:
     """The settings that change what a run computes: a run may resume on another device or
-    with another worker count, not with another ratio or schedule."""
-    return {k: v for k, v in settings.items() if k not in ("device", "workers", "save_every")}
+    with another worker count, not with another ratio or schedule. A setting added since a
+    state was saved counts as its default, which is what that state trained with."""
+    fields = dataclasses.fields(TrainConfig)
+    added = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    merged = added | settings
+    return {k: v for k, v in merged.items() if k not in ("device", "workers", "save_every")}
 
 
 def _last(values: list[float]) -> str:

@@ -199,8 +199,29 @@ def test_train_defaults_to_the_protocol_the_study_and_zoo_use(photos, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("args", "described"),
+    [
+        (["--arch", "swinir-tiny", "--pattern", "19:20"], "method=issp  ratio=0.95  pattern=19:20"),
+        (["--method", "greg", "--ratio", "0.95"], "method=greg  ratio=0.95  pattern=per layer"),
+    ],
+)
+def test_train_takes_an_n_m_pattern_and_greg_and_info_describes_them(
+    photos, tmp_path, capsys, args, described
+):
+    out = tmp_path / "run.safetensors"
+    common = ["train", "--steps", "4", "--batch-size", "2", "--patch", "16", "--workers", "0"]
+    assert main([*common, *args, "--data", str(photos), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert described in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
     "args",
     [
+        ["train", "--pattern", "19:20", "--ratio", "0.9", "--out", "x.safetensors"],
+        ["train", "--pattern", "2:4", "--method", "scratch", "--out", "x.safetensors"],
+        ["train", "--pattern", "4:2", "--out", "x.safetensors"],
         ["analyze", "--ratio", "1.5", "--json", "x.json"],
         ["analyze", "--methods", "issp,magic", "--json", "x.json"],
         ["analyze", "--steps", str(MAX_STEPS + 1), "--json", "x.json"],

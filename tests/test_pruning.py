@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
-from issp.pruning import Pruner, prunable_weights, smallest_mask
+from issp.pruning import GREG_CEILING, Pruner, nm_groups, nm_mask, prunable_weights, smallest_mask
 
 
 class Tiny(nn.Module):
@@ -210,3 +210,61 @@ def test_remove_bakes_in_the_zeros_and_frees_the_model_to_train_without_the_prun
     optimizer.step()
     weight = model.body[0].weight
     assert int((weight == 0).sum()) < math.ceil(0.75 * weight.numel())
+
+
+@pytest.mark.parametrize("method", ["issp", "iht"])
+@pytest.mark.parametrize("pattern", ["2:4", "19:20"])
+def test_after_kp_every_group_of_m_weights_has_n_zeros(method, pattern):
+    n, m = (int(x) for x in pattern.split(":"))
+    model, _, pruner = run(method, steps=8, prune_steps=5, ratio=n / m, pattern=pattern)
+    for name, w in pruner.weights.items():
+        layer_n, layer_m = nm_groups(w.numel(), n, m)
+        zeros = (w.detach().reshape(-1, layer_m) == 0).sum(dim=1)
+        assert torch.all(zeros == layer_n), name
+        assert layer_n >= n and layer_m - layer_n == m - n, "as many survivors per group"
+        if w.numel() % m == 0:
+            assert (layer_n, layer_m) == (n, m), "exactly N of M where M divides the layer"
+
+
+def test_n_m_is_raised_as_the_authors_do_where_m_does_not_divide_the_layer():
+    assert nm_groups(576, 19, 20) == (23, 24)  # an 8 -> 8 3x3 conv
+    assert nm_groups(64, 19, 20) == (31, 32)
+    assert nm_groups(40, 19, 20) == (19, 20)
+    weight = torch.tensor([[4.0, -1.0, 3.0, 0.5], [2.0, 8.0, -7.0, 1.0]])
+    expected = [[False, True, False, True], [True, False, False, True]]
+    assert nm_mask(weight, 2, 4).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "scratch", "ratio": 0.5, "pattern": "2:4"},
+        {"method": "iht", "ratio": 0.5, "pattern": "2:4", "scope": "global"},
+        {"method": "iht", "ratio": 0.9, "pattern": "2:4"},
+        {"method": "iht", "ratio": 0.5, "pattern": "4:2"},
+        {"method": "iht", "ratio": 0.5, "pattern": "half"},
+    ],
+)
+def test_a_pattern_that_cannot_apply_is_refused(kwargs):
+    with pytest.raises(IsspError):
+        Pruner(Tiny(), **kwargs)
+
+
+def test_greg_penalises_its_first_selection_harder_and_harder_then_prunes_it():
+    _, _, first = run("greg", steps=1, prune_steps=40, ratio=0.5)
+    chosen = {name: mask.clone() for name, mask in first.masks.items()}
+    _, _, pruner = run("greg", steps=20, prune_steps=40, ratio=0.5)
+    for name, penalty in pruner.penalty.items():
+        assert torch.equal(pruner.masks[name], chosen[name]), "chosen once, on the first step"
+        assert torch.all(penalty[~chosen[name]] == 0), "only the selection is penalised"
+        assert penalty[chosen[name]].max().item() == pytest.approx(GREG_CEILING * 20 / 28)
+    greg, _, pruner = run("greg", steps=38, prune_steps=40, ratio=0.5)
+    assert max(p.max().item() for p in pruner.penalty.values()) == pytest.approx(GREG_CEILING)
+    dense, _, _ = run("dense", steps=38, prune_steps=40, ratio=0.5)
+    for name in chosen:
+        penalised = greg.get_parameter(name).detach().abs()[chosen[name]].mean()
+        free = dense.get_parameter(name).detach().abs()[chosen[name]].mean()
+        assert penalised < free, "the penalty reaches the gradient and shrinks them"
+    _, _, pruner = run("greg", steps=45, prune_steps=40, ratio=0.5)
+    for name, w in pruner.weights.items():
+        assert torch.equal(w.detach() == 0, chosen[name]), "what it penalised is pruned"

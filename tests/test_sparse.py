@@ -8,7 +8,7 @@ from torch import nn
 from benchmarks.sparse_conv import SPARSE_PATHS
 from issp import IsspError
 from issp.models import build_model
-from issp.pruning import prunable_weights, smallest_mask
+from issp.pruning import nm_mask, prunable_weights, smallest_mask
 from issp.sparse import SparseConv2d, SparseWeight, sparse_conv3x3, sparsify
 
 
@@ -54,12 +54,16 @@ def test_sparse_weight_keeps_exactly_the_non_zeros():
     assert torch.equal(rebuilt, weight)
 
 
-def test_sparsify_swaps_the_pruned_convs_and_keeps_the_output():
+@pytest.mark.parametrize("pattern", [None, (9, 10), (19, 20)])
+def test_sparsify_swaps_the_pruned_convs_and_keeps_the_output(pattern):
     torch.manual_seed(0)
     model = build_model("edsr-tiny", 2).eval()
     with torch.no_grad():
         for weight in prunable_weights(model).values():
-            weight.masked_fill_(smallest_mask(weight, math.ceil(0.9 * weight.numel())), 0)
+            if pattern is None:
+                weight.masked_fill_(smallest_mask(weight, math.ceil(0.9 * weight.numel())), 0)
+            else:  # an N:M mask is one more unstructured mask to the kernel
+                weight.masked_fill_(nm_mask(weight, *pattern), 0)
     sparse = sparsify(model)
     # The 10 pruned convs, and the unpruned head and tail: 3 channels in or out.
     assert sum(isinstance(m, SparseConv2d) for m in sparse.modules()) == 12
