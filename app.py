@@ -35,7 +35,7 @@ from analysis.plots import FIGURES  # noqa: E402
 from issp import IsspError  # noqa: E402
 from issp.catalogue import RESULTS, SCORE_KEYS, TELEMETRY_DIR, ZOO_DIR, zoo_folder  # noqa: E402
 from issp.methods import COMPARED, label  # noqa: E402
-from webapp import files, live, model_choice, stored_runs, upscaling  # noqa: E402
+from webapp import files, live, memory, model_choice, stored_runs, upscaling  # noqa: E402
 from webapp.admission import LiveRuns  # noqa: E402
 from webapp.checks import MAX_SEED, user_message  # noqa: E402
 from webapp.model_choice import DEFAULT_ARCH  # noqa: E402
@@ -653,6 +653,7 @@ def main() -> None:
     # SIGTERM (a Space restarting, a test finishing) then closes the server like Ctrl-C
     # does, and the work folder below is removed instead of left behind.
     signal.signal(signal.SIGTERM, _interrupt)
+    memory.limit_arenas()  # before Gradio starts its threads (webapp.memory)
     upscaling.configure_threads(CONCURRENCY)
     # GRADIO_TEMP_DIR, if set, says where the work folder goes. Gradio's cache then lives
     # inside it, so it holds this server's files only: pruning it touches nobody else's,

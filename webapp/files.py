@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 
 from issp import IsspError
 from issp.data import default_image_paths, load_image
+from webapp import memory
 from webapp.upscaling import centre_crop
 
 UPLOAD_REFUSED = "that file was not uploaded to this app; upload the image again"
@@ -239,10 +240,12 @@ def housekeeping(
     stop: threading.Event, every: float, budget: DiskBudget, temp_file_sets: Sequence[set[str]]
 ) -> None:
     """Every ``every`` seconds until ``stop`` is set (a thread's loop): prune to the disk
-    bound and keep Gradio's cleanup working (:func:`forget_directories`)."""
+    bound, keep Gradio's cleanup working (:func:`forget_directories`) and hand freed memory
+    back (:func:`webapp.memory.release_free_memory`)."""
     while not stop.wait(every):
         budget.prune()
         forget_directories(temp_file_sets)
+        memory.release_free_memory()
 
 
 class UploadGate:
