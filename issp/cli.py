@@ -570,7 +570,8 @@ def _study_precision(args: argparse.Namespace, command: str) -> None:
     pairs = precision.run_pairs(folders.results)
     if not pairs:
         raise IsspError(f"no bf16 run in {folders.results} has finished yet")
-    summary = precision.write_precision(pairs, command, study.REPORT_DIR)
+    reruns = precision.machine_reruns(folders.results, study.REPORT_DIR / "study_runs" / "rerun")
+    summary = precision.write_precision(pairs, command, study.REPORT_DIR, reruns)
     print(f"{summary['pairs']} of {summary['planned_pairs']} pairs; {summary['decision']}")
 
 

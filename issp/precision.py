@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,8 +174,9 @@ class Decision:
         )
 
 
-def precision_summary(pairs: Sequence[RunPair]) -> dict:
-    """Every figure the registered protocol asks for, as plain data."""
+def precision_summary(pairs: Sequence[RunPair], reruns: Sequence[dict] = ()) -> dict:
+    """Every figure the registered protocol asks for, as plain data, and the machine
+    re-runs of its amendment."""
     cells = len(study.RATIOS) * len(study.STEPS)
     decision = Decision(comparison_shifts(pairs, DECIDING_METRIC), cells * len(SEEDS))
     summary: dict = {
@@ -187,19 +189,34 @@ def precision_summary(pairs: Sequence[RunPair]) -> dict:
         "comparison_shift": {},
         "run_shift": {},
         "verdicts": {},
+        "machine_reruns": list(reruns),
     }
     for metric in (DECIDING_METRIC, "set14", "val"):
         summary["comparison_shift"][metric] = _shift_figures(comparison_shifts(pairs, metric))
         summary["run_shift"][metric] = _shift_figures(run_shifts(pairs, metric))
     for metric in (DECIDING_METRIC, "set14"):
         summary["verdicts"][metric] = cell_verdicts(pairs, metric)
-    speed = [p.fp32["train_seconds"] / p.fast["train_seconds"] for p in pairs]
     summary["train_seconds"] = {
         "fp32": [p.fp32["train_seconds"] for p in pairs],
         FAST: [p.fast["train_seconds"] for p in pairs],
-        "median_speedup": float(sorted(speed)[len(speed) // 2]) if speed else None,
     }
     return summary
+
+
+def machine_reruns(results: Path, reruns: Path) -> list[dict]:
+    """fp32 runs trained again on another machine (``reruns``, same names), next to the
+    committed ones in ``results``: how far the machine alone moves a run."""
+    rows = []
+    for path in sorted(reruns.glob("*.json")):
+        committed = results / path.name
+        if not committed.is_file():
+            continue
+        again, before = json.loads(path.read_text()), json.loads(committed.read_text())
+        row = {"name": before["name"], "machine": again.get("machine", again["device"])}
+        for metric in (DECIDING_METRIC, "set14", "val"):
+            row[metric] = {"committed": _score(before, metric), "rerun": _score(again, metric)}
+        rows.append(row)
+    return rows
 
 
 def _shift_figures(shift: study.Paired) -> dict:
@@ -222,19 +239,15 @@ def _interval(figures: dict) -> str:
 def results_markdown(summary: dict, command: str) -> str:
     """The ``## Results`` section of ``analysis/precision.md``."""
     seconds = summary["train_seconds"]
-    speedup = seconds["median_speedup"]
     lines = [
         RESULTS_HEADING,
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} from "
         f"{summary['pairs']} of {summary['planned_pairs']} run pairs; bf16 runs trained on "
-        f"{', '.join(summary['machines']) or '-'}, one torch thread each. "
-        + (
-            f"Median training time fp32 over bf16, same run: {speedup:.2f}x (both under the "
-            "load of a second run beside them)."
-            if speedup
-            else ""
-        ),
+        f"{', '.join(summary['machines']) or '-'}, one torch thread each, median "
+        f"{statistics.median(seconds[FAST]):.0f} s a run (their fp32 partners "
+        f"{statistics.median(seconds['fp32']):.0f} s, on another machine under another load: "
+        "not a speed comparison; `docs/benchmarks.md` has those).",
         "",
         f"Decision (rule 1): {summary['decision']}",
         "",
@@ -254,15 +267,18 @@ def results_markdown(summary: dict, command: str) -> str:
                 f"| {name}{deciding} | {study.metric_label(metric)} | {figures['n']} | {mean} "
                 f"| {_interval(figures)} |"
             )
-    lines += [
-        "",
-        "Per cell, the study's verdict (ISS-P − IHT, 95% t-interval over the seeds both "
-        "precisions finished) in each precision:",
-        "",
-        "| test set | scale | ratio | seeds | fp32: mean, interval, verdict "
-        "| bf16: mean, interval, verdict | agree |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines.append("")
+    if not any(summary["verdicts"].values()):
+        lines += ["No cell has its ISS-P and IHT runs in both precisions at any seed yet.", ""]
+    else:
+        lines += [
+            "Per cell, the study's verdict (ISS-P − IHT, 95% t-interval over the seeds both "
+            "precisions finished) in each precision:",
+            "",
+            "| test set | scale | ratio | seeds | fp32: mean, interval, verdict "
+            "| bf16: mean, interval, verdict | agree |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for metric, rows in summary["verdicts"].items():
         for row in rows:
             both = [row[p] for p in ("fp32", FAST)]
@@ -282,16 +298,33 @@ def results_markdown(summary: dict, command: str) -> str:
         "how far bf16 moves a run's PSNR on average.",
         "",
     ]
+    if summary["machine_reruns"]:
+        lines += [
+            "The machine alone (amendment): committed fp32 runs trained again, same code and "
+            "arithmetic, on the machine named; PSNR in dB, re-run minus committed:",
+            "",
+            "| run | machine | Set5 | Set14 | validation |",
+            "|---|---|---|---|---|",
+        ]
+        for row in summary["machine_reruns"]:
+            moved = [
+                f"{row[m]['rerun']:.3f} ({row[m]['rerun'] - row[m]['committed']:+.3f})"
+                for m in (DECIDING_METRIC, "set14", "val")
+            ]
+            lines.append(f"| {row['name']} | {row['machine']} | {' | '.join(moved)} |")
+        lines.append("")
     return "\n".join(lines)
 
 
-def write_precision(pairs: Sequence[RunPair], command: str, out: Path) -> dict:
+def write_precision(
+    pairs: Sequence[RunPair], command: str, out: Path, reruns: Sequence[dict] = ()
+) -> dict:
     """Replace the ``## Results`` section of ``out/precision.md`` (what lies above it, the
     registered protocol, is kept) and write ``out/precision.json``. Returns the summary."""
     report = out / "precision.md"
     if not report.is_file() or RESULTS_HEADING not in report.read_text():
         raise IsspError(f"{report} must hold the registered protocol and a {RESULTS_HEADING!r}")
-    summary = precision_summary(pairs)
+    summary = precision_summary(pairs, reruns)
     registered = report.read_text().split(RESULTS_HEADING, 1)[0]
     report.write_text(registered + results_markdown(summary, command))
     data = {"command": command, **summary}

@@ -73,7 +73,7 @@ def test_report_replaces_only_the_results_and_keeps_the_registered_rule(tmp_path
     text = (tmp_path / "precision.md").read_text()
     assert text.startswith(registered.split("## Results")[0]) and "Not yet run" not in text
     assert "Pending: 3 of 18" in text and summary["adopted"] is None
-    assert summary["train_seconds"]["median_speedup"] == pytest.approx(4.0)
+    assert summary["train_seconds"]["bf16"] == [100.0] * 6
     assert json.loads((tmp_path / "precision.json").read_text())["pairs"] == 6
     (tmp_path / "precision.md").write_text("no heading")
     with pytest.raises(IsspError, match="registered protocol"):
@@ -86,3 +86,19 @@ def test_bias_test_plan_is_the_study_s_seed_0_to_2_runs_in_bf16():
     assert len(fast) == len(fp32) == 42
     assert [r.name for r in fast] == [r.name.replace("_s", "_bf16_s") for r in fp32]
     assert {r.config.precision for r in fast} == {"bf16"}
+
+
+def test_machine_reruns_sit_next_to_the_committed_runs_they_repeat(tmp_path):
+    results, reruns = tmp_path / "two-stage", tmp_path / "rerun"
+    results.mkdir()
+    reruns.mkdir()
+    before = result(4, "iht", 0.95, 1, 29.52)
+    again = result(4, "iht", 0.95, 1, 29.53) | {"machine": "AMD EPYC, 2 cores"}
+    (results / "run.json").write_text(json.dumps(before))
+    (reruns / "run.json").write_text(json.dumps(again))
+    (reruns / "orphan.json").write_text(json.dumps(again))  # no committed twin: left out
+    [row] = precision.machine_reruns(results, reruns)
+    assert row["machine"] == "AMD EPYC, 2 cores"
+    assert row["set5"]["rerun"] - row["set5"]["committed"] == pytest.approx(0.01)
+    text = precision.results_markdown(precision.precision_summary(pairs_with(0.2, 0.2), [row]), "c")
+    assert "| AMD EPYC, 2 cores | 29.530 (+0.010) |" in text
