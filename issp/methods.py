@@ -10,8 +10,9 @@ from __future__ import annotations
 # The two rules the zoo, the app and the analysis compare: soft shrinkage and hard
 # thresholding of the same selection.
 COMPARED = ("issp", "iht")
-# What a live comparison may add to the pair as references.
-REFERENCES = ("dense", "gmp")
+# What a live comparison may add to the pair as references: no pruning, gradual magnitude
+# pruning, dynamic sparse training.
+REFERENCES = ("dense", "gmp", "rigl")
 LOCKSTEP = COMPARED + REFERENCES
 # "bicubic" is no pruning method, but it is a row of every table and a line of every chart.
 LABELS = {
@@ -20,9 +21,17 @@ LABELS = {
     "dense": "dense",
     "gmp": "GMP",
     "greg": "GReg",
+    "rigl": "RigL",
     "bicubic": "bicubic",
 }
-COLOURS = {"issp": "#d62728", "iht": "#1f77b4", "dense": "#7f7f7f", "gmp": "#2ca02c"}
+COLOURS = {
+    "issp": "#d62728",
+    "iht": "#1f77b4",
+    "dense": "#7f7f7f",
+    "gmp": "#2ca02c",
+    "rigl": "#ff7f0e",
+    "greg": "#8c564b",
+}
 OTHER_COLOUR = "#9467bd"
 
 

@@ -18,6 +18,11 @@ Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step
   L2 penalty, added to its gradient, that grows to ``GREG_CEILING`` over the first
   ``GREG_GROWTH`` of the pruning stage and is held for the rest; at ``t = Kp`` those
   weights are zeroed and the net fine-tuned (see ``Pruner._greg_step``).
+- ``rigl``: dynamic sparse training (Evci et al., ICML 2020): a random mask of ratio ``r``
+  from the start; every ``RIGL_INTERVAL`` steps before ``Kp`` each layer drops its
+  ``f(t) * active`` smallest-magnitude active weights and grows as many inactive ones
+  with the largest dense-gradient magnitude, ``f(t)`` the drop fraction decayed by a
+  cosine to 0 at ``Kp`` (see ``Pruner._rigl_update``).
 - ``scratch``: a random mask of ratio ``r`` fixed at initialization.
 - ``dense``: no pruning; records the same telemetry.
 
@@ -33,6 +38,7 @@ gradients and optimizer state are zeroed so that momentum cannot revive them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections.abc import Sequence
 
@@ -42,7 +48,7 @@ from torch import nn
 
 from issp import IsspError
 
-METHODS = ("issp", "iht", "l1", "gmp", "greg", "scratch", "dense")
+METHODS = ("issp", "iht", "l1", "gmp", "greg", "rigl", "scratch", "dense")
 # The methods whose mask is a magnitude selection, which ``pattern`` may shape.
 MAGNITUDE = ("issp", "iht", "l1", "gmp", "greg")
 # GReg's schedule, as a share of the pruning stage. The authors' SR runs add 1e-4 to the
@@ -51,6 +57,10 @@ MAGNITUDE = ("issp", "iht", "l1", "gmp", "greg")
 # --reg_upper_limit 0.5 --stabilize_reg_interval 43150): growth is 70% of that stage.
 GREG_CEILING = 0.5
 GREG_GROWTH = 0.7
+# RigL's defaults (Evci et al. 2020): drop 30% of the active weights, decayed by a cosine,
+# every 100 steps; it stops at Kp (their 75% of training where no protocol says otherwise).
+RIGL_DROP = 0.3
+RIGL_INTERVAL = 100
 TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
 
 
@@ -142,7 +152,7 @@ def check_arguments(
         raise IsspError(f"ISS-P needs alpha, its shrink factor, in (0, 1), got {alpha}")
     if scope not in ("local", "global"):
         raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
-    if prune_steps < 1 and method in MAGNITUDE:
+    if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):
         raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
     if pattern is None:
         return
@@ -206,17 +216,19 @@ class Pruner:
         self.frozen = False
         self.masks: dict[str, torch.Tensor] | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._penalty_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._stage_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._records: list[torch.Tensor] = []
         # GReg's penalty per weight: grows on its selection, added to the gradient by a hook.
         self.penalty = {name: torch.zeros_like(w) for name, w in self.weights.items()}
         if method == "greg":
             for name, w in self.weights.items():
                 penalty = self.penalty[name]
-                self._penalty_hooks.append(
+                self._stage_hooks.append(
                     w.register_hook(lambda grad, w=w, penalty=penalty: grad + penalty * w.detach())
                 )
-        if method == "scratch":
+        # RigL's dense gradient, kept only on the steps that update its mask.
+        self._dense_grads: dict[str, torch.Tensor] = {}
+        if method in ("scratch", "rigl"):
             generator = torch.Generator().manual_seed(seed)
             masks = {
                 name: torch.randperm(w.numel(), generator=generator)
@@ -225,7 +237,14 @@ class Pruner:
                 .to(w.device)
                 for name, w in self.weights.items()
             }
-            self._freeze(masks)
+            if method == "scratch":
+                self._freeze(masks)
+            else:
+                self.masks = masks
+                self._apply_mask()
+                for name, w in self.weights.items():
+                    hook = functools.partial(self._rigl_gradient, name)
+                    self._stage_hooks.append(w.register_hook(hook))
 
     def step(self) -> None:
         """Advance one training step; call it right after ``optimizer.step()``."""
@@ -247,11 +266,12 @@ class Pruner:
             self._apply_mask()
         elif self.method == "greg" and self.t < self.prune_steps:
             self._greg_step()
+        elif self.method == "rigl" and self.t < self.prune_steps:
+            if self._dense_grads:
+                self._rigl_update()
+            self._apply_mask()
         elif self.method != "dense" and self.t >= self.prune_steps:
-            # GReg prunes what it has penalised (if Kp came after any step); the others what
-            # is smallest now.
-            penalised = self.method == "greg" and self.masks is not None
-            self._freeze(self.masks if penalised else self._select(self.ratio))
+            self._freeze(self._final_mask())
         if stats is not None:
             self._record(stats, previous)
 
@@ -269,6 +289,57 @@ class Pruner:
             level = GREG_CEILING * min(1.0, self.t / growth)
             for name, penalty in self.penalty.items():
                 penalty.copy_(self.masks[name] * level)
+
+    def _final_mask(self) -> dict[str, torch.Tensor]:
+        """The mask that freezes at Kp: GReg's penalised selection and RigL's current mask
+        (once they have one), else the smallest weights now."""
+        if self.method in ("greg", "rigl") and self.masks is not None:
+            return self.masks
+        return self._select(self.ratio)
+
+    def _rigl_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        """RigL's gradient hook: the pruned weights get none (so Adam leaves them at zero),
+        and on a step that updates the mask the dense gradient is kept to grow by."""
+        coming = self.t + 1  # step() has not counted this step yet
+        if coming % RIGL_INTERVAL == 0 and coming < self.prune_steps:
+            self._dense_grads[name] = grad.detach().abs()
+        return grad.masked_fill(self.masks[name], 0.0)
+
+    def _rigl_update(self) -> None:
+        """Per layer: drop the ``k`` smallest |w| among the active weights and grow the
+        ``k`` inactive ones (the just dropped included, as in RigL) with the largest dense
+        gradient, ``k = f(t) * active`` with ``f(t) = RIGL_DROP / 2 * (1 + cos(pi t / Kp))``.
+        Grown weights start at zero and every changed weight's Adam moments are reset, so
+        the layer keeps exactly its ratio of zeros."""
+        fraction = RIGL_DROP / 2 * (1 + math.cos(math.pi * self.t / self.prune_steps))
+        masks = {}
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                pruned = self.masks[name].flatten()
+                active = (~pruned).nonzero().squeeze(1)
+                k = int(fraction * active.numel())
+                magnitude = w.detach().abs().flatten()[active]
+                dropped = active[torch.topk(magnitude, k, largest=False).indices]
+                after_drop = pruned.clone()
+                after_drop[dropped] = True
+                grads = self._dense_grads[name].flatten().masked_fill(~after_drop, -1.0)
+                grown = torch.topk(grads, k).indices
+                new = after_drop.clone()
+                new[grown] = False
+                w.view(-1)[grown] = 0.0
+                changed = (new != pruned).view_as(w)
+                for value in self._optimizer_state(w):
+                    value.masked_fill_(changed, 0)
+                masks[name] = new.view_as(w)
+        self.masks = masks
+        self._dense_grads = {}
+
+    def _optimizer_state(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """The optimizer's per-weight tensors of ``w`` (Adam's moments), if any."""
+        if self.optimizer is None:
+            return []
+        state = self.optimizer.state.get(w, {}).values()
+        return [value for value in state if torch.is_tensor(value) and value.shape == w.shape]
 
     def _select(self, fraction: float) -> dict[str, torch.Tensor]:
         if self.pattern is not None and fraction == self.ratio:
@@ -294,18 +365,17 @@ class Pruner:
 
     def _freeze(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks, self.frozen = masks, True
-        for handle in self._penalty_hooks:  # pruned weights are zero: nothing to penalise
+        # GReg's penalty and RigL's gradient hook serve the pruning stage only.
+        for handle in self._stage_hooks:
             handle.remove()
-        self._penalty_hooks = []
+        self._stage_hooks = []
         self._apply_mask()
         for name, w in self.weights.items():
             keep = (~masks[name]).to(w.dtype)
             # Masked gradients keep Adam's moments at zero for pruned weights.
             self._hooks.append(w.register_hook(lambda grad, keep=keep: grad * keep))
-            if self.optimizer is not None:
-                for value in self.optimizer.state.get(w, {}).values():
-                    if torch.is_tensor(value) and value.shape == w.shape:
-                        value.masked_fill_(masks[name], 0)
+            for value in self._optimizer_state(w):
+                value.masked_fill_(masks[name], 0)
 
     def _gradient_norms(self) -> torch.Tensor:
         # optimizer.step() leaves .grad untouched, so this is the pre-update gradient.
@@ -387,12 +457,12 @@ class Pruner:
         can then be saved, exported or trained on without the pruner; its zeros are no
         longer enforced."""
         if self.method != "dense" and not self.frozen:
-            self._freeze(self._select(self.ratio))
+            self._freeze(self._final_mask())
         if self.masks is not None:
             self._apply_mask()
-        for handle in self._hooks + self._penalty_hooks:
+        for handle in self._hooks + self._stage_hooks:
             handle.remove()
-        self._hooks, self._penalty_hooks = [], []
+        self._hooks, self._stage_hooks = [], []
         self.masks, self.frozen = None, False
         return self._model
 

@@ -50,7 +50,7 @@ def test_the_app_shows_a_streaming_handler_s_errors_to_the_user(live_base):
     def streams():
         yield live_request(live_base, steps=MAX_STEPS + 1)
 
-    with pytest.raises(gr.Error, match="at most 2000 steps"):
+    with pytest.raises(gr.Error, match="steps must be from 1 to 2,000, got 2001"):
         next(streams())
 
 

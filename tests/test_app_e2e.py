@@ -169,7 +169,7 @@ def test_a_live_run_stops_on_request(client):
 
 
 def test_live_requests_over_the_limits_are_refused(client):
-    with pytest.raises(Exception, match="at most 2000 steps"):
+    with pytest.raises(Exception, match="steps must be from 1 to 2,000"):
         client.predict("edsr-tiny", 2, 0.9, 0.99, 5000, 0, 0, [], api_name="/train_live")
     with pytest.raises(Exception, match="a sweep runs at most 2,000 steps in all"):
         client.predict("edsr-tiny", 2, 0.9, 1000, 0, 0, [0.0, 0.99, 0.5], api_name="/alpha_sweep")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from issp import IsspError
+from issp import IsspError, pruning
 from issp.pruning import GREG_CEILING, Pruner, nm_groups, nm_mask, prunable_weights, smallest_mask
 
 
@@ -268,3 +268,33 @@ def test_greg_penalises_its_first_selection_harder_and_harder_then_prunes_it():
     _, _, pruner = run("greg", steps=45, prune_steps=40, ratio=0.5)
     for name, w in pruner.weights.items():
         assert torch.equal(w.detach() == 0, chosen[name]), "what it penalised is pruned"
+
+
+def test_rigl_keeps_each_layer_s_exact_ratio_and_regrows_at_zero(monkeypatch):
+    monkeypatch.setattr(pruning, "RIGL_INTERVAL", 5)
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner = Pruner(model, "rigl", 0.75, prune_steps=23, optimizer=optimizer)
+    generator = torch.Generator().manual_seed(0)
+    changed_at = []
+    for step in range(1, 30):
+        before = {name: mask.clone() for name, mask in pruner.masks.items()}
+        x = torch.rand(2, 3, 6, 6, generator=generator)
+        optimizer.zero_grad()
+        (model(x) - x).abs().mean().backward()
+        optimizer.step()
+        pruner.step()
+        for name, w in pruner.weights.items():
+            mask = pruner.masks[name]
+            assert int(mask.sum()) == math.ceil(0.75 * w.numel()), (step, name)
+            assert torch.all(w[mask] == 0), "pruned weights are zero"
+            grown = before[name] & ~pruner.masks[name]
+            assert torch.all(w[grown] == 0), "a regrown weight starts at zero"
+            for moment in optimizer.state[w].values():
+                if moment.shape == w.shape:
+                    assert torch.all(moment[grown] == 0), "and with no Adam history"
+        if any(not torch.equal(before[n], pruner.masks[n]) for n in before):
+            changed_at.append(step)
+    assert changed_at == [5, 10, 15, 20], "updates every interval until Kp, then frozen"
+    assert pruner.frozen

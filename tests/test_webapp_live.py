@@ -75,21 +75,21 @@ def test_stop_ends_a_run_at_once(live_base, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"steps": MAX_STEPS + 1}, f"at most {MAX_STEPS} steps"),
+        ({"steps": MAX_STEPS + 1}, f"steps must be from 1 to {MAX_STEPS:,}, got {MAX_STEPS + 1}"),
         ({"steps": 12.5}, "steps must be a whole number"),
         ({"steps": "many"}, "steps must be a whole number"),
         ({"arch": "swinir-light"}, "architecture must be one of edsr-tiny, swinir-tiny"),
-        ({"extra": ["L1"]}, "extra methods must be among dense, GMP"),
+        ({"extra": ["L1"]}, "extra methods must be among dense, GMP, RigL"),
         ({"prune_steps": 50}, "need 1 <= prune-steps <= steps"),
-        ({"prune_steps": -5}, "pruning stage must be at least 1, got -5"),
+        ({"prune_steps": -5}, f"pruning stage must be from 1 to {MAX_STEPS:,}, got -5"),
         ({"alpha": 1.0}, r"alpha must be in \(0, 1\)"),
         ({"ratio": 1.2}, r"pruning ratio must be in \[0, 1\)"),
         ({"scale": 8}, "scale must be from 2 to 4, got 8"),
         ({"seed": -1}, "seed must be from 0 to 2,147,483,647, got -1"),
         ({"seed": 2**63}, "seed must be from 0 to 2,147,483,647, got 9223372036854775808"),
         ({"seed": 10**400}, "seed must be a whole number, got 1000"),
-        ({"extra": "GMP"}, "extra methods must be among dense, GMP, got 'GMP'"),
-        ({"extra": [["GMP"]]}, "extra methods must be among dense, GMP"),
+        ({"extra": "GMP"}, "extra methods must be among dense, GMP, RigL, got 'GMP'"),
+        ({"extra": [["GMP"]]}, "extra methods must be among dense, GMP, RigL"),
     ],
 )
 def test_bad_requests_get_a_message_for_the_user(live_base, overrides, message):
