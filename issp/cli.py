@@ -285,7 +285,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from issp.pruning import parse_pattern
+    from issp.selection import parse_pattern
     from issp.train import TrainConfig, train
 
     chosen = {"alpha": args.alpha, "lr": args.lr}

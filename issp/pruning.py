@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
+from issp.selection import nm_mask, parse_pattern, smallest_mask
 
 METHODS = ("issp", "iht", "l1", "gmp", "greg", "rigl", "scratch", "dense")
 # The methods whose mask is a magnitude selection, which ``pattern`` may shape.
@@ -84,55 +85,6 @@ def prunable_weights(
         for name, m in layers
         if not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
     }
-
-
-def smallest_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly ``k`` smallest-magnitude entries (ties broken arbitrarily)."""
-    flat = weight.detach().abs().flatten()
-    n = flat.numel()
-    # topk over the smaller side: selecting 99% as "all but the 1% largest" is far cheaper.
-    if k <= n // 2:
-        mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
-        mask[torch.topk(flat, k, largest=False, sorted=False).indices] = True
-    else:
-        mask = torch.ones(n, dtype=torch.bool, device=flat.device)
-        mask[torch.topk(flat, n - k, largest=True, sorted=False).indices] = False
-    return mask.view_as(weight)
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"19:20"`` -> ``(19, 20)``: N of every M weights pruned; IsspError unless 0 < N < M."""
-    try:
-        n, m = (int(part) for part in pattern.split(":"))
-    except (AttributeError, ValueError):
-        raise IsspError(f"pattern must be N:M, e.g. 2:4 or 19:20, got {pattern!r}") from None
-    if not 0 < n < m:
-        raise IsspError(f"pattern N:M needs 0 < N < M, got {pattern!r}")
-    return n, m
-
-
-def nm_groups(numel: int, n: int, m: int) -> tuple[int, int]:
-    """The ``(N, M)`` a layer of ``numel`` weights is cut by: as asked where M divides it,
-    else both raised by one until M does, as the authors' code does
-    (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, ``basicsr/pruner/utils.py`` lines 154-158).
-    They raise them until M divides the gcd of every layer's size, so that all layers share
-    one N:M (EDSR-L x4's 19:20 became 23:24 everywhere); here each layer keeps the asked
-    N:M wherever it can. Either way M - N weights survive per group."""
-    while numel % m:
-        n, m = n + 1, m + 1
-    return n, m
-
-
-def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Boolean mask of the ``n`` smallest-magnitude weights in every run of ``m``
-    consecutive weights of ``weight`` flattened in row-major order (so a group may span two
-    filters, as in the authors' code), with ``nm_groups``' rule where ``m`` does not divide
-    the layer."""
-    n, m = nm_groups(weight.numel(), n, m)
-    groups = weight.detach().abs().reshape(-1, m)
-    mask = torch.zeros_like(groups, dtype=torch.bool)
-    mask.scatter_(1, torch.topk(groups, n, dim=1, largest=False, sorted=False).indices, True)
-    return mask.view_as(weight)
 
 
 def check_arguments(

@@ -15,7 +15,8 @@ from analysis.lockstep import LockstepConfig
 from issp.catalogue import ZOO_DIR, Manifest, Record, Score, ZooEntry, load_manifest
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
-from issp.pruning import Pruner, prunable_weights, smallest_mask
+from issp.pruning import Pruner, prunable_weights
+from issp.selection import smallest_mask
 from issp.train import save_telemetry
 from webapp.live import live_config
 from webapp.model_zoo import ModelZoo

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from issp import IsspError, pruning
-from issp.pruning import GREG_CEILING, Pruner, nm_groups, nm_mask, prunable_weights, smallest_mask
+from issp.pruning import GREG_CEILING, Pruner, prunable_weights
+from issp.selection import nm_groups, nm_mask, smallest_mask
 
 
 class Tiny(nn.Module):

@@ -8,7 +8,8 @@ from torch import nn
 from benchmarks.sparse_conv import SPARSE_PATHS
 from issp import IsspError
 from issp.models import build_model
-from issp.pruning import nm_mask, prunable_weights, smallest_mask
+from issp.pruning import prunable_weights
+from issp.selection import nm_mask, smallest_mask
 from issp.sparse import SparseConv2d, SparseWeight, sparse_conv3x3, sparsify
 
 
