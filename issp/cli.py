@@ -203,13 +203,17 @@ def build_parser() -> Parser:
     precision = study_commands.add_parser(
         "precision", help="the bf16 bias test of analysis/precision.md: train, then report"
     )
-    precision.add_argument("--data", type=_existing, help="training images (default: bundled)")
-    precision.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
-    precision.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
-    precision.add_argument("--threads", type=_positive, help="torch threads per run")
-    precision.add_argument(
-        "--report", action="store_true", help="only write the report from finished runs"
+    modes = study_commands.add_parser(
+        "modes", help="N:M and GReg paired by seed (analysis/modes.md): train, then report"
     )
+    for sub in (precision, modes):
+        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
+        sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
+        sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
+        sub.add_argument("--threads", type=_positive, help="torch threads per run")
+        sub.add_argument(
+            "--report", action="store_true", help="only write the report from finished runs"
+        )
     # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, PRECISION), which
     # the zoo's build reads too; importing it here would load scipy for every command.
     for sub in (grid, run, report, rescore):
@@ -575,6 +579,18 @@ def _study_precision(args: argparse.Namespace, command: str) -> None:
     print(f"{summary['pairs']} of {summary['planned_pairs']} pairs; {summary['decision']}")
 
 
+def _study_modes(args: argparse.Namespace, command: str) -> None:
+    from issp import modes, study
+
+    folders = study.RunFolders.of("modes", study.WORK_DIR, study.REPORT_DIR)
+    runs = modes.modes_plan(str(args.data) if args.data else None)
+    if not args.report:
+        tests = study.test_folders(args.test)
+        study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
+    modes.write_modes(folders.results, command, study.REPORT_DIR)
+    print(f"{modes.finished(runs, folders.results)} of {len(runs)} runs finished")
+
+
 def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
     from issp import rescore, study
     from issp.catalogue import score_key
@@ -592,8 +608,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
     command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
-    if args.study_command == "precision":
-        _study_precision(args, command)
+    if args.study_command in ("precision", "modes"):
+        {"precision": _study_precision, "modes": _study_modes}[args.study_command](args, command)
         return
     args = _study_defaults(args)
     data = str(getattr(args, "data", None) or "") or None

@@ -95,14 +95,17 @@ class RunFolders:
 
 def run_name(config: TrainConfig) -> str:
     """``edsr-tiny_x2_issp_r0.95_a0.95_lr0.0001_s0``: everything a study varies (with
-    ``_edges-dense`` where the first and last conv are left dense, ``_cl`` for fp32 with
-    channels-last, ``_bf16`` for bfloat16 autocast with channels-last)."""
+    ``_nm19-20`` for an N:M selection, ``_edges-dense`` where the first and last conv are
+    left dense, ``_cl`` for fp32 with channels-last, ``_bf16`` for bfloat16 autocast with
+    channels-last)."""
     if config.method == "dense":
         what = "dense"
     elif config.method == "issp":
         what = f"issp_r{config.ratio:g}_a{config.alpha:g}"
     else:
         what = f"{config.method}_r{config.ratio:g}"
+    if config.pattern is not None:
+        what += "_nm" + config.pattern.replace(":", "-")
     edges = "" if config.prune_edges or config.method == "dense" else "_edges-dense"
     precision = {"fp32": "", "channels-last": "_cl", "bf16": "_bf16"}[config.precision]
     return f"{config.arch}_x{config.scale}_{what}_lr{config.lr:g}{edges}{precision}_s{config.seed}"
