@@ -172,7 +172,11 @@ def build_parser() -> Parser:
         help="also train the edsr-tiny entries `issp study run` has not finished yet, instead "
         "of leaving them to it (a later build copies them from runs/study/)",
     )
-    sweep = zoo_commands.add_parser("sweep", help="choose alpha on a validation split")
+    sweep = zoo_commands.add_parser(
+        "sweep",
+        help="ISS-P at several alphas against IHT on a validation split (analysis/alpha_sweep.md;"
+        " the zoo's alpha now comes from `study grid`)",
+    )
     sweep.add_argument("--data", type=_existing, help="training images (default: bundled)")
     sweep.add_argument("--steps", type=_positive, default=1000)
     sweep.add_argument("--device", default="cpu")
@@ -237,7 +241,12 @@ def build_parser() -> Parser:
         )
         sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
     grid.add_argument("--steps", type=_positive, default=1000)
-    grid.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4, 1e-3), help="e.g. 1e-4,1e-3")
+    grid.add_argument(
+        "--lrs",
+        type=_floats,
+        default=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+        help="e.g. 1e-4,1e-3 (default: the rates analysis/protocol_grid.md ran)",
+    )
     grid.add_argument("--alphas", type=_floats, default=(0.9, 0.95, 0.99), help="ISS-P's")
     grid.add_argument(
         "--screen",
