@@ -120,6 +120,18 @@ def soak(url: str, pid: int, minutes: float, workers: int, every: float) -> dict
     return {"samples": samples, "outcomes": outcomes}
 
 
+def second_half_trend(samples: list[tuple[float, float]]) -> float:
+    """The growth over the second half that a least-squares line through its samples
+    gives, as a share of their mean: less noisy than two single samples when the heap
+    is trimmed now and then."""
+    end_time = samples[-1][0]
+    late = np.array([sample for sample in samples if sample[0] >= end_time / 2])
+    if len(late) < 2:
+        return 0.0
+    slope = np.polyfit(late[:, 0], late[:, 1], 1)[0]
+    return float(slope * (late[-1, 0] - late[0, 0]) / late[:, 1].mean())
+
+
 def summary(result: dict) -> str:
     """Start, middle and end RSS, the second half's growth, and what was sent."""
     samples = result["samples"]
@@ -131,7 +143,8 @@ def summary(result: dict) -> str:
         counts[f"{name} {outcome}"] += n
     lines = [
         f"RSS: start {samples[0][1]:.1f} MiB, middle {middle:.1f}, end {end:.1f}, peak "
-        f"{max(mib for _, mib in samples):.1f}; second half {growth:+.1%}",
+        f"{max(mib for _, mib in samples):.1f}; second half {growth:+.1%} end to middle, "
+        f"{second_half_trend(samples):+.1%} by its fitted line",
         "requests: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
     ]
     return "\n".join(lines)
