@@ -59,14 +59,14 @@ def one_round(url: str, worker: int, round_: int, folder: Path) -> list[tuple[st
     def send(name: str, data: list) -> None:
         try:
             event, _ = call(url, name, data, session, timeout=600)
-        except (httpx.HTTPError, RuntimeError):
-            event = "failed"
+        except (httpx.HTTPError, RuntimeError) as error:
+            event = f"failed ({type(error).__name__})"
         done.append((name, event))
 
     try:
         image = {"path": upload(url, path)}
-    except httpx.HTTPError:
-        return [("upload", "failed")]
+    except httpx.HTTPError as error:
+        return [("upload", f"failed ({type(error).__name__})")]
     finally:
         path.unlink(missing_ok=True)
     scale = int(rng.choice([2, 4]))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
+import anyio
 from filelock import FileLock, Timeout
 
 from issp import IsspError
@@ -281,7 +282,8 @@ class UploadGate:
         client = forwarded.decode("latin-1") or (scope.get("client") or ("?",))[0]
         size = int(length)
         try:
-            self.budget.claim(client, size)
+            # claim() scans the folders: on a worker thread, not the server's event loop.
+            await anyio.to_thread.run_sync(self.budget.claim, client, size)
         except IsspError as error:
             await _refuse(send, 413, str(error))
             return
