@@ -23,6 +23,12 @@ from pathlib import Path
 
 # Before gradio is imported: it reads this at import time, and a Space must not phone home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Before torch is imported: oneDNN reads it once. Every new image size adds compiled
+# primitives to a cache of 1,024 by default, which a server sees no end of (webapp.memory,
+# which imports nothing heavy).
+from webapp.memory import PRIMITIVE_CACHE  # noqa: E402
+
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -196,6 +202,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
     """The Upscale tab: an image, the model pickers, and Upscale / Evaluate."""
 
     @shown_to_user
+    @memory.trimmed
     def upscale(
         image: dict | None,
         scale: int,
@@ -225,6 +232,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
         return str(result.download), previews, result.summary
 
     @shown_to_user
+    @memory.trimmed
     def evaluate(
         image: dict | None,
         scale: int,

@@ -12,4 +12,5 @@ without a UI.
 - ``admission``: which live runs and sweeps may run, wait or are refused.
 - ``live``: live comparisons and alpha sweeps streamed as views.
 - ``stored_runs``: the zoo's stored training dynamics drawn.
+- ``memory``: the allocator settings that keep a long-running server's memory flat.
 """

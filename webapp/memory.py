@@ -4,18 +4,27 @@ arenas and to hand freed memory back.
 Gradio runs handlers on many threads, and glibc gives threads their own malloc arenas (up
 to eight per core); tensors of every size freed on one thread and allocated on another
 leave each arena holding memory the process no longer uses, so resident memory creeps up
-under a mixed load (``benchmarks/soak.py``). Two arenas and a ``malloc_trim`` every few
-seconds keep what is freed from staying resident. On a C library without these calls
-(macOS, musl) both are no-ops.
+under a mixed load (``benchmarks/soak.py``). Two arenas, and a ``malloc_trim`` after each
+costly request (``trimmed``) and every few seconds, keep what is freed from staying
+resident. On a C library without these calls (macOS, musl) both are no-ops.
+
+oneDNN, which runs the dense convolutions, also keeps a cache of compiled primitives per
+input shape (1024 by default); every new image size adds to it. ``app.py`` bounds it with
+``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` (``PRIMITIVE_CACHE``) before torch is imported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+from collections.abc import Callable
 
 M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 ARENAS = 2
+# Compiled oneDNN primitives kept: enough for a few image sizes of a model's dozen convs
+# (``benchmarks/shape_memory.py``; figures in docs/benchmarks.md).
+PRIMITIVE_CACHE = 64
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -41,3 +50,16 @@ def release_free_memory() -> bool:
     call or nothing could be released."""
     libc = _libc()
     return bool(libc and libc.malloc_trim(0))
+
+
+def trimmed(fn: Callable) -> Callable:
+    """``fn``, handing freed memory back each time it returns or raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_free_memory()
+
+    return wrapper
