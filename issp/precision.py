@@ -107,7 +107,10 @@ def cell_verdicts(pairs: Sequence[RunPair], metric: str) -> list[dict]:
             "seeds": cell["fp32"]["seeds"],
             "fp32": _verdict_figures(cell["fp32"]),
             FAST: _verdict_figures(cell["fast"]),
-            "agree": cell["fp32"]["verdict"] == cell["fast"]["verdict"],
+            # With one seed neither precision has a verdict to agree on.
+            "agree": None
+            if cell["fp32"]["seeds"] < 2
+            else cell["fp32"]["verdict"] == cell["fast"]["verdict"],
         }
         for (scale, ratio), cell in sorted(by_cell.items())
         if cell["fp32"]["seeds"] >= 1
@@ -290,7 +293,8 @@ def results_markdown(summary: dict, command: str) -> str:
             ]
             lines.append(
                 f"| {study.metric_label(metric)} | x{row['scale']} | {row['ratio']:g} "
-                f"| {row['seeds']} | {shown[0]} | {shown[1]} | {'yes' if row['agree'] else 'no'} |"
+                f"| {row['seeds']} | {shown[0]} | {shown[1]} "
+                f"| {({True: 'yes', False: 'no', None: '-'})[row['agree']]} |"
             )
     lines += [
         "",

@@ -102,3 +102,8 @@ def test_machine_reruns_sit_next_to_the_committed_runs_they_repeat(tmp_path):
     assert row["set5"]["rerun"] - row["set5"]["committed"] == pytest.approx(0.01)
     text = precision.results_markdown(precision.precision_summary(pairs_with(0.2, 0.2), [row]), "c")
     assert "| AMD EPYC, 2 cores | 29.530 (+0.010) |" in text
+
+
+def test_one_seed_gives_no_verdict_to_agree_on():
+    [row] = precision.cell_verdicts(pairs_with(0.30, 0.28, seeds=(0,)), "set5")
+    assert row["seeds"] == 1 and row["agree"] is None
