@@ -25,8 +25,9 @@ def pairs_with(gap_fp32, gap_fast, seeds=(0, 1, 2), shift=-0.1):
     pairs = []
     for seed in seeds:
         iht = 35.0 + 0.01 * seed
+        jitter = 0.001 * seed  # differences that are not all equal, as real ones never are
         for method, fp32, fast in (
-            ("issp", iht + gap_fp32, iht + shift + gap_fast),
+            ("issp", iht + gap_fp32 + jitter, iht + shift + gap_fast + 2 * jitter),
             ("iht", iht, iht + shift),
         ):
             pairs.append(
@@ -39,9 +40,10 @@ def pairs_with(gap_fp32, gap_fast, seeds=(0, 1, 2), shift=-0.1):
 
 def test_comparison_shift_is_the_change_of_issp_minus_iht_per_cell_and_seed():
     shifts = comparison_shifts(pairs_with(0.20, 0.15), "set5")
-    assert shifts.differences == pytest.approx((-0.05,) * 3)
+    # Per seed: (0.15 + 2j - 0.20 - j), with the test data's jitter j = 0.001 * seed.
+    assert shifts.differences == pytest.approx((-0.05, -0.049, -0.048))
     moved = run_shifts(pairs_with(0.20, 0.15), "set5")
-    assert moved.n == 6 and moved.mean == pytest.approx((3 * -0.15 + 3 * -0.1) / 6)
+    assert moved.n == 6 and moved.mean == pytest.approx((-0.15 * 3 + 0.003 - 0.1 * 3) / 6)
 
 
 def test_a_comparison_without_its_partner_run_is_left_out():
