@@ -72,6 +72,7 @@ MODEL_CACHE = 16
 # (never an upload younger than two minutes); Gradio's delete_cache also removes each
 # file after an hour.
 DISK_MB = 1024
+CLIENT_SHARE = 0.25  # of DISK_MB per client per hour (ISSP_CLIENT_SHARE overrides it)
 PRUNE_SECONDS = 10
 # Live training runs and alpha sweeps run one at a time server-wide, so training takes one
 # core at most and upscaling keeps the other. They wait in a line of their own (see
@@ -630,7 +631,12 @@ def serve(work: Path) -> None:
     }
     disk_bytes = int(os.environ.get("ISSP_DISK_MB", DISK_MB)) * 2**20
     # Results first: they have been sent. Gradio's folder holds the uploads and its cache.
-    budget = files.DiskBudget([work / "results", work / "gradio"], disk_bytes, examples)
+    # A client's share of it per hour; 1 turns the share off (see webapp.files.UploadGate
+    # for who counts as one client behind a proxy).
+    share = float(os.environ.get("ISSP_CLIENT_SHARE", CLIENT_SHARE))
+    budget = files.DiskBudget(
+        [work / "results", work / "gradio"], disk_bytes, examples, client_share=share
+    )
     stop = threading.Event()
     chores = (stop, PRUNE_SECONDS, budget, demo.temp_file_sets)
     threading.Thread(target=files.housekeeping, args=chores, daemon=True).start()
