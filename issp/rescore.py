@@ -138,16 +138,7 @@ def rescore_markdown(rescored: Sequence[dict], key: str, folder: Path, command: 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.values():
-        interval = row["interval95"]
-        mean = row["mean_difference"]
-        p = "-" if row.get("p") is None else f"{row['p']:.3f} ({row['p_holm']:.3f})"
-        lines.append(
-            f"| x{row['scale']} | {row['ratio']:g} | {study.mean_sd(row['dense'])} "
-            f"| {study.mean_sd(row['iht'])} | {study.mean_sd(row['issp'])} "
-            f"| {'-' if mean is None else f'{mean:+.3f}'} "
-            f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
-            f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} | {p} |"
-        )
+        lines.append(f"| x{row['scale']} | {row['ratio']:g} " + study.summary_cells(row))
     lines += ["", *study.holm_sentences(summary, [key]), ""]
     gap = reproduction(rescored, key)
     if gap is not None:

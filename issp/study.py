@@ -457,10 +457,17 @@ def study_goals(results: Sequence[dict]) -> list[Goal]:
     return goals
 
 
-def _p_values(row: dict) -> str:
-    if row.get("p") is None:
-        return "-"
-    return f"{row['p']:.3f} ({row['p_holm']:.3f})"
+def summary_cells(row: dict) -> str:
+    """A ``study_summary`` row's table cells from dense on: each method's scores, ISS-P
+    minus IHT with its interval, the wins, the verdict and the p-values."""
+    interval, mean = row["interval95"], row["mean_difference"]
+    p = "-" if row.get("p") is None else f"{row['p']:.3f} ({row['p_holm']:.3f})"
+    return (
+        f"| {mean_sd(row['dense'])} | {mean_sd(row['iht'])} | {mean_sd(row['issp'])} "
+        f"| {'-' if mean is None else f'{mean:+.3f}'} "
+        f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
+        f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} | {p} |"
+    )
 
 
 def holm_sentences(summary: dict, metrics: Sequence[str]) -> list[str]:
@@ -641,16 +648,8 @@ def study_markdown(
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.values():
-        interval = row["interval95"]
-        mean = row["mean_difference"]
-        lines.append(
-            f"| x{row['scale']} | {row['ratio']:g} | {metric_label(row['metric'])} "
-            f"| {mean_sd(row['dense'])} "
-            f"| {mean_sd(row['iht'])} | {mean_sd(row['issp'])} "
-            f"| {'-' if mean is None else f'{mean:+.3f}'} "
-            f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
-            f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} | {_p_values(row)} |"
-        )
+        cells = f"| x{row['scale']} | {row['ratio']:g} | {metric_label(row['metric'])} "
+        lines.append(cells + summary_cells(row))
     lines += [
         "",
         "Scores are mean ± standard deviation over seeds. p is the two-sided paired t-test "
