@@ -81,7 +81,7 @@ def _existing(text: str) -> Path:
 
 
 def build_parser() -> Parser:
-    from issp.models import PRESETS
+    from issp.models import PRESETS, SCALES
     from issp.pruning import METHODS
     from issp.train import PRECISIONS, PROTOCOLS
 
@@ -90,7 +90,7 @@ def build_parser() -> Parser:
 
     train = commands.add_parser("train", help="train (and prune) an SR network")
     train.add_argument("--arch", default="edsr-tiny", choices=list(PRESETS))
-    train.add_argument("--scale", type=int, default=2, choices=[2, 3, 4])
+    train.add_argument("--scale", type=int, default=2, choices=list(SCALES))
     train.add_argument("--method", default="issp", choices=list(METHODS))
     train.add_argument(
         "--ratio", type=_ratio, help="pruning ratio r in [0, 1) (default: 0.9, or N/M)"
@@ -136,7 +136,7 @@ def build_parser() -> Parser:
     source.add_argument("--checkpoint", type=_existing)
     source.add_argument("--bicubic", action="store_true", help="evaluate bicubic upsampling")
     evaluate.add_argument("--data", type=_existing, required=True)
-    evaluate.add_argument("--scale", type=int, choices=[2, 3, 4], required=True)
+    evaluate.add_argument("--scale", type=int, choices=list(SCALES), required=True)
     evaluate.add_argument("--tile", type=_positive, default=None)
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON")
 
@@ -146,7 +146,7 @@ def build_parser() -> Parser:
         "-o", "--output", type=Path, help="default: INPUT's name + _x<scale>.png, in this folder"
     )
     upscale.add_argument("--checkpoint", type=_existing)
-    upscale.add_argument("--scale", type=int, choices=[2, 3, 4])
+    upscale.add_argument("--scale", type=int, choices=list(SCALES))
     upscale.add_argument("--ratio", type=_ratio)
     upscale.add_argument("--method", default="issp", help="zoo method (issp, iht, dense)")
     upscale.add_argument("--arch", default="edsr-tiny", help="zoo architecture")
@@ -272,7 +272,7 @@ def build_parser() -> Parser:
         "analyze", help="ISS-P vs IHT in lockstep (same init, same batches), written as JSON"
     )
     analyze.add_argument("--arch", choices=list(PRESETS))
-    analyze.add_argument("--scale", type=int, choices=[2, 3, 4])
+    analyze.add_argument("--scale", type=int, choices=list(SCALES))
     analyze.add_argument("--ratio", type=_ratio, help="pruning ratio r in [0, 1)")
     analyze.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor in (0, 1)")
     analyze.add_argument("--steps", type=_positive, help="training steps per method")

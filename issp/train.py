@@ -50,7 +50,7 @@ from issp.checkpoint import save_checkpoint
 from issp.data import PatchDataset, default_image_paths, find_images, split_train_val
 from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
-from issp.models import PRESETS, build_model, prefers_channels_last, preset_args
+from issp.models import PRESETS, SCALES, build_model, prefers_channels_last, preset_args
 from issp.pruning import Pruner, check_arguments
 
 SCHEDULES = ("cosine", "two-stage")
@@ -157,8 +157,8 @@ class TrainConfig:
         """Raise IsspError for arguments no run could use."""
         if self.arch not in PRESETS:
             raise IsspError(f"unknown architecture {self.arch!r}; choose from {', '.join(PRESETS)}")
-        if self.scale not in (2, 3, 4):
-            raise IsspError(f"scale must be 2, 3 or 4, got {self.scale}")
+        if self.scale not in SCALES:
+            raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
         if not 0 <= self.ratio < 1:
             raise IsspError(f"pruning ratio must be in [0, 1), got {self.ratio}")
         if not 0 < self.alpha < 1:
