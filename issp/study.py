@@ -40,7 +40,14 @@ from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED, label
 from issp.report import DOCS, mask_dynamics, write_doc_section
-from issp.train import PRECISIONS, TrainConfig, telemetry_path, train, training_images
+from issp.train import (
+    PRECISIONS,
+    TrainConfig,
+    state_path,
+    telemetry_path,
+    train,
+    training_images,
+)
 
 WORK_DIR = ROOT / "runs" / "study"
 REPORT_DIR = ROOT / "analysis"  # study.md/.json, protocol_grid.md/.json
@@ -257,7 +264,7 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
             tmp = run.result_path(results).with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp, run.result_path(results))
-            Path(f"{out}.state.pt").unlink(missing_ok=True)
+            state_path(out).unlink(missing_ok=True)
             scores = ", ".join(f"{k} {result[k]['psnr']:.3f}" for k in tests)
             return f"val {result['val_psnr']:.3f} dB" + (f", {scores}" if scores else "")
     except Timeout:

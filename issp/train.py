@@ -318,6 +318,7 @@ def batch_loader(
 
 
 def state_path(out: str | Path) -> Path:
+    """Where a run writing ``out`` keeps the state it resumes from."""
     return Path(f"{out}.state.pt")
 
 

@@ -30,7 +30,7 @@ from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import machine_description
 from issp.methods import COMPARED
 from issp.models import model_summary
-from issp.train import TrainConfig, telemetry_path, train, training_images
+from issp.train import TrainConfig, state_path, telemetry_path, train, training_images
 
 WORK_DIR = catalogue.ROOT / "runs" / "zoo"  # the checkout's zoo's runs in progress
 SWEEP = catalogue.ROOT / "analysis" / "alpha_sweep.md"
@@ -288,7 +288,7 @@ def _make_entry(
         manifest.checkpoints.append(record)
         manifest.checkpoints.sort(key=lambda r: (r.arch, r.scale, r.method, r.ratio))
         manifest.protocols = zoo_protocols()
-    Path(f"{work}.state.pt").unlink(missing_ok=True)
+    state_path(work).unlink(missing_ok=True)
     set5 = record.scores.get(score_key("Set5"))
     log(
         f"[{time.strftime('%H:%M:%S')}] done {entry.name}"
