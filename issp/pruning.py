@@ -372,7 +372,9 @@ class Pruner:
         if not self._records:
             return {key: np.zeros((0, len(self.names)), np.float32) for key in TELEMETRY_KEYS}
         stacked = torch.stack(self._records).numpy()
-        order = ("grad_norm", "flips", "sparsity", "kept_abs", "selected_abs")
+        # A step's record holds the gradient norms first (taken before the step), then the
+        # other series in TELEMETRY_KEYS' order.
+        order = ("grad_norm", *(key for key in TELEMETRY_KEYS if key != "grad_norm"))
         return {key: stacked[:, i] for i, key in enumerate(order)}
 
     def state_dict(self) -> dict:
