@@ -32,6 +32,7 @@ from issp.methods import COMPARED, LOCKSTEP, label
 from issp.models import build_model
 from issp.pruning import TELEMETRY_KEYS
 from issp.train import (
+    DEFAULT_PROTOCOL,
     PROTOCOLS,
     TrainConfig,
     batch_loader,
@@ -43,7 +44,7 @@ from issp.train import (
 )
 
 MAX_STEPS = 2000
-LIVE_PROTOCOL = "two-stage"
+LIVE_PROTOCOL = DEFAULT_PROTOCOL
 # |w| values kept per method for the histogram: enough for a smooth shape, small in JSON.
 WEIGHT_SAMPLE = 10_000
 

@@ -83,7 +83,7 @@ def _existing(text: str) -> Path:
 def build_parser() -> Parser:
     from issp.models import PRESETS, SCALES
     from issp.pruning import METHODS
-    from issp.train import PRECISIONS, PROTOCOLS
+    from issp.train import DEFAULT_PROTOCOL, PRECISIONS, PROTOCOLS
 
     parser = Parser(prog="issp", description="Sparse SR networks by Iterative Soft Shrinkage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -100,7 +100,7 @@ def build_parser() -> Parser:
     )
     train.add_argument(
         "--protocol",
-        default="two-stage",
+        default=DEFAULT_PROTOCOL,
         choices=list(PROTOCOLS),
         help="schedule, Kp fraction, Adam betas, pruned layers, default lr and alpha "
         "(two-stage: the study's and the zoo's; cosine: the first zoo's)",

@@ -41,6 +41,7 @@ from issp.machine import available_cpus, machine_description
 from issp.methods import COMPARED, label
 from issp.report import DOCS, mask_dynamics, write_doc_section
 from issp.train import (
+    DEFAULT_PROTOCOL,
     PRECISIONS,
     TrainConfig,
     state_path,
@@ -55,7 +56,7 @@ STUDY_JSON = "study.json"  # the study's figures, in ``out`` (REPORT_DIR by defa
 # What ``study run`` trains unless told otherwise. The zoo's edsr-tiny checkpoints are the
 # study's seed-0 runs (``seed_run``), so these are the zoo's settings too.
 ARCH = "edsr-tiny"
-PROTOCOL = "two-stage"
+PROTOCOL = DEFAULT_PROTOCOL
 RATIOS = (0.9, 0.95, 0.99)
 SEEDS = (0, 1, 2)
 STEPS = {2: 3000, 4: 3000}  # per scale: the first zoo's length; about 21 CPU-hours in all

@@ -90,29 +90,32 @@ PROTOCOLS = {
         Protocol("two-stage", "two-stage", 0.25, (0.9, 0.99), False, lr=3e-3, alpha=AUTHORS_ALPHA),
     )
 }
+# What every entry point trains unless told: the study's, the zoo's, the CLI's and the live
+# tab's protocol, and ``TrainConfig``'s defaults.
+DEFAULT_PROTOCOL = "two-stage"
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; the defaults are the ``cosine`` protocol on
+    """Everything that defines a training run; the defaults are ``DEFAULT_PROTOCOL`` on
     ``edsr-tiny`` and a CPU. ``TrainConfig.of_protocol`` starts from another protocol."""
 
     arch: str = "edsr-tiny"
     scale: int = 2
     method: str = "issp"
     ratio: float = 0.9
-    alpha: float = PROTOCOLS["cosine"].alpha
+    alpha: float = PROTOCOLS[DEFAULT_PROTOCOL].alpha
     steps: int = 2000
     prune_steps: int | None = None  # Kp; None means kp_fraction of the steps
     batch_size: int = 16
     patch: int = 48  # LR patch side; HR patches are scale times larger
-    lr: float = PROTOCOLS["cosine"].lr
+    lr: float = PROTOCOLS[DEFAULT_PROTOCOL].lr
     min_lr: float = 1e-5  # the end of the cosine schedule
-    protocol: str = "cosine"
-    schedule: str = PROTOCOLS["cosine"].schedule
-    kp_fraction: float = PROTOCOLS["cosine"].kp_fraction
-    betas: tuple[float, float] = PROTOCOLS["cosine"].betas
-    prune_edges: bool = PROTOCOLS["cosine"].prune_edges
+    protocol: str = DEFAULT_PROTOCOL
+    schedule: str = PROTOCOLS[DEFAULT_PROTOCOL].schedule
+    kp_fraction: float = PROTOCOLS[DEFAULT_PROTOCOL].kp_fraction
+    betas: tuple[float, float] = PROTOCOLS[DEFAULT_PROTOCOL].betas
+    prune_edges: bool = PROTOCOLS[DEFAULT_PROTOCOL].prune_edges
     scope: str = "local"
     pattern: str | None = None  # "N:M": N of every M consecutive weights (issp.pruning)
     # Speed settings: bfloat16 autocast of the network's forward pass (the loss, Adam's
