@@ -203,7 +203,7 @@ def build_parser() -> Parser:
         "rescore", help="re-score every committed study checkpoint on a folder of images"
     )
     rescore.add_argument("--test", type=_existing, required=True, help="a folder of HR images")
-    rescore.add_argument("--name", help="the report's name (default: the folder's)")
+    rescore.add_argument("--name", help="the report's file name (default: the folder's)")
     precision = study_commands.add_parser(
         "precision", help="the bf16 bias test of analysis/precision.md: train, then report"
     )
@@ -605,9 +605,10 @@ def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path
     from issp.catalogue import score_key
 
     folders = study.RunFolders.of(args.protocol, study.WORK_DIR, out)
-    key = args.name or score_key(args.test.name)  # Set14 -> set14, as the run files key it
+    key = score_key(args.test.name)  # Set14 -> set14, as the run files key their scores
     rescored = rescore.rescore(runs, folders.results, args.test, key)
-    report = rescore.write_rescore(rescored, key, args.test, command, out / "rescore")
+    name = args.name or key
+    report = rescore.write_rescore(rescored, key, args.test, command, out / "rescore", name)
     gap = rescore.reproduction(rescored, key)
     same = "" if gap is None else f"; largest gap to the committed scores {gap:.4f} dB"
     print(f"re-scored {len(rescored)} checkpoints{same}; wrote {report}")

@@ -165,11 +165,18 @@ def rescore_markdown(rescored: Sequence[dict], key: str, folder: Path, command: 
 
 
 def write_rescore(
-    rescored: Sequence[dict], key: str, folder: Path, command: str, out: Path = RESCORE_DIR
+    rescored: Sequence[dict],
+    key: str,
+    folder: Path,
+    command: str,
+    out: Path = RESCORE_DIR,
+    name: str | None = None,
 ) -> Path:
-    """Write ``<key>.md`` and ``<key>.json`` (every run's per-image scores) into ``out``."""
+    """Write ``<name>.md`` and ``<name>.json`` (every run's per-image scores) into ``out``;
+    ``name`` defaults to ``key``, the scores' key."""
     out.mkdir(parents=True, exist_ok=True)
-    report = out / f"{key}.md"
+    name = name or key
+    report = out / f"{name}.md"
     report.write_text(rescore_markdown(rescored, key, folder, command))
     data = {
         "command": command,
@@ -178,5 +185,5 @@ def write_rescore(
         "largest_gap_to_committed": reproduction(rescored, key),
         "runs": [{"name": r["name"], "config": r["config"], key: r[key]} for r in rescored],
     }
-    (out / f"{key}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     return report
