@@ -122,3 +122,11 @@ def test_results_tab_shows_the_paired_seed_study_or_says_there_is_none(fake_zoo,
 def test_importing_the_app_builds_and_serves_nothing():
     # `python app.py` and `gradio app.py` build the module-level demo; an import does not.
     assert not hasattr(app, "demo")
+
+
+def test_the_kp_label_says_the_live_protocol_s_share(fake_zoo, tmp_path):
+    demo = app.build_app(ModelZoo(fake_zoo), Limits(), None, [], ResultFolders(tmp_path))
+    labels = [getattr(block, "label", None) or "" for block in demo.blocks.values()]
+    kp_labels = {text for text in labels if text.startswith("Pruning stage Kp")}
+    share = LockstepConfig().train_config().kp_fraction
+    assert kp_labels == {f"Pruning stage Kp (steps; 0 = {share:.0%} of them)"} and share == 0.25
