@@ -205,27 +205,33 @@ class Pruner:
         previous = self.masks
         if self.frozen:
             self._apply_mask()
-        elif self.method in ("issp", "iht") and self.t < self.prune_steps:
+        elif self.t < self.prune_steps:
+            self._pruning_stage_step()
+        elif self.method != "dense":
+            self._freeze(self._final_mask())
+        if stats is not None:
+            self._record(stats, previous)
+
+    def _pruning_stage_step(self) -> None:
+        """One step before ``Kp``: ISS-P shrinks the current selection by ``alpha`` and IHT
+        zeroes it; GMP, GReg and RigL follow their schedules; L1 and dense train on."""
+        if self.method in ("issp", "iht"):
             self.masks = self._select(self.ratio)
             factor = self.alpha if self.method == "issp" else 0.0
             with torch.no_grad():
                 for name, w in self.weights.items():
                     w.copy_(torch.where(self.masks[name], w * factor, w))
-        elif self.method == "gmp" and self.t < self.prune_steps:
+        elif self.method == "gmp":
             if self.t % self.gmp_interval == 0 or self.masks is None:
                 fraction = self.ratio * (1 - (1 - self.t / self.prune_steps) ** 3)
                 self.masks = self._select(fraction)
             self._apply_mask()
-        elif self.method == "greg" and self.t < self.prune_steps:
+        elif self.method == "greg":
             self._greg_step()
-        elif self.method == "rigl" and self.t < self.prune_steps:
+        elif self.method == "rigl":
             if self._dense_grads:
                 self._rigl_update()
             self._apply_mask()
-        elif self.method != "dense" and self.t >= self.prune_steps:
-            self._freeze(self._final_mask())
-        if stats is not None:
-            self._record(stats, previous)
 
     def _greg_step(self) -> None:
         """GReg before Kp: select once, on the first step (the authors choose at the start

@@ -162,8 +162,6 @@ class TrainConfig:
             raise IsspError(f"unknown architecture {self.arch!r}; choose from {', '.join(PRESETS)}")
         if self.scale not in SCALES:
             raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
-        if not 0 <= self.ratio < 1:
-            raise IsspError(f"pruning ratio must be in [0, 1), got {self.ratio}")
         if not 0 < self.alpha < 1:
             raise IsspError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.schedule not in SCHEDULES:
@@ -176,7 +174,7 @@ class TrainConfig:
             raise IsspError(f"learning rate must be positive, got {self.lr}")
         if self.batch_size < 1 or self.patch < 8:
             raise IsspError("batch size must be >= 1 and patch >= 8")
-        # What the pruner itself refuses (N:M against method, scope and ratio), refused here.
+        # What the pruner itself refuses (the ratio, N:M against method and scope), here.
         check_arguments(self.method, self.ratio, self.kp, self.alpha, self.scope, self.pattern)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise IsspError("--device cuda was asked for, but no CUDA device is available")
@@ -361,20 +359,11 @@ def train(
         device = torch.device("cuda", rank % torch.cuda.device_count())
     run = setup_run(config, device=device, world=world)
     model, optimizer, pruner = run.model, run.optimizer, run.pruner
-    history = {"loss": [], "val_steps": [], "val_psnr": []}
-    start, seconds_before = 0, 0.0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     saved = state_path(out)
+    history, start, seconds_before = {"loss": [], "val_steps": [], "val_psnr": []}, 0, 0.0
     if resume and saved.exists():
-        state = torch.load(saved, map_location=device, weights_only=True)
-        if _result_settings(state["config"]) != _result_settings(dataclasses.asdict(config)):
-            raise IsspError(f"{saved} was made with other settings; remove it or drop --resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        pruner.load_state_dict(state["pruner"])
-        history = {k: list(v) for k, v in state["history"].items()}
-        start = state["step"]
-        seconds_before = state.get("seconds", 0.0)
+        history, start, seconds_before = _resume(saved, run, device)
     train_paths, val_paths, source = training_images(config)
     dataset = patch_dataset(config, train_paths, world)
     val_set = validation_crops(val_paths, config.scale)
@@ -394,14 +383,13 @@ def train(
         step += 1
         history["loss"].append(loss)
         bar.update(1)
-        if step % config.val_every == 0 or step == config.steps:
-            if rank == 0:
-                model.eval()
-                history["val_steps"].append(step)
-                history["val_psnr"].append(evaluate_arrays(model, val_set, config.scale)["psnr"])
-                model.train()
-            bar.set_postfix(loss=f"{loss:.4f}", val_psnr=_last(history["val_psnr"]))
-        elif step % 10 == 0:
+        validating = step % config.val_every == 0 or step == config.steps
+        if validating and rank == 0:
+            model.eval()
+            history["val_steps"].append(step)
+            history["val_psnr"].append(evaluate_arrays(model, val_set, config.scale)["psnr"])
+            model.train()
+        if validating or step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", val_psnr=_last(history["val_psnr"]))
         if rank == 0 and (step % config.save_every == 0 or step == config.steps):
             seconds = seconds_before + time.monotonic() - started
@@ -442,6 +430,19 @@ def train(
     if world > 1:
         dist.barrier()
     return history
+
+
+def _resume(saved: Path, run: Run, device: torch.device) -> tuple[dict, int, float]:
+    """Load the state ``saved`` into ``run``; returns its history, step and seconds so far.
+    IsspError if it was made with settings that change what the run computes."""
+    state = torch.load(saved, map_location=device, weights_only=True)
+    if _result_settings(state["config"]) != _result_settings(dataclasses.asdict(run.config)):
+        raise IsspError(f"{saved} was made with other settings; remove it or drop --resume")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.pruner.load_state_dict(state["pruner"])
+    history = {k: list(v) for k, v in state["history"].items()}
+    return history, state["step"], state.get("seconds", 0.0)
 
 
 def _result_settings(settings: dict) -> dict:
