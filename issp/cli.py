@@ -81,6 +81,7 @@ def _existing(text: str) -> Path:
 
 
 def build_parser() -> Parser:
+    from issp.methods import LOCKSTEP
     from issp.models import PRESETS, SCALES
     from issp.pruning import METHODS
     from issp.train import DEFAULT_PROTOCOL, PRECISIONS, PROTOCOLS
@@ -277,7 +278,7 @@ def build_parser() -> Parser:
     analyze.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor in (0, 1)")
     analyze.add_argument("--steps", type=_positive, help="training steps per method")
     analyze.add_argument("--prune-steps", type=_positive, help="Kp, end of the pruning stage")
-    analyze.add_argument("--methods", help="comma-separated, from issp, iht, dense, gmp")
+    analyze.add_argument("--methods", help=f"comma-separated, from {', '.join(LOCKSTEP)}")
     analyze.add_argument("--batch-size", type=_positive)
     analyze.add_argument("--patch", type=_positive, help="LR patch size")
     analyze.add_argument("--lr", type=float)
