@@ -125,3 +125,12 @@ def test_folders_are_dropped_from_gradio_s_sets_of_files_to_delete(tmp_path):
     temp_set = {str(tmp_path), str(tmp_path / "a.png"), str(tmp_path / "gone.png")}
     files.forget_directories([temp_set])
     assert temp_set == {str(tmp_path / "a.png"), str(tmp_path / "gone.png")}
+
+
+def test_the_clients_remembered_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MAX_CLIENTS", 3)
+    budget = files.DiskBudget([tmp_path], 10**6, client_share=0.25)
+    for client in "abcde":
+        budget.claim(client, 10)
+        budget.release(10)
+    assert len(budget._sent) <= 3 and "e" in budget._sent, "the most recent are kept"

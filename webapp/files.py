@@ -26,6 +26,8 @@ from webapp import memory
 from webapp.upscaling import centre_crop
 
 UPLOAD_REFUSED = "that file was not uploaded to this app; upload the image again"
+# Clients whose uploads of the last hour DiskBudget remembers, at most.
+MAX_CLIENTS = 4096
 LOCK = ".lock"
 
 
@@ -197,12 +199,7 @@ class DiskBudget:
         with :meth:`release` once it is on disk (and counted); IsspError if there is none."""
         now = time.time()
         with self._lock:
-            for name in list(self._sent):
-                recent = [(t, n) for t, n in self._sent[name] if now - t < self.window]
-                if recent:
-                    self._sent[name] = recent
-                else:
-                    del self._sent[name]
+            self._forget_before(now - self.window)
             sent = sum(n for _, n in self._sent.get(client, ()))
             if sent + size > self.client_bytes:
                 raise IsspError(
@@ -217,6 +214,21 @@ class DiskBudget:
                 )
             self._reserved += size
             self._sent.setdefault(client, []).append((now, size))
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Drop what clients sent before ``cutoff``, and past ``MAX_CLIENTS`` the clients
+        seen least recently: senders that name themselves anew each time (no proxy in
+        front) must not grow this without end. Called under the lock."""
+        for name in list(self._sent):
+            recent = [(t, n) for t, n in self._sent[name] if t >= cutoff]
+            if recent:
+                self._sent[name] = recent
+            else:
+                del self._sent[name]
+        if len(self._sent) >= MAX_CLIENTS:  # room for the one about to be added
+            latest = sorted(self._sent, key=lambda name: self._sent[name][-1][0])
+            for name in latest[: len(self._sent) - MAX_CLIENTS + 1]:
+                del self._sent[name]
 
     def release(self, size: int) -> None:
         """Give back a reservation of :meth:`claim`."""
