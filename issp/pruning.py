@@ -171,8 +171,9 @@ class Pruner:
         self._stage_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._records: list[torch.Tensor] = []
         # GReg's penalty per weight: grows on its selection, added to the gradient by a hook.
-        self.penalty = {name: torch.zeros_like(w) for name, w in self.weights.items()}
+        self.penalty: dict[str, torch.Tensor] = {}
         if method == "greg":
+            self.penalty = {name: torch.zeros_like(w) for name, w in self.weights.items()}
             for name, w in self.weights.items():
                 penalty = self.penalty[name]
                 self._stage_hooks.append(
