@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -77,9 +76,7 @@ def rescore(
         if scale not in pairs:
             pairs[scale] = usable_pairs(folder, scale, log)
         model, _ = load_checkpoint(run.checkpoint_path(results))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scores = evaluate_arrays(model, pairs[scale], scale, tile=TILE)
+        scores = evaluate_arrays(model, pairs[scale], scale, tile=TILE)
         result = json.loads(run.result_path(results).read_text())
         if key in result:  # scored on these images when it finished: kept to compare
             result["committed"] = {key: result[key]}
