@@ -206,9 +206,11 @@ class DiskBudget:
                     f"you have uploaded {sent / 2**20:.0f} MB in the last "
                     f"{self.window / 60:.0f} minutes, the most one user may; try again later"
                 )
-            if self.usage() + self._reserved + size > self.max_bytes:
-                self.prune()
-            if self.usage() + self._reserved + size > self.max_bytes:
+            # One scan when there is room; a second only after pruning freed some.
+            used = self.usage()
+            if used + self._reserved + size > self.max_bytes and self.prune():
+                used = self.usage()
+            if used + self._reserved + size > self.max_bytes:
                 raise IsspError(
                     "the server's upload space is full right now; try again in a minute"
                 )
