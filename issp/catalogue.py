@@ -10,8 +10,10 @@ no training code; the build that writes it is :mod:`issp.zoo`, the tables made f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,32 +81,6 @@ class Score:
     ssim: float
 
 
-# What a record must hold to be served and described; the rest is provenance.
-REQUIRED = {
-    "file": str,
-    "arch": str,
-    "scale": int,
-    "method": str,
-    "ratio": (int, float),
-    "sha256": str,
-    "params": int,
-    "nonzeros": int,
-    "flops_dense": (int, float),
-    "flops_sparse": (int, float),
-}
-OPTIONAL = {
-    "alpha": (int, float),
-    "protocol": str,
-    "steps": int,
-    "prune_steps": int,
-    "seed": int,
-    "flops_input": list,
-    "device": str,
-    "data": str,
-    "train_seconds": (int, float),
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class Record:
     """One checkpoint of the manifest. Fields in the order the file has them."""
@@ -157,30 +133,32 @@ class Record:
         return cls(**values, scores=scores)
 
     def to_json(self) -> dict:
-        """The manifest entry; ``alpha`` is written even when None, other unknowns are not."""
-        data = {
-            "file": self.file,
-            "arch": self.arch,
-            "scale": self.scale,
-            "method": self.method,
-            "ratio": self.ratio,
-            "alpha": self.alpha,
-            "protocol": self.protocol,
-            "steps": self.steps,
-            "prune_steps": self.prune_steps,
-            "seed": self.seed,
-            "sha256": self.sha256,
-            "params": self.params,
-            "nonzeros": self.nonzeros,
-            "flops_input": None if self.flops_input is None else list(self.flops_input),
-            "flops_dense": self.flops_dense,
-            "flops_sparse": self.flops_sparse,
-            "device": self.device,
-            "data": self.data,
-            "train_seconds": self.train_seconds,
-            **{key: {"psnr": s.psnr, "ssim": s.ssim} for key, s in self.scores.items()},
-        }
+        """The manifest entry, in the order of the fields; ``alpha`` is written even when
+        None, other unknowns are not."""
+        data = {key: getattr(self, key) for key in FIELDS}
+        if self.flops_input is not None:
+            data["flops_input"] = list(self.flops_input)
+        data |= {key: {"psnr": s.psnr, "ssim": s.ssim} for key, s in self.scores.items()}
         return {key: value for key, value in data.items() if value is not None or key == "alpha"}
+
+
+def _json_kind(hint: object) -> type | tuple[type, ...]:
+    """The JSON type a field annotated ``hint`` is stored as (None aside)."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    base = typing.get_origin(kinds[0]) or kinds[0]
+    return {float: (int, float), tuple: list}.get(base, base)
+
+
+# A record's JSON fields, from Record's own: those without a default must be present for it
+# to be served and described; the rest is provenance. Scores are keyed apart (SCORE_KEYS).
+_HINTS = typing.get_type_hints(Record)
+FIELDS = [item.name for item in dataclasses.fields(Record) if item.name != "scores"]
+REQUIRED = {
+    item.name: _json_kind(_HINTS[item.name])
+    for item in dataclasses.fields(Record)
+    if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+}
+OPTIONAL = {key: _json_kind(_HINTS[key]) for key in FIELDS if key not in REQUIRED}
 
 
 @dataclass
