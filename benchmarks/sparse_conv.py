@@ -177,7 +177,7 @@ def layer_row(
     touched = x.nbytes + weight.shape[0] * size * size * 4 + sparse.values.nbytes + index_bytes
     row["limit"] = 1e3 * touched / bandwidth
     row["mb"] = touched / 1e6
-    row["nnz"] = sparse.values.numel()
+    row["nnz"] = sparse.nonzeros
     return row
 
 

@@ -8,9 +8,10 @@ from torch import nn
 from benchmarks.sparse_conv import SPARSE_PATHS
 from issp import IsspError
 from issp.models import build_model
+from issp.models.edsr import EDSR
 from issp.pruning import prunable_weights
 from issp.selection import nm_mask, smallest_mask
-from issp.sparse import SparseConv2d, SparseWeight, sparse_conv3x3, sparsify
+from issp.sparse import SparseConv2d, SparseResBlock, SparseWeight, sparse_conv3x3, sparsify
 
 
 def pruned_weight(ratio: float, cout: int = 7, cin: int = 5) -> torch.Tensor:
@@ -43,16 +44,58 @@ def test_kernel_writes_the_pixel_shuffled_output(shuffle):
     assert out.shape == expected.shape and (out - expected).abs().max() <= 1e-5
 
 
-def test_sparse_weight_keeps_exactly_the_non_zeros():
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_kernel_fuses_relu_and_the_scaled_residual(relu, scale):
     torch.manual_seed(0)
-    weight = pruned_weight(0.9)
-    sparse = SparseWeight.from_dense(weight)
-    assert sparse.values.numel() == torch.count_nonzero(weight)
-    assert sparse.sparsity == pytest.approx(1 - sparse.values.numel() / weight.numel())
+    weight = pruned_weight(0.9, cout=5)
+    bias = torch.randn(5)
+    x, residual = torch.randn(2, 5, 3, 150), torch.randn(2, 5, 3, 150)
+    out = sparse_conv3x3(
+        x, SparseWeight.from_dense(weight), bias, relu=relu, residual=residual, scale=scale
+    )
+    conv = F.conv2d(x, weight, bias, padding=1)
+    expected = residual + scale * (conv.clamp_min(0) if relu else conv)
+    assert (out - expected).abs().max() <= 1e-5
+
+
+def test_a_residual_of_the_wrong_shape_is_refused():
+    sparse = SparseWeight.from_dense(pruned_weight(0.5, cout=5))
+    with pytest.raises(IsspError, match="residual"):
+        sparse_conv3x3(torch.zeros(1, 5, 4, 4), sparse, residual=torch.zeros(1, 5, 4, 3))
+
+
+@pytest.mark.parametrize(("ratio", "group"), [(0.9, 1), (0.0, 4), (0.0, 3), (0.5, None)])
+def test_sparse_weight_keeps_exactly_the_non_zeros(ratio, group):
+    torch.manual_seed(0)
+    weight = pruned_weight(ratio, cout=12)
+    sparse = SparseWeight.from_dense(weight, group)
+    assert sparse.nonzeros == torch.count_nonzero(weight)
+    assert sparse.sparsity == pytest.approx(1 - sparse.nonzeros / weight.numel())
     rebuilt = torch.zeros_like(weight)
-    co = torch.repeat_interleave(torch.arange(7), sparse.rowptr.diff())
-    rebuilt[co, sparse.channel.long(), sparse.ky.long(), sparse.kx.long()] = sparse.values
+    taps = torch.repeat_interleave(torch.arange(12 // sparse.group), sparse.rowptr.diff())
+    for g in range(sparse.group):
+        co = taps * sparse.group + g
+        values = sparse.values.view(-1, sparse.group)[:, g]
+        rebuilt[co, sparse.channel.long(), sparse.ky.long(), sparse.kx.long()] = values
     assert torch.equal(rebuilt, weight)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("group", [1, 2, 3, 4])
+def test_grouped_output_channels_equal_dense_conv(ratio, group):
+    torch.manual_seed(0)
+    weight = pruned_weight(ratio, cout=12)
+    bias = torch.randn(12)
+    x = torch.randn(2, 5, 5, 70)
+    out = sparse_conv3x3(x, SparseWeight.from_dense(weight, group), bias, relu=True)
+    assert (out - F.conv2d(x, weight, bias, padding=1).clamp_min(0)).abs().max() <= 1e-5
+
+
+def test_dense_convs_share_taps_and_pruned_ones_do_not():
+    assert SparseWeight.from_dense(pruned_weight(0.0, cout=3)).group == 3
+    assert SparseWeight.from_dense(pruned_weight(0.0, cout=32)).group == 4
+    assert SparseWeight.from_dense(pruned_weight(0.9, cout=32, cin=32)).group == 1
 
 
 @pytest.mark.parametrize("pattern", [None, (9, 10), (19, 20)])
@@ -72,6 +115,19 @@ def test_sparsify_swaps_the_pruned_convs_and_keeps_the_output(pattern):
     assert not any(isinstance(m, nn.PixelShuffle) for m in sparse.modules())
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == 0
     x = torch.rand(1, 3, 8, 11)
+    with torch.no_grad():
+        assert (sparse(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_sparsify_fuses_residual_blocks_with_their_scale():
+    torch.manual_seed(0)
+    model = EDSR(scale=2, n_feats=8, n_blocks=2, res_scale=0.1).eval()
+    with torch.no_grad():
+        for weight in prunable_weights(model).values():
+            weight.masked_fill_(smallest_mask(weight, math.ceil(0.95 * weight.numel())), 0)
+    sparse = sparsify(model)
+    assert sum(isinstance(m, SparseResBlock) for m in sparse.modules()) == 2
+    x = torch.rand(2, 3, 5, 70)
     with torch.no_grad():
         assert (sparse(x) - model(x)).abs().max() <= 1e-5
 
