@@ -13,7 +13,7 @@
    in the manifest. Sizes above 512 px run bicubic and ``after`` dense only, once, to
    keep the default run near four minutes on a busy machine.
 2. Sparse against dense per image, 512 px, model and tiles only: the fastest dense path
-   (bfloat16 where the CPU has AMX), dense float32 channels-last, and the sparse kernel
+   (bfloat16 where the CPU has it natively), dense float32 channels-last, and the sparse kernel
    with every pruned conv of the checkpoint in it; the decision per ratio.
 3. Threads: ``after`` at 512 px, dense x2, with the app's threads per request against all
    usable cores.
@@ -43,7 +43,7 @@ from issp.upscale import (
     PNG_COMPRESS_LEVEL,
     TILE_OUTPUT,
     InferenceModel,
-    amx_available,
+    bf16_available,
     fast_tile,
     inference_model,
     upscale_image,
@@ -144,7 +144,7 @@ def sparse_against_dense(
     models: dict[tuple[int, float], nn.Module], ratio_list: list[float], repeats: int
 ) -> None:
     """Table 2 and the decision: whole-image model time, fastest dense against sparse."""
-    fastest = "dense bf16" if amx_available() else "dense fp32"
+    fastest = "dense bf16" if bf16_available() else "dense fp32"
     print(
         f"\n2. Sparse against dense: {ARCH}, 512 px, model and tiles only; median ms of {repeats}"
     )
@@ -158,7 +158,7 @@ def sparse_against_dense(
         tile = fast_tile(scale)
         dense = models[scale, 0.0]
         fns = {"dense fp32": inference_model(dense, bf16=False)}
-        if amx_available():
+        if bf16_available():
             fns["dense bf16"] = inference_model(dense)
         diffs = {}
         for ratio in ratio_list:
@@ -173,7 +173,7 @@ def sparse_against_dense(
         times = median_ms(calls, repeats, warmup=False)
         best = min(times.get("dense bf16", float("inf")), times["dense fp32"])
         for ratio in ratio_list:
-            served = inference_model(models[scale, ratio]).path
+            served = inference_model(models[scale, ratio]).describe()
             sparse_ms = times[f"r{ratio:g}"]
             fp32 = times["dense fp32"]
             bf16 = f"{times['dense bf16']:10.0f}" if "dense bf16" in times else f"{'-':>10s}"
@@ -233,8 +233,8 @@ def tile_sweep(
 
 def quality(data: Path) -> None:
     """Set5/Set14 PSNR of every edsr-tiny checkpoint in float32 and as inference_model runs it."""
-    if not amx_available():
-        print("\nQuality: this CPU has no AMX, so inference_model never uses bfloat16")
+    if not bf16_available():
+        print("\nQuality: no native bfloat16 on this CPU, so inference_model never uses it")
         return
     print(f"\nQuality: PSNR (dB, Y) of every {ARCH} checkpoint, float32 -> inference_model")
     worst = 0.0
@@ -279,7 +279,7 @@ def main() -> None:
     print(
         f"machine: {machine_description()}; {torch.get_num_threads()} torch thread(s) per request"
     )
-    print(f"AMX: {amx_available()}")
+    print(f"native bfloat16 (AMX or AVX-512 BF16): {bf16_available()}")
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if args.quality:
         quality(args.quality)

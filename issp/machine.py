@@ -49,3 +49,9 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{cpu}, {available_cpus()} cores, torch {torch.__version__}"
+
+
+def cache_folder() -> Path:
+    """Where issp keeps what it measured or built on this machine (the sparse kernel, the
+    fastest inference path per checkpoint): ``$XDG_CACHE_HOME/issp``, else ``~/.cache/issp``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "issp"

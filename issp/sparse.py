@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
+from issp.machine import cache_folder
 from issp.models.edsr import ResBlock
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def _kernel() -> Callable[..., None]:
     if compiler is None:
         raise IsspError("sparse inference needs a C compiler with OpenMP (set CC or install gcc)")
     key = hashlib.sha256("\0".join((_SOURCE, compiler, *_FLAGS)).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "issp"
+    cache = cache_folder()
     library = cache / f"sparse_conv_{key}.so"
     if not library.exists():
         cache.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ A model is any ``nn.Module`` mapping ``(N, 3, H, W)`` in [0, 1] to ``(N, 3, sH, 
 ``None`` stands for bicubic upscaling, so the baseline and the learned models share every
 line of pre- and post-processing. The caller puts the model in eval mode.
 
-:func:`inference_model` prepares a loaded checkpoint for the fastest path measured on
-this machine's kind of CPU (``python -m benchmarks.upscale_latency``), and
+:func:`inference_model` prepares a loaded checkpoint for the path it timed fastest on
+this machine (``python -m benchmarks.upscale_latency`` compares them), and
 :func:`fast_tile` gives the tile size that goes with it; the app and ``issp upscale``
 both use them.
 """
@@ -13,19 +13,29 @@ both use them.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from torch import nn
 
 from issp import IsspError
 from issp.data import bicubic_resize, to_array, to_tensor
+from issp.machine import cache_folder, machine_description
 from issp.models import EDSR
 from issp.sparse import SparseConv2d, kernel_error, sparsify
+
+log = logging.getLogger(__name__)
 
 # Output pixels per tile side: tiles redo their 16 px margins, so small ones waste work,
 # and large ones ran slower too (bigger tensors than the caches and the allocator's
@@ -35,6 +45,12 @@ TILE_OUTPUT = 512
 # zlib level for saved PNGs: level 1 wrote a 2048 px x4 result 4.5x faster than Pillow's
 # default 6, for a file 16% larger.
 PNG_COMPRESS_LEVEL = 1
+# inference_model's paths for an EDSR, and where it keeps their timings per checkpoint.
+PATH_FP32 = "dense float32, channels-last"
+PATH_BF16 = "dense bfloat16, channels-last"
+PATH_SPARSE = "sparse kernel, float32"
+PATHS_FILE = "paths.json"  # in issp.machine.cache_folder()
+TIMED_CALLS = 2  # per path, after one warm-up call; the faster call counts
 
 # Told the fraction done (0 to 1) and what is running, e.g. "tile 3 of 16"; the app shows
 # it as a progress bar.
@@ -96,20 +112,37 @@ SUFFIX_FORMATS = {
 
 
 class InferenceModel(nn.Module):
-    """A model prepared by :func:`inference_model`; ``path`` names the way it runs."""
+    """A model prepared by :func:`inference_model`; ``path`` names the way it runs and
+    ``tile_ms`` holds what each path it was chosen among took on one tile here."""
 
-    def __init__(self, model: nn.Module, path: str, channels_last: bool, bf16: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str,
+        channels_last: bool,
+        bf16: bool,
+        tile_ms: dict[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.path = path
         self.channels_last = channels_last
         self.bf16 = bf16
+        self.tile_ms = tile_ms or {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return self.model(x).float()
+
+    def describe(self) -> str:
+        """The path, and where it was chosen by timing, how much faster it was than the
+        fastest dense path (e.g. ``sparse kernel, float32, 1.42x the fastest dense``)."""
+        dense = [ms for path, ms in self.tile_ms.items() if path.startswith("dense")]
+        if self.path.startswith("dense") or not dense or self.path not in self.tile_ms:
+            return self.path
+        return f"{self.path}, {min(dense) / self.tile_ms[self.path]:.2f}x the fastest dense"
 
 
 def amx_available() -> bool:
@@ -119,33 +152,102 @@ def amx_available() -> bool:
     return torch.backends.mkldnn.is_available() and amx()
 
 
+def bf16_available() -> bool:
+    """Whether oneDNN has native bfloat16 convolutions here: AMX, or AVX-512 BF16 (an AMD
+    EPYC of this project's, where dense bfloat16 ran 2.3x faster than float32)."""
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return amx_available() or (torch.backends.mkldnn.is_available() and avx512_bf16())
+
+
 def inference_model(model: nn.Module, bf16: bool = True) -> InferenceModel:
-    """A copy of the loaded checkpoint ``model`` prepared for fast CPU upscaling.
+    """A copy of the loaded checkpoint ``model`` prepared for the fastest CPU path here.
 
-    The paths, measured on a 2-core Xeon (``python -m benchmarks.upscale_latency``):
+    An EDSR's candidate paths: channels-last float32; channels-last under bfloat16
+    autocast, with ``bf16`` and native bfloat16 (``bf16_available``); and, if some 3x3
+    conv has at least ``issp.sparse.MIN_SPARSITY`` zeros and a C compiler with OpenMP is
+    there, the compiled sparse kernel (equal to float32 within float error; without the
+    compiler ``kernel_error`` logs why once). Where there is more than one, each is timed
+    on a tile of ``fast_tile`` and the fastest is used; the choice is kept per checkpoint
+    and machine in ``cache_folder()/paths.json``, so it is measured once.
 
-    - An EDSR, with ``bf16``, on a CPU with AMX: channels-last under bfloat16 autocast,
-      about 4x faster than float32 and 1.5x-7x faster than the sparse kernel at every
-      shipped ratio. Set5 and Set14 PSNR of every edsr-tiny checkpoint moved by at most
-      0.0096 dB, but about one 8-bit value in six moves by a grey level (two at most):
-      ``bf16=False`` where the output must equal float32's.
-    - Otherwise a pruned EDSR (some 3x3 conv at least ``issp.sparse.MIN_SPARSITY``
-      zeros): the compiled sparse kernel, equal to the dense output within float error.
-      Without a C compiler with OpenMP it runs dense instead (``kernel_error`` logs why).
-    - Otherwise an EDSR: channels-last float32.
-    - Anything else (SwinIR) as it is: bfloat16 moved its Set5 PSNR by 0.012 dB, and
-      the kernel, which only replaces its few convs, was no faster.
+    bfloat16 moved the Set5 and Set14 PSNR of every edsr-tiny checkpoint by at most
+    0.0096 dB, but about one 8-bit value in six by a grey level (two at most):
+    ``bf16=False`` where the output must equal float32's. Anything else (SwinIR) runs as
+    it is: bfloat16 moved its Set5 PSNR by 0.012 dB, and the kernel, which only replaces
+    its few convs, was no faster (``python -m benchmarks.upscale_latency``).
     """
     if not isinstance(model, EDSR):
         return InferenceModel(_copy(model), "dense float32", channels_last=False, bf16=False)
-    if bf16 and amx_available():
-        model = _copy(model).to(memory_format=torch.channels_last)
-        return InferenceModel(model, "dense bfloat16, channels-last", channels_last=True, bf16=True)
+    channels_last = _copy(model).to(memory_format=torch.channels_last)
+    candidates = {PATH_FP32: InferenceModel(channels_last, PATH_FP32, True, False)}
+    if bf16 and bf16_available():
+        candidates[PATH_BF16] = InferenceModel(channels_last, PATH_BF16, True, True)
     sparse = sparsify(model)
     if any(isinstance(m, SparseConv2d) for m in sparse.modules()) and kernel_error() is None:
-        return InferenceModel(sparse, "sparse kernel, float32", channels_last=False, bf16=False)
-    model = _copy(model).to(memory_format=torch.channels_last)
-    return InferenceModel(model, "dense float32, channels-last", channels_last=True, bf16=False)
+        candidates[PATH_SPARSE] = InferenceModel(sparse, PATH_SPARSE, False, False)
+    if len(candidates) == 1:
+        return candidates[PATH_FP32]
+    tile_ms = _timed_paths(model, candidates)
+    chosen = candidates[min(tile_ms, key=tile_ms.get)]
+    chosen.tile_ms = tile_ms
+    return chosen
+
+
+def _timed_paths(model: nn.Module, candidates: dict[str, InferenceModel]) -> dict[str, float]:
+    """Milliseconds per tile of each candidate path, from the cache or timed now."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    threads = f"{torch.get_num_threads()} threads"
+    key = "|".join((digest.hexdigest()[:24], machine_description(), threads, *sorted(candidates)))
+    file, tile = cache_folder() / PATHS_FILE, fast_tile(model.scale)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{file}.lock"):
+            cached = _read_paths(file)
+            if key not in cached:
+                cached[key] = measure_paths(candidates, tile)
+                tmp = file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(cached, indent=1))
+                os.replace(tmp, file)
+            return cached[key]
+    except OSError as err:  # a read-only home, say: time the paths, keep nothing
+        log.warning("inference paths timed but not kept in %s: %s", file, err)
+        return measure_paths(candidates, tile)
+
+
+def _read_paths(file: Path) -> dict[str, dict[str, float]]:
+    """The cached timings; an unreadable or malformed file counts as empty (and is
+    rewritten), since every entry can be measured again."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: value
+        for key, value in data.items()
+        if isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values())
+    }
+
+
+def measure_paths(candidates: dict[str, nn.Module], tile: int) -> dict[str, float]:
+    """Milliseconds each model takes on one random ``tile`` x ``tile`` input: the fastest
+    of ``TIMED_CALLS`` calls after a warm-up call, the paths taking turns."""
+    x = torch.rand(1, 3, tile, tile)
+    times: dict[str, float] = {}
+    with torch.inference_mode():
+        for model in candidates.values():
+            model(x)
+        for _ in range(TIMED_CALLS):
+            for path, model in candidates.items():
+                start = time.perf_counter()
+                model(x)
+                ms = 1e3 * (time.perf_counter() - start)
+                times[path] = min(times.get(path, math.inf), ms)
+    return times
 
 
 def _copy(model: nn.Module) -> nn.Module:

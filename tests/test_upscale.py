@@ -1,15 +1,22 @@
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from issp import IsspError
+from issp import IsspError, upscale
 from issp.catalogue import load_zoo_model
 from issp.data import default_image_paths, load_image, to_array, to_tensor
 from issp.sparse import _kernel, kernel_error
 from issp.upscale import (
-    amx_available,
+    PATH_BF16,
+    PATH_FP32,
+    PATH_SPARSE,
+    PATHS_FILE,
+    bf16_available,
     bicubic_upscale,
     fast_tile,
     inference_model,
@@ -134,21 +141,75 @@ def pruned_x2():
     return model.eval(), to_tensor(photo[200:240, 220:276])[None]
 
 
-def test_inference_model_in_float32_equals_the_checkpoint(pruned_x2):
+@pytest.fixture
+def timed(monkeypatch, tmp_path):
+    """inference_model's timings come from ``timed.ms`` (path -> ms, default 1 ms), its
+    cache lies in tmp_path; ``timed.calls`` counts the timing runs."""
+
+    class Timings:
+        ms: dict[str, float] = {}
+        calls = 0
+
+    def fake(candidates, tile):
+        Timings.calls += 1
+        return {path: Timings.ms.get(path, 1.0) for path in candidates}
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(upscale, "measure_paths", fake)
+    return Timings
+
+
+def test_inference_model_in_float32_equals_the_checkpoint(pruned_x2, timed):
     model, lr = pruned_x2
+    timed.ms = {PATH_SPARSE: 1.0, PATH_FP32: 2.0}
     fast = inference_model(model, bf16=False)
     if kernel_error() is None:
-        assert fast.path == "sparse kernel, float32"
+        assert fast.path == PATH_SPARSE
+        assert fast.describe() == f"{PATH_SPARSE}, 2.00x the fastest dense"
     tile = fast_tile(2) // 4  # several tiles even on a small image
     expected = upscale_tensor(model, lr, 2, tile=tile)
     assert (upscale_tensor(fast, lr, 2, tile=tile) - expected).abs().max() <= 1e-5
 
 
-@pytest.mark.skipif(not amx_available(), reason="bfloat16 is only used on CPUs with AMX")
-def test_bfloat16_path_stays_within_a_few_grey_levels(pruned_x2):
+@pytest.mark.parametrize("fastest", [PATH_FP32, PATH_SPARSE])
+def test_the_fastest_timed_path_is_chosen_and_timed_once(pruned_x2, timed, tmp_path, fastest):
+    if kernel_error() is not None:
+        pytest.skip("no C compiler for the sparse kernel")
+    model, _ = pruned_x2
+    timed.ms = {fastest: 0.5}
+    assert inference_model(model, bf16=False).path == fastest
+    assert inference_model(model, bf16=False).path == fastest
+    assert timed.calls == 1 and (tmp_path / "issp" / PATHS_FILE).exists()
+    # Another checkpoint is timed on its own.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.tail.bias.add_(0.01)
+    inference_model(other, bf16=False)
+    assert timed.calls == 2
+
+
+def test_a_damaged_or_unwritable_timing_cache_is_timed_again(pruned_x2, timed, tmp_path):
+    model, _ = pruned_x2
+    cache = tmp_path / "issp" / PATHS_FILE
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    inference_model(model, bf16=False)
+    assert timed.calls == 1 and json.loads(cache.read_text())
+    cache.unlink()
+    cache.parent.chmod(0o500)
+    try:
+        assert inference_model(model, bf16=False).path in (PATH_FP32, PATH_SPARSE)
+    finally:
+        cache.parent.chmod(0o700)
+    assert timed.calls == 2
+
+
+@pytest.mark.skipif(not bf16_available(), reason="no native bfloat16 on this CPU")
+def test_bfloat16_path_stays_within_a_few_grey_levels(pruned_x2, timed):
     model, lr = pruned_x2
+    timed.ms = {PATH_BF16: 0.5}
     fast = inference_model(model)
-    assert fast.path == "dense bfloat16, channels-last"
+    assert fast.path == PATH_BF16
     diff = upscale_tensor(fast, lr, 2) - upscale_tensor(model, lr, 2)
     assert diff.abs().max() <= 3 / 255 and diff.pow(2).mean().sqrt() <= 0.5 / 255
 
@@ -168,7 +229,7 @@ def test_without_a_compiler_pruned_models_run_dense_and_say_why(pruned_x2, no_co
     model, lr = pruned_x2
     first = inference_model(model, bf16=False)
     second = inference_model(model, bf16=False)
-    assert first.path == second.path == "dense float32, channels-last"
+    assert first.path == second.path == PATH_FP32
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "sparse kernel unavailable" in warnings[0] and "C compiler" in warnings[0]

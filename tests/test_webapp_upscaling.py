@@ -10,7 +10,7 @@ from fixtures import FAKE_RATIOS, bad_file, make_fake_zoo, photo, png_header_onl
 from PIL import Image
 
 from issp import IsspError
-from issp.upscale import fast_tile
+from issp.upscale import PATH_BF16, PATH_FP32, PATH_SPARSE, fast_tile
 from webapp.files import ResultFolders
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits, configure_threads, evaluate, upscale
@@ -31,6 +31,8 @@ def test_upscale_multiplies_size_and_writes_full_png(zoo, tmp_path, scale):
     assert f"edsr-tiny_x{scale}_issp_r0.9.safetensors" in result.summary
     for words in ("non-zero weights", "sparse FLOPs", "latency", "1 tile", "thread(s), "):
         assert words in result.summary
+    # Which path ran, as inference_model timed it here.
+    assert any(path in result.summary for path in (PATH_FP32, PATH_BF16, PATH_SPARSE))
 
 
 def test_large_output_is_compared_on_a_crop_but_downloaded_whole(zoo, tmp_path):

@@ -23,7 +23,14 @@ from issp.data import load_image, make_lr, modcrop, to_array
 from issp.evaluate import Pair, evaluate_arrays
 from issp.machine import available_cpus
 from issp.methods import COMPARED, colour, label
-from issp.upscale import DEFAULT_FORMAT, OUTPUT_FORMATS, Progress, fast_tile, upscale_image
+from issp.upscale import (
+    DEFAULT_FORMAT,
+    OUTPUT_FORMATS,
+    InferenceModel,
+    Progress,
+    fast_tile,
+    upscale_image,
+)
 from webapp.checks import check_choice, check_ratio, check_scale
 from webapp.model_choice import choose_model, nearest, resolve_arch, zoo_archs
 from webapp.model_zoo import ModelZoo
@@ -166,7 +173,7 @@ def upscale(
         f"sparse FLOPs {record.flops_sparse * pixels / 1e9:.2f} G "
         f"(dense {record.flops_dense * pixels / 1e9:.2f} G) for this {width}x{height} input; "
         f"latency {latency:.2f} s on {torch.get_num_threads()} CPU thread(s), "
-        f"{getattr(model, 'path', 'float32')}; "
+        f"{model.describe() if isinstance(model, InferenceModel) else 'float32'}; "
         f"{tiles} tile{'s' if tiles > 1 else ''} of {tile} px; "
         f"output {sr.width}x{sr.height}, {fmt.label}."
     )
