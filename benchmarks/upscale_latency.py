@@ -37,7 +37,7 @@ from benchmarks.sparse_conv import median_ms
 from issp.catalogue import load_manifest, load_zoo_model
 from issp.data import default_image_paths, load_image
 from issp.evaluate import evaluate_folder
-from issp.machine import available_cpus, machine_description
+from issp.machine import available_cpus, machine_description, use_huge_pages
 from issp.sparse import sparsify
 from issp.upscale import (
     PNG_COMPRESS_LEVEL,
@@ -274,6 +274,7 @@ def main() -> None:
         help="only the PSNR of float32 against inference_model on DIR/Set5 and DIR/Set14",
     )
     args = parser.parse_args()
+    use_huge_pages()  # as the app and the CLI run
 
     torch.set_num_threads(args.threads)
     print(
