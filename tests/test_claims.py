@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from issp.claims import CELLS, SEEDS, claim_rows, claims_json, claims_markdown
+
+
+def make_results(gap, cells=CELLS, rivals=None, flips=(2000, 1000), cv=(0.2, 0.4), noise=0.01):
+    """Run files for every cell, method and seed: IHT, GMP and RigL score 30 dB (+ seed
+    noise), ISS-P 30 + gap(cell) (+ its own noise; a tuple gives one gap per seed);
+    ``rivals`` shifts a rival per cell."""
+    rng = np.random.default_rng(0)
+    results = []
+    for cell in cells:
+        for seed in SEEDS:
+            shared = rng.normal(0, noise)
+            for method in ("issp", "iht", "gmp", "rigl"):
+                psnr = 30.0 + shared + rng.normal(0, noise)
+                issp_gap = gap(cell)[seed] if isinstance(gap(cell), tuple) else gap(cell)
+                psnr += issp_gap if method == "issp" else (rivals or {}).get((cell, method), 0)
+                issp = method == "issp"
+                results.append(
+                    {
+                        "config": {
+                            "arch": cell.arch,
+                            "scale": cell.scale,
+                            "ratio": cell.ratio,
+                            "method": method,
+                            "seed": seed,
+                        },
+                        "set5": {"psnr": psnr},
+                        "set14": {"psnr": psnr},
+                        "dynamics": {
+                            "flips_before_kp": (flips[0] if issp else flips[1]) + rng.integers(50)
+                        },
+                        "gradient_flow": {
+                            "grad_cv": (cv[0] if issp else cv[1]) + rng.normal(0, 0.01)
+                        },
+                    }
+                )
+    return results
+
+
+def verdicts(results):
+    return {row.claim: row for row in claim_rows(results)}
+
+
+def test_a_clear_lead_everywhere_supports_c1_c3_c4_c5_and_ranks_issp_first():
+    rows = verdicts(make_results(lambda cell: 0.5))
+    for claim in ("C1", "C3", "C4", "C5"):
+        assert rows[claim].verdict == "supported" and rows[claim].status == "final"
+    assert rows["C6"].verdict.startswith("ISS-P best in 8")
+    # A constant gap is not amplified: neither slope excludes zero.
+    assert rows["C2"].verdict == "ratio: not shown; scale: not shown"
+
+
+def test_a_loss_is_reported_as_plainly_as_a_win():
+    rows = verdicts(make_results(lambda cell: -0.5, flips=(1000, 2000), cv=(0.4, 0.2)))
+    for claim in ("C1", "C3", "C4", "C5"):
+        assert rows[claim].verdict == "contradicted"
+    assert "ISS-P behind a baseline in 8" in rows["C6"].verdict
+
+
+def test_a_gap_that_grows_with_ratio_and_scale_supports_c2():
+    rows = verdicts(make_results(lambda cell: (cell.ratio - 0.9) * 10 + (cell.scale == 4)))
+    assert rows["C2"].verdict == "supported"
+
+
+def test_no_difference_is_not_shown_and_c4_needs_a_majority_of_cells():
+    # Gaps that cancel over the seeds: a mean of exactly 0.
+    gaps = (0.1, -0.1, 0.2, -0.2, 0.0)
+    rows = verdicts(make_results(lambda cell: gaps, flips=(1000, 1000), noise=0.0))
+    assert rows["C1"].verdict == "not shown" and rows["C4"].verdict == "not shown"
+
+
+def test_a_stronger_baseline_in_one_cell_is_named():
+    cell = CELLS[0]
+    rows = verdicts(make_results(lambda c: 0.5, rivals={(cell, "gmp"): 1.0}))
+    assert f"{cell.label}: ISS-P behind gmp (rank 2 of 4)" in rows["C6"].figure
+
+
+def test_unfinished_cells_make_an_interim_report_and_missing_ones_a_pending_claim():
+    results = [r for r in make_results(lambda cell: 0.5) if r["config"]["arch"] == "edsr-tiny"]
+    last = CELLS[5]
+    rows = verdicts(  # the last edsr cell lacks one ISS-P run
+        [
+            r
+            for r in results
+            if (
+                r["config"]["ratio"],
+                r["config"]["scale"],
+                r["config"]["method"],
+                r["config"]["seed"],
+            )
+            != (last.ratio, last.scale, "issp", 4)
+        ]
+    )
+    assert rows["C1"].status == "interim (5 of 8 cells)"
+    assert rows["C2"].verdict == "pending" and rows["C3"].verdict == "pending"
+    text = claims_markdown(claim_rows(results), len(results), "python -m issp study claims")
+    assert text.count("\n| C") == 6 and "**pending**" in text
+    assert {row["claim"] for row in claims_json(claim_rows(results))} == {
+        f"C{k}" for k in range(1, 7)
+    }
+
+
+@pytest.mark.parametrize("gap", [0.5, -0.5])
+def test_holm_is_over_the_claims_cells(gap):
+    evidence = verdicts(make_results(lambda cell: gap))["C1"].evidence
+    assert len(evidence) == 8 and all(e["p_holm"] >= e["p"] for e in evidence)
