@@ -70,6 +70,7 @@ _SOURCE = r"""
    interchanges the loops and sums one pixel at a time. */
 #define LANES 16
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 /* Copy input row k of image b, for every channel, into slot k mod 3 of the thread's rows
    (zeros above and below the image). Column 0 and columns past w stay zero: padding. */
@@ -108,12 +109,26 @@ static inline __attribute__((always_inline)) void group_row(
     }
     const int64_t n = w - x0 < BLOCK ? w - x0 : BLOCK;
     for (int g = 0; g < group; ++g) {
-      const float *sum = (const float *)acc[g], *res = res_rows[g];
+      const float *res = res_rows[g] ? res_rows[g] + x0 : NULL;
       float *dst = out_rows[g] + x0;
-      for (int64_t t = 0; t < n; ++t) {
-        float v = sum[t];
-        if (relu && v < 0.0f) v = 0.0f;
-        dst[t] = res ? res[x0 + t] + scale * v : v;
+      if (n == BLOCK) { /* whole vectors: the epilogue costs a few instructions */
+        for (int k = 0; k < BLOCK / LANES; ++k) {
+          vec v = acc[g][k];
+          if (relu) v = (vec)((ivec)v & (v > (vec){0}));
+          if (res) {
+            vec r;
+            memcpy(&r, res + k * LANES, sizeof(vec));
+            v = r + scale * v;
+          }
+          memcpy(dst + k * LANES, &v, sizeof(vec));
+        }
+      } else {
+        const float *sum = (const float *)acc[g];
+        for (int64_t t = 0; t < n; ++t) {
+          float v = sum[t];
+          if (relu && v < 0.0f) v = 0.0f;
+          dst[t] = res ? res[t] + scale * v : v;
+        }
       }
     }
   }
