@@ -33,7 +33,6 @@ from issp.models import build_model
 from issp.pruning import TELEMETRY_KEYS
 from issp.train import (
     DEFAULT_PROTOCOL,
-    PROTOCOLS,
     TrainConfig,
     batch_loader,
     learning_rate,
@@ -47,52 +46,56 @@ MAX_STEPS = 2000
 LIVE_PROTOCOL = DEFAULT_PROTOCOL
 # |w| values kept per method for the histogram: enough for a smooth shape, small in JSON.
 WEIGHT_SAMPLE = 10_000
+# What a live comparison trains unless told: the live protocol as ``issp train`` runs it.
+# LockstepConfig's shared defaults are read from it, so the two cannot drift apart.
+LIVE_TRAINING = TrainConfig.of_protocol(LIVE_PROTOCOL)
+TRAIN_FIELDS = frozenset(spec.name for spec in dataclasses.fields(TrainConfig))
 
 
 @dataclass(frozen=True)
 class LockstepConfig:
-    """A live comparison. The defaults are small enough to watch live: two methods in
-    lockstep at 10+ steps per second on two CPU cores (``benchmarks/telemetry_overhead.py``)."""
+    """A live comparison. Every field named as a ``TrainConfig`` field is one, defaulting
+    to ``LIVE_TRAINING``'s, except where a comment says why a live run differs; the rest
+    (``methods``, ``val_crop``, ``threads``) is the comparison's own."""
 
-    arch: str = "edsr-tiny"
-    scale: int = 2
-    ratio: float = 0.9
+    arch: str = LIVE_TRAINING.arch
+    scale: int = LIVE_TRAINING.scale
+    ratio: float = LIVE_TRAINING.ratio
     # The two-stage protocol (the authors' code, with the learning rate and alpha the
     # validation grid chose): a visitor's first run shows the paper's regime.
-    alpha: float = PROTOCOLS[LIVE_PROTOCOL].alpha
+    alpha: float = LIVE_TRAINING.alpha
+    # Live: a run to watch. Steps, batch and patch are small enough for two methods in
+    # lockstep at 10+ steps per second on two CPU cores (benchmarks/telemetry_overhead.py).
     steps: int = 300
-    prune_steps: int | None = None  # Kp; None means the protocol's fraction of the steps
-    seed: int = 0
+    prune_steps: int | None = LIVE_TRAINING.prune_steps  # Kp; None: the protocol's share of steps
+    seed: int = LIVE_TRAINING.seed
     methods: tuple[str, ...] = COMPARED
-    batch_size: int = 4
-    patch: int = 24  # LR patch side
-    lr: float = PROTOCOLS[LIVE_PROTOCOL].lr
-    protocol: str = LIVE_PROTOCOL  # schedule, Kp fraction, Adam betas, pruned layers
-    val_every: int = 25
+    batch_size: int = 4  # live: see steps
+    patch: int = 24  # LR patch side; live: see steps
+    lr: float = LIVE_TRAINING.lr
+    protocol: str = LIVE_TRAINING.protocol  # schedule, Kp fraction, Adam betas, pruned layers
+    val_every: int = 25  # live: often enough for a 300-step run to draw a PSNR curve
     val_crop: int = 96  # HR side of the centre crops PSNR is measured on
-    data: str | None = None  # None: photos shipped in installed packages
+    data: str | None = LIVE_TRAINING.data  # None: photos shipped in installed packages
     # Torch threads while the run lives. Batches this small run fastest on one: on a busy
     # two-core machine two threads made a step over 20 times slower.
     threads: int = 1
 
     def train_config(self) -> TrainConfig:
-        """The training settings shared by every method (the method itself is per run)."""
-        return TrainConfig.of_protocol(
-            self.protocol,
-            arch=self.arch,
-            scale=self.scale,
-            ratio=self.ratio,
-            alpha=self.alpha,
-            steps=self.steps,
-            prune_steps=self.prune_steps,
-            batch_size=self.batch_size,
-            patch=self.patch,
-            lr=self.lr,
-            data=self.data,
-            val_every=self.val_every,
-            seed=self.seed,
-            workers=0,
-        )
+        """The training settings shared by every method (the method itself is per run).
+
+        The batches are loaded in the training thread (``workers=0``): a live run is one
+        short job among a server's requests, not worth a loader process."""
+        shared = {
+            spec.name: getattr(self, spec.name)
+            for spec in dataclasses.fields(self)
+            if spec.name in TRAIN_FIELDS
+        }
+        return TrainConfig.of_protocol(self.protocol, **shared, workers=0)
+
+    def method_config(self, method: str) -> TrainConfig:
+        """``train_config`` as ``method`` trains."""
+        return dataclasses.replace(self.train_config(), method=method)
 
     def validate(self) -> None:
         """Raise IsspError for settings no comparison could use."""
@@ -155,9 +158,9 @@ class Dynamics:
 class _Run:
     """One method's training run inside a lockstep comparison, and what it recorded."""
 
-    def __init__(self, method: str, model: nn.Module, config: TrainConfig) -> None:
-        self.method = method
-        self.run = setup_run(config, model, method=method)
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        self.method = config.method
+        self.run = setup_run(config, model)
         self.model = self.run.model
         self.pruner = self.run.pruner
         self.loss: list[float] = []
@@ -225,7 +228,7 @@ def _lockstep(
     val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
-    runs = [_Run(method, copy.deepcopy(initial), train_config) for method in config.methods]
+    runs = [_Run(copy.deepcopy(initial), config.method_config(method)) for method in config.methods]
     layers = runs[0].pruner.names
     n_weights = sum(w.numel() for w in runs[0].pruner.weights.values())
     generator = torch.Generator().manual_seed(config.seed)
