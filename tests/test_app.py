@@ -1,4 +1,5 @@
-"""app.py's layout and wiring: named endpoints, raw inputs, user errors, the training line."""
+"""app.py's layout and wiring (the tabs of webapp.ui_*): named endpoints, raw inputs, user
+errors, the training line."""
 
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
 from issp.study import write_study
+from webapp import ui, ui_dynamics
+from webapp.admission import LiveRuns
 from webapp.files import UPLOAD_REFUSED, ResultFolders
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits
@@ -31,13 +34,13 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
     folder = tmp_path / "uploads"
     folder.mkdir()
     inside = str(folder / "x.png")
-    assert app.upload_path({"path": inside, "orig_name": "x.png"}, [folder]) == Path(inside)
-    assert app.upload_path(inside, [folder]) == Path(inside)
-    assert app.upload_path(None, [folder]) is None
+    assert ui.upload_path({"path": inside, "orig_name": "x.png"}, [folder]) == Path(inside)
+    assert ui.upload_path(inside, [folder]) == Path(inside)
+    assert ui.upload_path(None, [folder]) is None
     with pytest.raises(IsspError, match=UPLOAD_REFUSED):
-        app.upload_path({"path": str(tmp_path / "x.png")}, [folder])
+        ui.upload_path({"path": str(tmp_path / "x.png")}, [folder])
 
-    @app.shown_to_user
+    @ui.shown_to_user
     def fails():
         raise IsspError("clear words")
 
@@ -46,7 +49,7 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
 
 
 def test_the_app_shows_a_streaming_handler_s_errors_to_the_user(live_base):
-    @app.shown_to_user
+    @ui.shown_to_user
     def streams():
         yield live_request(live_base, steps=MAX_STEPS + 1)
 
@@ -62,9 +65,13 @@ def test_training_events_wait_in_their_own_bounded_line(fake_zoo, tmp_path):
     for name in ("train_live", "alpha_sweep"):
         assert public[name].concurrency_limit is None
     assert (app.TRAINING_SLOTS, app.TRAINING_RUNS) == (1, 4)
+    # The page states the line's rules as the line that keeps them words them.
+    line = LiveRuns(app.TRAINING_RUNS, app.TRAINING_SLOTS).describe()
+    texts = [block.value or "" for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert sum(line in text for text in texts) == 2, "on the live and the sweep tab"
     # Stop must never wait behind the run it stops.
     assert public["stop_live"].concurrency_limit is None
-    assert sorted(sum(app.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
+    assert sorted(sum(ui.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
 
 
 def test_upscale_and_evaluate_share_one_queue_of_two_server_wide(fake_zoo, tmp_path):
@@ -86,7 +93,7 @@ def test_live_and_sweep_settings_default_to_the_lockstep_config(fake_zoo, tmp_pa
     live = [block.value for block in public["train_live"].inputs]
     assert live == [*shared, defaults.alpha, defaults.steps, 0, defaults.seed, []]
     sweep = [block.value for block in public["alpha_sweep"].inputs]
-    assert sweep[:6] == [*shared, app.SWEEP_STEPS, 0, defaults.seed]
+    assert sweep[:6] == [*shared, ui_dynamics.SWEEP_STEPS, 0, defaults.seed]
 
 
 def test_view_api_names_every_argument_and_return_value(fake_zoo, tmp_path):
