@@ -1,5 +1,6 @@
-"""The Results tab: the paired-seed study, then the zoo's table, chart and checkpoints,
-wired to :mod:`webapp.study_view` and :mod:`webapp.results`."""
+"""The Results tab: the paired-seed study, the zoo's chart and table, and its checkpoints,
+each on a sub-tab of its own (one long page of them was 5,800 px tall). Wired to
+:mod:`webapp.study_view` and :mod:`webapp.results`."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from webapp.results import (
 from webapp.study_view import study_page
 from webapp.ui import RAW, Server, shown_to_user
 
+TABLE_HEIGHT = 900  # px: the zoo table scrolls within about a screen
+
 
 def results_tab(server: Server, demo: gr.Blocks) -> None:
-    """The Results tab: the paired-seed study, then the zoo's stored table, its
-    provenance, the manifest and a PSNR chart."""
+    """The Results tab: the paired-seed study, then the zoo's PSNR chart, its stored table,
+    and its checkpoints (the manifest) with their provenance."""
 
     @shown_to_user
     def results(x_axis: str, test_set: str) -> tuple[str, str, pd.DataFrame, Figure]:
@@ -38,23 +41,27 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         page = study_page(server.study_path, metric)
         return page.text, page.figure, gr.Dropdown(choices=page.choices, value=page.metric)
 
-    with gr.Tab("Results"):
-        gr.Markdown("### Does ISS-P beat IHT? The paired-seed study")
-        study_metric = gr.Dropdown(choices=[], value=None, label="Study test set")
-        study_text = gr.Markdown(label="study verdicts")
-        study_plot = gr.Plot(label="Study PSNR and paired ISS-P − IHT per seed")
-        gr.Markdown("### The checkpoint zoo")
-        with gr.Row():
-            x_axis = gr.Radio(
-                [("pruning ratio", "ratio"), ("non-zero weights", "nonzeros")],
-                value="ratio",
-                label="x axis",
-            )
-            test_set = gr.Radio(list(SCORE_KEYS), value=SCORE_KEYS[0], label="Test set")
-        results_plot = gr.Plot(label="Stored PSNR")
-        results_table = gr.Markdown(label="results table")
-        provenance_text = gr.Markdown(label="provenance")
-        manifest_table = gr.Dataframe(label="Checkpoints (manifest)")
+    with gr.Tab("Results"), gr.Tabs():
+        with gr.Tab("Paired-seed study"):
+            gr.Markdown("### Does ISS-P beat IHT? The paired-seed study")
+            study_metric = gr.Dropdown(choices=[], value=None, label="Study test set")
+            study_text = gr.Markdown(label="study verdicts")
+            study_plot = gr.Plot(label="Study PSNR and paired ISS-P − IHT per seed")
+        with gr.Tab("Zoo chart"):
+            with gr.Row():
+                x_axis = gr.Radio(
+                    [("pruning ratio", "ratio"), ("non-zero weights", "nonzeros")],
+                    value="ratio",
+                    label="x axis",
+                )
+                test_set = gr.Radio(list(SCORE_KEYS), value=SCORE_KEYS[0], label="Test set")
+            results_plot = gr.Plot(label="Stored PSNR")
+        with gr.Tab("Zoo table"):
+            # Its own scroll bar: the table has rows for every checkpoint and then some.
+            results_table = gr.Markdown(label="results table", max_height=TABLE_HEIGHT)
+        with gr.Tab("Checkpoints"):
+            provenance_text = gr.Markdown(label="provenance")
+            manifest_table = gr.Dataframe(label="Checkpoints (manifest)")
 
     shown = [results_table, provenance_text, manifest_table, results_plot]
     demo.load(results, [x_axis, test_set], shown, api_name="results", **RAW)
