@@ -183,6 +183,11 @@ class Record:
         return {key: value for key, value in data.items() if value is not None or key == "alpha"}
 
 
+def protocol_key(arch: str, scale: int) -> str:
+    """How the manifest's ``protocols`` name an (arch, scale): ``edsr-tiny x2``."""
+    return f"{arch} x{scale}"
+
+
 @dataclass
 class Manifest:
     """The zoo's records, the build's protocol per arch and scale (its settings by name, as
@@ -220,6 +225,11 @@ class Manifest:
         if self.alpha is not None:
             data["alpha"] = self.alpha
         return data
+
+    def protocol(self, arch: str, scale: int) -> dict:
+        """The settings every method of (arch, scale) was trained with, by the names
+        ``issp.zoo.protocol_settings`` gives them; empty where the build recorded none."""
+        return self.protocols.get(protocol_key(arch, scale), {})
 
     def find(self, arch: str, scale: int, method: str, ratio: float) -> Record:
         """The record of one model; ratio 0 means the dense model of any method."""

@@ -1,11 +1,12 @@
 """app.py's layout and wiring (the tabs of webapp.ui_*): named endpoints, raw inputs, user
 errors, the training line."""
 
+import json
 from pathlib import Path
 
 import gradio as gr
 import pytest
-from fixtures import STUDY_COMMAND, live_request, study_runs
+from fixtures import STUDY_COMMAND, live_request, stored_manifest, study_runs, write_stored_run
 
 import app
 from analysis.lockstep import MAX_STEPS, LockstepConfig
@@ -124,6 +125,22 @@ def test_results_tab_shows_the_paired_seed_study_or_says_there_is_none(fake_zoo,
         else:
             assert "x2, ratio 0.9: **ISS-P ahead**" in text and len(figure.data) > 0
             assert ("Set5", "set5") in menu.choices
+
+
+def test_stored_dynamics_say_how_the_served_zoo_trained_them(tmp_path):
+    zoo_dir, telemetry = tmp_path / "zoo", tmp_path / "zoo" / "telemetry"
+    telemetry.mkdir(parents=True)
+    for method in ("issp", "iht"):
+        write_stored_run(telemetry, method, 0.9)
+    # Its checkpoints are not there, so the server serves none: their protocol still says.
+    manifest = stored_manifest(0.9, prune_steps=4, lr=1e-3)
+    (zoo_dir / "manifest.json").write_text(json.dumps(manifest.to_json()))
+    folders = ResultFolders(tmp_path / "out")
+    demo = app.build_app(ModelZoo(zoo_dir), Limits(), None, [], folders, telemetry)
+    stored = next(fn.fn for fn in demo.fns.values() if fn.api_name == "stored")
+    *figures, status = stored("edsr-tiny x2, ratio 0.9")
+    assert "Kp = 4:" in status
+    assert [t for t in figures[0].data if t.name == "learning rate"]
 
 
 def test_importing_the_app_builds_and_serves_nothing():

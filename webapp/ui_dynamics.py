@@ -183,7 +183,7 @@ def stored_tab(server: Server) -> None:
     @shown_to_user
     def stored(choice: str | None) -> tuple:
         """The stored ISS-P / IHT dynamics of one setting, with its summary."""
-        view = stored_runs.stored_view(server.telemetry_dir, choice)
+        view = stored_runs.stored_view(server.telemetry_dir, choice, server.zoo.manifest())
         return *view.figures, view.status
 
     def stored_settings(choice: str | None) -> tuple:
