@@ -30,7 +30,7 @@ from issp import IsspError
 from issp.evaluate import Pair, evaluate_arrays, validation_crops
 from issp.methods import COMPARED, LOCKSTEP, label
 from issp.models import build_model
-from issp.pruning import TELEMETRY_KEYS
+from issp.pruning import MAGNITUDE, TELEMETRY_KEYS
 from issp.train import (
     DEFAULT_PROTOCOL,
     TrainConfig,
@@ -68,6 +68,9 @@ class LockstepConfig:
     # lockstep at 10+ steps per second on two CPU cores (benchmarks/telemetry_overhead.py).
     steps: int = 300
     prune_steps: int | None = LIVE_TRAINING.prune_steps  # Kp; None: the protocol's share of steps
+    # "N:M" shapes the selection of the magnitude methods (ISS-P, IHT, GMP); the others
+    # (dense, RigL) run as they do without one. None: per layer.
+    pattern: str | None = LIVE_TRAINING.pattern
     seed: int = LIVE_TRAINING.seed
     methods: tuple[str, ...] = COMPARED
     batch_size: int = 4  # live: see steps
@@ -94,8 +97,12 @@ class LockstepConfig:
         return TrainConfig.of_protocol(self.protocol, **shared, workers=0)
 
     def method_config(self, method: str) -> TrainConfig:
-        """``train_config`` as ``method`` trains."""
-        return dataclasses.replace(self.train_config(), method=method)
+        """``train_config`` as ``method`` trains: a pattern only where it shapes a
+        magnitude selection (``issp.pruning.MAGNITUDE``)."""
+        config = dataclasses.replace(self.train_config(), method=method)
+        if method not in MAGNITUDE:
+            config = dataclasses.replace(config, pattern=None)
+        return config
 
     def validate(self) -> None:
         """Raise IsspError for settings no comparison could use."""
@@ -119,7 +126,10 @@ class LockstepConfig:
             raise IsspError(f"threads must be at least 1, got {self.threads}")
         if self.val_crop < 32:
             raise IsspError(f"val_crop must be at least 32 px, got {self.val_crop}")
+        # The pattern is checked against the ratio even when no method of the run uses it.
         self.train_config().validate()
+        for method in self.methods:
+            self.method_config(method).validate()
 
 
 @dataclass
@@ -291,9 +301,11 @@ def summarize(dynamics: Dynamics) -> str:
     kp = int(config["prune_steps"])
     names = list(series)
     alpha = f", alpha {config['alpha']:g}" if "issp" in series else ""
+    # Runs recorded before the pattern was a setting (and stored runs) were per layer.
+    pattern = f" in {config['pattern']} groups" if config.get("pattern") else ""
     lines = [
-        f"{config['arch']} x{config['scale']}, ratio {config['ratio']:g}{alpha}, Kp = {kp}: "
-        f"{dynamics.step:,} of {int(config['steps']):,} steps."
+        f"{config['arch']} x{config['scale']}, ratio {config['ratio']:g}{pattern}{alpha}, "
+        f"Kp = {kp}: {dynamics.step:,} of {int(config['steps']):,} steps."
     ]
     flips = [f"{label(m)} {int(np.nansum(series[m].flips)):,}" for m in names]
     lines.append(f"Mask entries flipped: {', '.join(flips)}.")

@@ -12,6 +12,7 @@ import app
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
+from issp.selection import PER_LAYER
 from issp.study import write_study
 from webapp import ui, ui_dynamics
 from webapp.admission import LiveRuns
@@ -92,7 +93,8 @@ def test_live_and_sweep_settings_default_to_the_lockstep_config(fake_zoo, tmp_pa
     defaults = LockstepConfig()
     shared = [defaults.arch, defaults.scale, defaults.ratio]
     live = [block.value for block in public["train_live"].inputs]
-    assert live == [*shared, defaults.alpha, defaults.steps, 0, defaults.seed, []]
+    assert defaults.pattern is None
+    assert live == [*shared, PER_LAYER, defaults.alpha, defaults.steps, 0, defaults.seed, []]
     sweep = [block.value for block in public["alpha_sweep"].inputs]
     assert sweep[:6] == [*shared, ui_dynamics.SWEEP_STEPS, 0, defaults.seed]
 

@@ -129,9 +129,18 @@ def test_shared_defaults_are_the_training_protocol_s_and_reach_every_run():
     # The ones a live run must differ in (to be watched live), and nothing else.
     differ = {name for name in shared if getattr(live, name) != getattr(training, name)}
     assert differ == {"steps", "batch_size", "patch", "val_every"}
-    assert {"arch", "ratio", "alpha", "lr", "protocol"} <= shared
+    assert {"arch", "ratio", "alpha", "lr", "protocol", "pattern"} <= shared
     changed = LockstepConfig(**{name: getattr(training, name) for name in differ})
     assert changed.train_config() == dataclasses.replace(training, workers=0)
+
+
+def test_a_pattern_shapes_the_magnitude_methods_only():
+    config = LockstepConfig(ratio=0.5, pattern="2:4", methods=("issp", "iht", "gmp", "dense"))
+    config.validate()
+    patterns = {m: config.method_config(m).pattern for m in config.methods}
+    assert patterns == {"issp": "2:4", "iht": "2:4", "gmp": "2:4", "dense": None}
+    with pytest.raises(IsspError, match="pattern 2:4 prunes 0.5 of the weights, not 0.9"):
+        LockstepConfig(ratio=0.9, pattern="2:4", methods=("dense",)).validate()
 
 
 def test_alpha_sweep_yields_a_growing_table_and_alpha_zero_is_iht(photos):

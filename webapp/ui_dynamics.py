@@ -12,6 +12,7 @@ from plotly.graph_objects import Figure
 
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
+from issp.selection import PER_LAYER
 from webapp import live, stored_runs
 from webapp.checks import MAX_SEED
 from webapp.ui import RAW, SCALE_CHOICES, Server, figure_tabs, shown_to_user
@@ -32,11 +33,13 @@ TRAINING = {
 
 @dataclass(frozen=True)
 class RunControls:
-    """The settings a live run and an alpha sweep share (alpha only the live run's)."""
+    """The settings a live run and an alpha sweep share (pattern and alpha only the live
+    run's)."""
 
     arch: gr.Dropdown
     scale: gr.Radio
     ratio: gr.Slider
+    pattern: gr.Dropdown | None
     alpha: gr.Slider | None
     steps: gr.Number
     kp: gr.Number
@@ -44,19 +47,33 @@ class RunControls:
 
     def inputs(self) -> list:
         """The controls in their endpoints' argument order."""
-        alpha = [] if self.alpha is None else [self.alpha]
-        return [self.arch, self.scale, self.ratio, *alpha, self.steps, self.kp, self.seed]
+        own = [control for control in (self.pattern, self.alpha) if control is not None]
+        return [self.arch, self.scale, self.ratio, *own, self.steps, self.kp, self.seed]
+
+
+@shown_to_user
+def pattern_ratio(pattern: str) -> dict:
+    """The ratio slider set to what an N:M pattern prunes; left alone for per layer."""
+    ratio = live.pattern_ratio(pattern)
+    return gr.update() if ratio is None else gr.update(value=ratio)
 
 
 def run_controls(steps: int, steps_label: str, prefix: str, live_only: bool) -> RunControls:
     """Lay out a run's settings, defaulting to ``LockstepConfig``'s; ``live_only`` adds the
-    live run's own (alpha)."""
+    live run's own (pattern, alpha)."""
     defaults = LockstepConfig()
     arch = gr.Dropdown(list(live.LIVE_ARCHS), value=defaults.arch, label="Architecture")
     scale = gr.Radio(SCALE_CHOICES, value=defaults.scale, label="Scale")
     ratio = gr.Slider(0.0, 0.99, value=defaults.ratio, step=0.01, label="Pruning ratio")
-    shrink = None
+    pattern = shrink = None
     if live_only:
+        pattern = gr.Dropdown(
+            list(live.PATTERNS),
+            value=defaults.pattern or PER_LAYER,
+            label="Selection (N:M: N of every M weights; sets the ratio to N/M)",
+            elem_id=f"{prefix}-pattern",
+        )
+        pattern.input(pattern_ratio, [pattern], [ratio], api_visibility="private", **RAW)
         shrink = gr.Slider(
             0.01, 0.999, value=defaults.alpha, step=0.001, label="ISS-P alpha (shrink factor)"
         )
@@ -64,7 +81,7 @@ def run_controls(steps: int, steps_label: str, prefix: str, live_only: bool) -> 
     share = defaults.train_config().kp_fraction  # the live protocol's, as the run uses it
     kp = gr.Number(value=0, precision=0, label=f"Pruning stage Kp (steps; 0 = {share:.0%} of them)")
     seed = gr.Number(value=defaults.seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-    return RunControls(arch, scale, ratio, shrink, count, kp, seed)
+    return RunControls(arch, scale, ratio, pattern, shrink, count, kp, seed)
 
 
 def live_tab(server: Server) -> None:
@@ -75,6 +92,7 @@ def live_tab(server: Server) -> None:
         arch: str,
         scale: int,
         ratio: float,
+        pattern: str,
         alpha: float,
         steps: int,
         prune_steps: int | None,
@@ -83,7 +101,9 @@ def live_tab(server: Server) -> None:
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Train ISS-P and IHT (and the extras) in lockstep, streaming figures and status."""
-        config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed, extra)
+        config = live.live_config(
+            arch, scale, ratio, alpha, steps, prune_steps, seed, extra, pattern
+        )
         with server.runs.admitted(request.session_hash) as run:
             for status in server.runs.wait(run):
                 yield *(None,) * len(FIGURES), status, None
