@@ -30,10 +30,9 @@ from issp import IsspError
 from issp.evaluate import Pair, evaluate_arrays, validation_crops
 from issp.methods import COMPARED, LOCKSTEP, label
 from issp.models import build_model
-from issp.pruning import TELEMETRY_KEYS
+from issp.pruning import MAGNITUDE, TELEMETRY_KEYS
 from issp.train import (
     DEFAULT_PROTOCOL,
-    PROTOCOLS,
     TrainConfig,
     batch_loader,
     learning_rate,
@@ -47,52 +46,63 @@ MAX_STEPS = 2000
 LIVE_PROTOCOL = DEFAULT_PROTOCOL
 # |w| values kept per method for the histogram: enough for a smooth shape, small in JSON.
 WEIGHT_SAMPLE = 10_000
+# What a live comparison trains unless told: the live protocol as ``issp train`` runs it.
+# LockstepConfig's shared defaults are read from it, so the two cannot drift apart.
+LIVE_TRAINING = TrainConfig.of_protocol(LIVE_PROTOCOL)
+TRAIN_FIELDS = frozenset(spec.name for spec in dataclasses.fields(TrainConfig))
 
 
 @dataclass(frozen=True)
 class LockstepConfig:
-    """A live comparison. The defaults are small enough to watch live: two methods in
-    lockstep at 10+ steps per second on two CPU cores (``benchmarks/telemetry_overhead.py``)."""
+    """A live comparison. Every field named as a ``TrainConfig`` field is one, defaulting
+    to ``LIVE_TRAINING``'s, except where a comment says why a live run differs; the rest
+    (``methods``, ``val_crop``, ``threads``) is the comparison's own."""
 
-    arch: str = "edsr-tiny"
-    scale: int = 2
-    ratio: float = 0.9
+    arch: str = LIVE_TRAINING.arch
+    scale: int = LIVE_TRAINING.scale
+    ratio: float = LIVE_TRAINING.ratio
     # The two-stage protocol (the authors' code, with the learning rate and alpha the
     # validation grid chose): a visitor's first run shows the paper's regime.
-    alpha: float = PROTOCOLS[LIVE_PROTOCOL].alpha
+    alpha: float = LIVE_TRAINING.alpha
+    # Live: a run to watch. Steps, batch and patch are small enough for two methods in
+    # lockstep at 10+ steps per second on two CPU cores (benchmarks/telemetry_overhead.py).
     steps: int = 300
-    prune_steps: int | None = None  # Kp; None means the protocol's fraction of the steps
-    seed: int = 0
+    prune_steps: int | None = LIVE_TRAINING.prune_steps  # Kp; None: the protocol's share of steps
+    # "N:M" shapes the selection of the magnitude methods (ISS-P, IHT, GMP); the others
+    # (dense, RigL) run as they do without one. None: per layer.
+    pattern: str | None = LIVE_TRAINING.pattern
+    seed: int = LIVE_TRAINING.seed
     methods: tuple[str, ...] = COMPARED
-    batch_size: int = 4
-    patch: int = 24  # LR patch side
-    lr: float = PROTOCOLS[LIVE_PROTOCOL].lr
-    protocol: str = LIVE_PROTOCOL  # schedule, Kp fraction, Adam betas, pruned layers
-    val_every: int = 25
+    batch_size: int = 4  # live: see steps
+    patch: int = 24  # LR patch side; live: see steps
+    lr: float = LIVE_TRAINING.lr
+    protocol: str = LIVE_TRAINING.protocol  # schedule, Kp fraction, Adam betas, pruned layers
+    val_every: int = 25  # live: often enough for a 300-step run to draw a PSNR curve
     val_crop: int = 96  # HR side of the centre crops PSNR is measured on
-    data: str | None = None  # None: photos shipped in installed packages
+    data: str | None = LIVE_TRAINING.data  # None: photos shipped in installed packages
     # Torch threads while the run lives. Batches this small run fastest on one: on a busy
     # two-core machine two threads made a step over 20 times slower.
     threads: int = 1
 
     def train_config(self) -> TrainConfig:
-        """The training settings shared by every method (the method itself is per run)."""
-        return TrainConfig.of_protocol(
-            self.protocol,
-            arch=self.arch,
-            scale=self.scale,
-            ratio=self.ratio,
-            alpha=self.alpha,
-            steps=self.steps,
-            prune_steps=self.prune_steps,
-            batch_size=self.batch_size,
-            patch=self.patch,
-            lr=self.lr,
-            data=self.data,
-            val_every=self.val_every,
-            seed=self.seed,
-            workers=0,
-        )
+        """The training settings shared by every method (the method itself is per run).
+
+        The batches are loaded in the training thread (``workers=0``): a live run is one
+        short job among a server's requests, not worth a loader process."""
+        shared = {
+            spec.name: getattr(self, spec.name)
+            for spec in dataclasses.fields(self)
+            if spec.name in TRAIN_FIELDS
+        }
+        return TrainConfig.of_protocol(self.protocol, **shared, workers=0)
+
+    def method_config(self, method: str) -> TrainConfig:
+        """``train_config`` as ``method`` trains: a pattern only where it shapes a
+        magnitude selection (``issp.pruning.MAGNITUDE``)."""
+        config = dataclasses.replace(self.train_config(), method=method)
+        if method not in MAGNITUDE:
+            config = dataclasses.replace(config, pattern=None)
+        return config
 
     def validate(self) -> None:
         """Raise IsspError for settings no comparison could use."""
@@ -116,7 +126,10 @@ class LockstepConfig:
             raise IsspError(f"threads must be at least 1, got {self.threads}")
         if self.val_crop < 32:
             raise IsspError(f"val_crop must be at least 32 px, got {self.val_crop}")
+        # The pattern is checked against the ratio even when no method of the run uses it.
         self.train_config().validate()
+        for method in self.methods:
+            self.method_config(method).validate()
 
 
 @dataclass
@@ -155,9 +168,9 @@ class Dynamics:
 class _Run:
     """One method's training run inside a lockstep comparison, and what it recorded."""
 
-    def __init__(self, method: str, model: nn.Module, config: TrainConfig) -> None:
-        self.method = method
-        self.run = setup_run(config, model, method=method)
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        self.method = config.method
+        self.run = setup_run(config, model)
         self.model = self.run.model
         self.pruner = self.run.pruner
         self.loss: list[float] = []
@@ -225,7 +238,7 @@ def _lockstep(
     val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
-    runs = [_Run(method, copy.deepcopy(initial), train_config) for method in config.methods]
+    runs = [_Run(copy.deepcopy(initial), config.method_config(method)) for method in config.methods]
     layers = runs[0].pruner.names
     n_weights = sum(w.numel() for w in runs[0].pruner.weights.values())
     generator = torch.Generator().manual_seed(config.seed)
@@ -288,9 +301,11 @@ def summarize(dynamics: Dynamics) -> str:
     kp = int(config["prune_steps"])
     names = list(series)
     alpha = f", alpha {config['alpha']:g}" if "issp" in series else ""
+    # Runs recorded before the pattern was a setting (and stored runs) were per layer.
+    pattern = f" in {config['pattern']} groups" if config.get("pattern") else ""
     lines = [
-        f"{config['arch']} x{config['scale']}, ratio {config['ratio']:g}{alpha}, Kp = {kp}: "
-        f"{dynamics.step:,} of {int(config['steps']):,} steps."
+        f"{config['arch']} x{config['scale']}, ratio {config['ratio']:g}{pattern}{alpha}, "
+        f"Kp = {kp}: {dynamics.step:,} of {int(config['steps']):,} steps."
     ]
     flips = [f"{label(m)} {int(np.nansum(series[m].flips)):,}" for m in names]
     lines.append(f"Mask entries flipped: {', '.join(flips)}.")

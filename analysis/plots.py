@@ -61,6 +61,14 @@ def _mark_kp(fig: go.Figure, dynamics: Dynamics) -> None:
         fig.add_vline(x=kp, line_dash="dash", line_color="grey", row="all", col="all")
 
 
+def _note(fig: go.Figure, col: int, text: str, y: float = 0.5) -> None:
+    """A line of text on the panel in column ``col`` (of row 1), for what it cannot draw."""
+    axis = col if col > 1 else ""
+    fig.add_annotation(
+        text=text, showarrow=False, xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.5, y=y
+    )
+
+
 def _finish(fig: go.Figure, title: str, rows: int) -> go.Figure:
     fig.update_layout(
         title=title,
@@ -73,12 +81,18 @@ def _finish(fig: go.Figure, title: str, rows: int) -> go.Figure:
 
 def loss_figure(dynamics: Dynamics) -> go.Figure:
     """Training L1 loss per step and validation PSNR, one line per method, and the
-    learning rate (shared by the methods), where the two stages of a protocol show."""
+    learning rate (shared by the methods), where the two stages of a protocol show.
+
+    A finished run validated at its end only (the study's and so the zoo's edsr-tiny runs),
+    or one whose schedule is not recorded, says so on the panel it leaves (nearly) empty.
+    """
     fig = make_subplots(
         1, 3, subplot_titles=("training L1 loss", "validation PSNR (dB)", "learning rate")
     )
     rates = learning_rates(dynamics.config)
-    if rates is not None:
+    if rates is None:
+        _note(fig, 3, "not recorded for this run")
+    else:
         steps = np.arange(1, min(dynamics.step, len(rates)) + 1)
         fig.add_trace(
             go.Scatter(
@@ -101,6 +115,10 @@ def loss_figure(dynamics: Dynamics) -> go.Figure:
             1,
             2,
         )
+    measured = sorted({int(step) for s in dynamics.series.values() for step in s.psnr_steps})
+    if dynamics.finished and len(measured) <= 1:
+        text = f"validated at step {measured[0]:,} only" if measured else "not recorded"
+        _note(fig, 2, text, y=0.8)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="step")
     _mark_kp(fig, dynamics)
@@ -274,14 +292,7 @@ def weights_figure(dynamics: Dynamics) -> go.Figure:
     for col, method in enumerate(methods, 1):
         s = dynamics.series[method]
         if s.kept_weights is None:
-            fig.add_annotation(
-                text="stored runs keep no |w| sample (see the magnitude figure)",
-                showarrow=False,
-                xref=f"x{col if col > 1 else ''} domain",
-                yref=f"y{col if col > 1 else ''} domain",
-                x=0.5,
-                y=0.5,
-            )
+            _note(fig, col, "stored runs keep no |w| sample (see the magnitude figure)")
             continue
         for part, values, color in (
             ("kept", s.kept_weights, colour(method)),
@@ -455,7 +466,7 @@ def to_matplotlib(fig: go.Figure) -> MplFigure:
             figure.text(x, y, note.text, ha="center", va="bottom", fontsize=9)
         else:
             ax = axis_for(note.xref.removesuffix(" domain"), note.yref.removesuffix(" domain"))
-            ax.text(0.5, 0.5, note.text, ha="center", va="center", transform=ax.transAxes)
+            ax.text(note.x, note.y, note.text, ha="center", va="center", transform=ax.transAxes)
     _figure_legend(figure, list(axes.values()))
     figure.suptitle(layout.title.text or "", fontsize=12)
     return figure

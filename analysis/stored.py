@@ -71,21 +71,24 @@ def load_stored(
     ratio: float,
     methods: Sequence[str] = COMPARED,
     directory: str | Path = TELEMETRY_DIR,
+    manifest: Manifest | None = None,
 ) -> Dynamics:
     """The stored runs of ``methods`` at one (arch, scale, ratio) as one ``Dynamics``.
 
-    ``dense`` loads the setting's dense run whatever the ratio. Kp and alpha come from
-    the zoo manifest, or from the zoo's protocol when the manifest has no record yet.
-    Raises IsspError when a run is missing or the runs disagree on their layers.
+    ``dense`` loads the setting's dense run whatever the ratio. ``manifest`` is the zoo's
+    whose telemetry ``directory`` holds (None: the checkout's, whose ``TELEMETRY_DIR`` is
+    the default). What the telemetry does not record comes from it (:func:`_trained`).
+    Raises IsspError when a run is missing or the runs disagree on their layers, Kp or
+    schedule.
     """
     if not methods:
         raise IsspError("name at least one method to load")
     if len(set(methods)) != len(methods):
         raise IsspError(f"each method may appear once, got {', '.join(methods)}")
     available = {run.name: run for run in list_stored(directory)}
-    manifest = load_manifest()
+    manifest = load_manifest() if manifest is None else manifest
     layers: list[str] = []
-    series, kps, alpha = {}, set(), None
+    series, trained = {}, {}
     for method in methods:
         entry = ZooEntry(arch, scale, method, 0.0 if method == "dense" else ratio)
         if entry.name not in available:
@@ -95,21 +98,25 @@ def load_stored(
         if layers and run_layers != layers:
             raise IsspError(f"{entry.name} has other layers than the {methods[0]} run")
         layers = run_layers
-        kp, run_alpha = _settings(manifest, entry)
-        kps.add(kp)
-        if method == "issp":
-            alpha = run_alpha
+        trained[method] = _trained(manifest, entry)
+    kps = {t.prune_steps for t in trained.values()}
     if len(kps) > 1:
         raise IsspError(f"the stored runs were trained with different Kp ({sorted(kps)})")
-    steps = max(len(s.loss) for s in series.values())
+    schedules = {(t.protocol, t.lr) for t in trained.values()}
+    if len(schedules) > 1:
+        raise IsspError(f"the stored runs were trained on different schedules ({schedules})")
+    (protocol, lr), steps = schedules.pop(), max(len(s.loss) for s in series.values())
+    # Only a recorded schedule is drawn (lockstep.learning_rates reads these two).
+    schedule = {} if protocol is None or lr is None else {"protocol": protocol, "lr": lr}
     return Dynamics(
         config={
             "arch": arch,
             "scale": scale,
             "ratio": ratio,
-            "alpha": alpha,
+            "alpha": trained["issp"].alpha if "issp" in trained else None,
             "steps": steps,
             "prune_steps": kps.pop(),
+            **schedule,
             "methods": list(methods),
             "source": "stored",
         },
@@ -120,14 +127,33 @@ def load_stored(
     )
 
 
-def _settings(manifest: Manifest, entry: ZooEntry) -> tuple[int, float]:
-    """Kp and alpha a stored run was trained with: its manifest record, else the protocol."""
+@dataclass(frozen=True)
+class Trained:
+    """What a stored run was trained with that its telemetry file does not record."""
+
+    prune_steps: int  # Kp
+    alpha: float | None  # ISS-P's
+    protocol: str | None  # issp.train.PROTOCOLS' name; None where not recorded
+    lr: float | None  # the initial learning rate; None where not recorded
+
+
+def _trained(manifest: Manifest, entry: ZooEntry) -> Trained:
+    """How a stored run was trained: its manifest record, with the learning rate of its
+    (arch, scale)'s protocol record (the first zoo recorded neither protocol nor rate).
+    Without a record that says its Kp, its protocol record alone (every method of an
+    (arch, scale) is trained alike), else as this code's zoo build trains it."""
+    shared = manifest.protocol(entry.arch, entry.scale)
     try:
         record = manifest.find(entry.arch, entry.scale, entry.method, entry.ratio)
     except IsspError:
-        config = entry_config(entry, None, "cpu")
-        return config.kp, config.alpha
-    return record.prune_steps, record.alpha
+        record = None
+    if record is not None and record.prune_steps is not None:
+        lr = shared.get("lr") if shared.get("protocol") == record.protocol else None
+        return Trained(record.prune_steps, record.alpha, record.protocol, lr)
+    if {"prune_steps", "alpha", "protocol", "lr"} <= shared.keys():
+        return Trained(shared["prune_steps"], shared["alpha"], shared["protocol"], shared["lr"])
+    config = entry_config(entry, None, "cpu")
+    return Trained(config.kp, config.alpha, config.protocol, config.lr)
 
 
 def _read(path: Path) -> tuple[list[str], Series]:

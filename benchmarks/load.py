@@ -41,7 +41,7 @@ from PIL import Image
 from issp.machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_REQUEST = ["edsr-tiny", 2, 0.9, 0.99, 300, 0, 0, []]
+TRAIN_REQUEST = ["edsr-tiny", 2, 0.9, "per layer", 0.99, 300, 0, 0, []]
 UPSCALE_ARGS = [2, 0.9, "ISS-P", "edsr-tiny", "PNG"]
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 from benchmarks.load import ROOT, app_process, call, require_loopback, upload
 from issp.machine import machine_description
 
-TRAIN = ["edsr-tiny", 2, 0.9, 0.95, 40, 0, 0, []]  # arch, scale, ratio, alpha, steps, Kp...
+TRAIN = ["edsr-tiny", 2, 0.9, "per layer", 0.95, 40, 0, 0, []]  # arch, scale, ratio, pattern...
 SWEEP = ["edsr-tiny", 2, 0.9, 20, 0, 0, [0.0, 0.9]]  # ... steps per alpha, Kp, seed, alphas
 METHODS = ("ISS-P", "IHT")
 FORMATS = ("PNG", "WebP", "JPEG")

@@ -161,6 +161,11 @@ REQUIRED = {
 OPTIONAL = {key: _json_kind(_HINTS[key]) for key in FIELDS if key not in REQUIRED}
 
 
+def protocol_key(arch: str, scale: int) -> str:
+    """How the manifest's ``protocols`` name an (arch, scale): ``edsr-tiny x2``."""
+    return f"{arch} x{scale}"
+
+
 @dataclass
 class Manifest:
     """The zoo's records, the build's protocol per arch and scale (its settings by name, as
@@ -198,6 +203,11 @@ class Manifest:
         if self.alpha is not None:
             data["alpha"] = self.alpha
         return data
+
+    def protocol(self, arch: str, scale: int) -> dict:
+        """The settings every method of (arch, scale) was trained with, by the names
+        ``issp.zoo.protocol_settings`` gives them; empty where the build recorded none."""
+        return self.protocols.get(protocol_key(arch, scale), {})
 
     def find(self, arch: str, scale: int, method: str, ratio: float) -> Record:
         """The record of one model; ratio 0 means the dense model of any method."""

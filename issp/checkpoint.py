@@ -23,6 +23,7 @@ from torch import nn
 import issp
 from issp import IsspError
 from issp.models import build_from_args, build_model, model_summary
+from issp.selection import PER_LAYER
 
 FORMAT = "issp-sparse-v1"
 # Keys whose metadata values are JSON rather than plain strings.
@@ -178,7 +179,7 @@ def checkpoint_info(path: str | Path, size: int = 256) -> dict:
         "method": meta["method"],
         "ratio": float(meta["ratio"]),
         # Checkpoints from before N:M selection chose per layer.
-        "pattern": meta.get("pattern", "per layer"),
+        "pattern": meta.get("pattern", PER_LAYER),
         "alpha": float(meta["alpha"]),
         "input_size": [size, size],
         **summary,

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
-from issp.selection import nm_mask, parse_pattern, smallest_mask
+from issp.selection import nm_groups, nm_mask, parse_pattern, smallest_mask
 
 METHODS = ("issp", "iht", "l1", "gmp", "greg", "rigl", "scratch", "dense")
 # The methods whose mask is a magnitude selection, which ``pattern`` may shape.
@@ -164,6 +164,9 @@ class Pruner:
         self._model = model
         self.weights = prunable_weights(model, skip)
         self.names = list(self.weights)
+        if pattern is not None:  # refused now rather than at Kp, where it is first used
+            for w in self.weights.values():
+                nm_groups(w.numel(), *parse_pattern(pattern))
         self.t = 0
         self.frozen = False
         self.masks: dict[str, torch.Tensor] | None = None

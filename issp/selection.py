@@ -7,6 +7,9 @@ import torch
 
 from issp import IsspError
 
+# What a checkpoint's metadata and the app call a selection without an N:M pattern.
+PER_LAYER = "per layer"
+
 
 def smallest_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly ``k`` smallest-magnitude entries (ties broken arbitrarily)."""
@@ -39,7 +42,10 @@ def nm_groups(numel: int, n: int, m: int) -> tuple[int, int]:
     (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, ``basicsr/pruner/utils.py`` lines 154-158).
     They raise them until M divides the gcd of every layer's size, so that all layers share
     one N:M (EDSR-L x4's 19:20 became 23:24 everywhere); here each layer keeps the asked
-    N:M wherever it can. Either way M - N weights survive per group."""
+    N:M wherever it can. Either way M - N weights survive per group. IsspError for an M
+    larger than the layer, which no raise would make divide it."""
+    if m > numel:
+        raise IsspError(f"an N:M group of {m} weights is larger than a layer of {numel}")
     while numel % m:
         n, m = n + 1, m + 1
     return n, m

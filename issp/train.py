@@ -52,6 +52,7 @@ from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
 from issp.models import PRESETS, SCALES, build_model, prefers_channels_last, preset_args
 from issp.pruning import Pruner, check_arguments
+from issp.selection import PER_LAYER
 
 SCHEDULES = ("cosine", "two-stage")
 # Speed settings by name (TrainConfig fields). channels-last keeps fp32 arithmetic and only
@@ -405,7 +406,7 @@ def train(
             "scale": config.scale,
             "method": config.method,
             "ratio": config.ratio,
-            "pattern": config.pattern or "per layer",
+            "pattern": config.pattern or PER_LAYER,
             "alpha": config.alpha,
             "prune_steps": config.kp,
             "steps": config.steps,

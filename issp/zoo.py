@@ -24,7 +24,15 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from issp import catalogue, study
-from issp.catalogue import FLOPS_INPUT, TEST_SETS, Record, Score, ZooEntry, score_key
+from issp.catalogue import (
+    FLOPS_INPUT,
+    TEST_SETS,
+    Record,
+    Score,
+    ZooEntry,
+    protocol_key,
+    score_key,
+)
 from issp.checkpoint import checkpoint_info, load_checkpoint, read_metadata, sha256
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import machine_description
@@ -103,7 +111,7 @@ def zoo_protocols() -> dict[str, dict]:
     """The manifest's ``protocols``: each (arch, scale)'s settings, read from its ISS-P
     entries' config."""
     return {
-        f"{arch} x{scale}": protocol_settings(
+        protocol_key(arch, scale): protocol_settings(
             entry_config(ZooEntry(arch, scale, "issp", ratios[0]), None, "cpu")
         )
         for (arch, scale), ratios in PLAN_RATIOS.items()

@@ -12,7 +12,15 @@ import torch
 from PIL import Image
 
 from analysis.lockstep import LockstepConfig
-from issp.catalogue import ZOO_DIR, Manifest, Record, Score, ZooEntry, load_manifest
+from issp.catalogue import (
+    ZOO_DIR,
+    Manifest,
+    Record,
+    Score,
+    ZooEntry,
+    load_manifest,
+    protocol_key,
+)
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
 from issp.pruning import Pruner, prunable_weights
@@ -129,6 +137,32 @@ def write_stored_run(folder: Path, method: str, ratio: float, steps: int = 5) ->
         pruner.step()
         history["loss"].append(0.1)
     save_telemetry(folder / f"{ZooEntry('edsr-tiny', 2, method, ratio).name}.npz", pruner, history)
+
+
+def stored_manifest(ratio: float, prune_steps: int, lr: float | None) -> Manifest:
+    """A zoo manifest saying how the stored edsr-tiny x2 ISS-P and IHT runs of ``ratio``
+    were trained (two-stage; ``lr`` None: the first zoo's, which recorded no protocol)."""
+    protocol = None if lr is None else "two-stage"
+    records = [
+        Record(
+            file=ZooEntry("edsr-tiny", 2, method, ratio).file,
+            arch="edsr-tiny",
+            scale=2,
+            method=method,
+            ratio=ratio,
+            alpha=0.5 if method == "issp" else None,
+            protocol=protocol,
+            prune_steps=prune_steps,
+            sha256="0" * 64,
+            params=1,
+            nonzeros=1,
+            flops_dense=1,
+            flops_sparse=1,
+        )
+        for method in ("issp", "iht")
+    ]
+    shared = {"protocol": protocol, "lr": lr, "prune_steps": prune_steps, "alpha": 0.5}
+    return Manifest(records, {} if lr is None else {protocol_key("edsr-tiny", 2): shared})
 
 
 def tiny_lockstep(photos: Path, **overrides) -> LockstepConfig:

@@ -1,16 +1,21 @@
-"""app.py's layout and wiring: named endpoints, raw inputs, user errors, the training line."""
+"""app.py's layout and wiring (the tabs of webapp.ui_*): named endpoints, raw inputs, user
+errors, the training line."""
 
+import json
 from pathlib import Path
 
 import gradio as gr
 import pytest
-from fixtures import STUDY_COMMAND, live_request, study_runs
+from fixtures import STUDY_COMMAND, live_request, stored_manifest, study_runs, write_stored_run
 
 import app
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
+from issp.selection import PER_LAYER
 from issp.study import write_study
+from webapp import ui, ui_dynamics
+from webapp.admission import LiveRuns
 from webapp.files import UPLOAD_REFUSED, ResultFolders
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits
@@ -31,13 +36,13 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
     folder = tmp_path / "uploads"
     folder.mkdir()
     inside = str(folder / "x.png")
-    assert app.upload_path({"path": inside, "orig_name": "x.png"}, [folder]) == Path(inside)
-    assert app.upload_path(inside, [folder]) == Path(inside)
-    assert app.upload_path(None, [folder]) is None
+    assert ui.upload_path({"path": inside, "orig_name": "x.png"}, [folder]) == Path(inside)
+    assert ui.upload_path(inside, [folder]) == Path(inside)
+    assert ui.upload_path(None, [folder]) is None
     with pytest.raises(IsspError, match=UPLOAD_REFUSED):
-        app.upload_path({"path": str(tmp_path / "x.png")}, [folder])
+        ui.upload_path({"path": str(tmp_path / "x.png")}, [folder])
 
-    @app.shown_to_user
+    @ui.shown_to_user
     def fails():
         raise IsspError("clear words")
 
@@ -46,7 +51,7 @@ def test_app_wires_named_endpoints_and_shows_user_errors(fake_zoo, tmp_path):
 
 
 def test_the_app_shows_a_streaming_handler_s_errors_to_the_user(live_base):
-    @app.shown_to_user
+    @ui.shown_to_user
     def streams():
         yield live_request(live_base, steps=MAX_STEPS + 1)
 
@@ -62,9 +67,13 @@ def test_training_events_wait_in_their_own_bounded_line(fake_zoo, tmp_path):
     for name in ("train_live", "alpha_sweep"):
         assert public[name].concurrency_limit is None
     assert (app.TRAINING_SLOTS, app.TRAINING_RUNS) == (1, 4)
+    # The page states the line's rules as the line that keeps them words them.
+    line = LiveRuns(app.TRAINING_RUNS, app.TRAINING_SLOTS).describe()
+    texts = [block.value or "" for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert sum(line in text for text in texts) == 2, "on the live and the sweep tab"
     # Stop must never wait behind the run it stops.
     assert public["stop_live"].concurrency_limit is None
-    assert sorted(sum(app.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
+    assert sorted(sum(ui.FIGURE_TABS.values(), ())) == sorted(FIGURES), "every figure shown"
 
 
 def test_upscale_and_evaluate_share_one_queue_of_two_server_wide(fake_zoo, tmp_path):
@@ -84,9 +93,10 @@ def test_live_and_sweep_settings_default_to_the_lockstep_config(fake_zoo, tmp_pa
     defaults = LockstepConfig()
     shared = [defaults.arch, defaults.scale, defaults.ratio]
     live = [block.value for block in public["train_live"].inputs]
-    assert live == [*shared, defaults.alpha, defaults.steps, 0, defaults.seed, []]
+    assert defaults.pattern is None
+    assert live == [*shared, PER_LAYER, defaults.alpha, defaults.steps, 0, defaults.seed, []]
     sweep = [block.value for block in public["alpha_sweep"].inputs]
-    assert sweep[:6] == [*shared, app.SWEEP_STEPS, 0, defaults.seed]
+    assert sweep[:6] == [*shared, ui_dynamics.SWEEP_STEPS, 0, defaults.seed]
 
 
 def test_view_api_names_every_argument_and_return_value(fake_zoo, tmp_path):
@@ -117,6 +127,22 @@ def test_results_tab_shows_the_paired_seed_study_or_says_there_is_none(fake_zoo,
         else:
             assert "x2, ratio 0.9: **ISS-P ahead**" in text and len(figure.data) > 0
             assert ("Set5", "set5") in menu.choices
+
+
+def test_stored_dynamics_say_how_the_served_zoo_trained_them(tmp_path):
+    zoo_dir, telemetry = tmp_path / "zoo", tmp_path / "zoo" / "telemetry"
+    telemetry.mkdir(parents=True)
+    for method in ("issp", "iht"):
+        write_stored_run(telemetry, method, 0.9)
+    # Its checkpoints are not there, so the server serves none: their protocol still says.
+    manifest = stored_manifest(0.9, prune_steps=4, lr=1e-3)
+    (zoo_dir / "manifest.json").write_text(json.dumps(manifest.to_json()))
+    folders = ResultFolders(tmp_path / "out")
+    demo = app.build_app(ModelZoo(zoo_dir), Limits(), None, [], folders, telemetry)
+    stored = next(fn.fn for fn in demo.fns.values() if fn.api_name == "stored")
+    *figures, status = stored("edsr-tiny x2, ratio 0.9")
+    assert "Kp = 4:" in status
+    assert [t for t in figures[0].data if t.name == "learning rate"]
 
 
 def test_importing_the_app_builds_and_serves_nothing():

@@ -147,7 +147,7 @@ def test_evaluate_and_results_endpoints(client, image):
 
 def test_live_comparison_runs_to_its_summary_and_data(client):
     *figures, status, download = client.predict(
-        "edsr-tiny", 2, 0.9, 0.99, 10, 0, 0, [], api_name="/train_live"
+        "edsr-tiny", 2, 0.9, "per layer", 0.99, 10, 0, 0, [], api_name="/train_live"
     )
     assert status.startswith("**Finished** all 10 steps")
     assert "Mask entries flipped: ISS-P" in status
@@ -157,7 +157,9 @@ def test_live_comparison_runs_to_its_summary_and_data(client):
 
 
 def test_a_live_run_stops_on_request(client):
-    job = client.submit("edsr-tiny", 2, 0.9, 0.99, 2000, 0, 0, [], api_name="/train_live")
+    job = client.submit(
+        "edsr-tiny", 2, 0.9, "per layer", 0.99, 2000, 0, 0, [], api_name="/train_live"
+    )
     deadline = time.monotonic() + 60
     while not job.outputs() and not job.done():
         assert time.monotonic() < deadline, "no snapshot within 60 s"
@@ -170,7 +172,9 @@ def test_a_live_run_stops_on_request(client):
 
 def test_live_requests_over_the_limits_are_refused(client):
     with pytest.raises(Exception, match="steps must be from 1 to 2,000"):
-        client.predict("edsr-tiny", 2, 0.9, 0.99, 5000, 0, 0, [], api_name="/train_live")
+        client.predict(
+            "edsr-tiny", 2, 0.9, "per layer", 0.99, 5000, 0, 0, [], api_name="/train_live"
+        )
     with pytest.raises(Exception, match="a sweep runs at most 2,000 steps in all"):
         client.predict("edsr-tiny", 2, 0.9, 1000, 0, 0, [0.0, 0.99, 0.5], api_name="/alpha_sweep")
 

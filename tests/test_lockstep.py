@@ -1,5 +1,6 @@
 """ISS-P against IHT trained in lockstep (analysis.lockstep), on tiny runs."""
 
+import dataclasses
 import json
 import math
 import threading
@@ -11,7 +12,9 @@ import torch
 from fixtures import tiny_lockstep
 
 from analysis.lockstep import (
+    LIVE_PROTOCOL,
     MAX_STEPS,
+    TRAIN_FIELDS,
     LockstepConfig,
     alpha_sweep,
     from_json,
@@ -21,6 +24,7 @@ from analysis.lockstep import (
     to_json,
 )
 from issp import IsspError
+from issp.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +120,27 @@ def test_config_rejects_settings_no_run_could_use():
     ):
         with pytest.raises(IsspError):
             LockstepConfig(**bad).validate()
+
+
+def test_shared_defaults_are_the_training_protocol_s_and_reach_every_run():
+    training = TrainConfig.of_protocol(LIVE_PROTOCOL)
+    live = LockstepConfig()
+    shared = {spec.name for spec in dataclasses.fields(live)} & TRAIN_FIELDS
+    # The ones a live run must differ in (to be watched live), and nothing else.
+    differ = {name for name in shared if getattr(live, name) != getattr(training, name)}
+    assert differ == {"steps", "batch_size", "patch", "val_every"}
+    assert {"arch", "ratio", "alpha", "lr", "protocol", "pattern"} <= shared
+    changed = LockstepConfig(**{name: getattr(training, name) for name in differ})
+    assert changed.train_config() == dataclasses.replace(training, workers=0)
+
+
+def test_a_pattern_shapes_the_magnitude_methods_only():
+    config = LockstepConfig(ratio=0.5, pattern="2:4", methods=("issp", "iht", "gmp", "dense"))
+    config.validate()
+    patterns = {m: config.method_config(m).pattern for m in config.methods}
+    assert patterns == {"issp": "2:4", "iht": "2:4", "gmp": "2:4", "dense": None}
+    with pytest.raises(IsspError, match="pattern 2:4 prunes 0.5 of the weights, not 0.9"):
+        LockstepConfig(ratio=0.9, pattern="2:4", methods=("dense",)).validate()
 
 
 def test_alpha_sweep_yields_a_growing_table_and_alpha_zero_is_iht(photos):

@@ -236,6 +236,11 @@ def test_n_m_is_raised_as_the_authors_do_where_m_does_not_divide_the_layer():
     assert nm_mask(weight, 2, 4).tolist() == expected
 
 
+def test_a_group_larger_than_a_layer_is_refused_when_the_pruner_is_made():
+    with pytest.raises(IsspError, match="group of 2000 weights is larger than a layer"):
+        Pruner(Tiny(), "iht", 0.5, prune_steps=5, pattern="1000:2000")
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

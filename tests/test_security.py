@@ -83,7 +83,12 @@ def test_forty_training_requests_leave_room_for_upscaling(app_server, tmp_path):
     sessions = [f"trainer-{n}" for n in range(40)]
     # Each from its own session, as 40 clients' would be; long runs, so none ends here.
     submitted = [
-        (session, submit(url, "train_live", ["edsr-tiny", 2, 0.9, 0.99, 2000, 0, 0, []], session))
+        (
+            session,
+            submit(
+                url, "train_live", ["edsr-tiny", 2, 0.9, "per layer", 0.99, 2000, 0, 0, []], session
+            ),
+        )
         for session in sessions
     ]
     try:
@@ -115,8 +120,9 @@ HUGE = "z" * 10**6
     [
         ("upscale", [None, 2, 0.9, HUGE, "edsr-tiny", "PNG"]),
         ("evaluate", [None, 2, 0.9, HUGE]),
-        ("train_live", [HUGE, 2, 0.9, 0.99, 10, 0, 0, []]),
-        ("train_live", ["edsr-tiny", 2, 0.9, 0.99, 10, 0, 0, [HUGE]]),
+        ("train_live", [HUGE, 2, 0.9, "per layer", 0.99, 10, 0, 0, []]),
+        ("train_live", ["edsr-tiny", 2, 0.9, "per layer", 0.99, 10, 0, 0, [HUGE]]),
+        ("train_live", ["edsr-tiny", 2, 0.9, HUGE, 0.99, 10, 0, 0, []]),
         ("alpha_sweep", ["edsr-tiny", 2, 0.9, 10, 0, 0, HUGE]),
         ("stored", [HUGE]),
         ("results", [HUGE, "set5"]),
@@ -133,7 +139,9 @@ def test_a_megabyte_argument_is_not_sent_back(app_server, api_name, data):
 
 def test_a_seed_past_2_to_the_63_gets_a_clear_message(app_server):
     url, _ = app_server
-    event, message = call(url, "train_live", ["edsr-tiny", 2, 0.9, 0.99, 10, 0, 2**64, []])
+    event, message = call(
+        url, "train_live", ["edsr-tiny", 2, 0.9, "per layer", 0.99, 10, 0, 2**64, []]
+    )
     assert (event, message) == (
         "error",
         "seed must be from 0 to 2,147,483,647, got 18446744073709551616",

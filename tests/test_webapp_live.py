@@ -6,12 +6,15 @@ import time
 
 import plotly.graph_objects as go
 import pytest
+import torch
 from fixtures import live_request
 
+from analysis import lockstep
 from analysis.lockstep import MAX_STEPS, LockstepConfig
 from analysis.plots import FIGURES
 from issp import IsspError
-from issp.train import PROTOCOLS
+from issp.selection import PER_LAYER
+from issp.train import PROTOCOLS, setup_run
 from webapp import live
 from webapp.files import ResultFolders
 
@@ -57,6 +60,43 @@ def test_the_run_uses_one_torch_thread_and_the_chosen_methods(live_base):
     assert live_request(live_base, steps=100, prune_steps=0).train_config().kp == 100 * fraction
 
 
+def test_a_pattern_is_read_as_the_cli_reads_it_and_sets_the_ratio(live_base):
+    for per_layer in (None, "", PER_LAYER):
+        assert live_request(live_base, pattern=per_layer).pattern is None
+        assert live.pattern_ratio(per_layer) is None
+    assert live_request(live_base, ratio=0.95, pattern=" 19:20").pattern == "19:20"
+    assert [live.pattern_ratio(p) for p in live.PATTERNS[1:]] == [0.5, 0.9, 0.95]
+
+
+def test_a_2_4_run_leaves_at_least_2_zeros_in_every_group_of_4(live_base, tmp_path, monkeypatch):
+    made = []
+
+    def recorded(config, model):
+        made.append(setup_run(config, model))
+        return made[-1]
+
+    monkeypatch.setattr(lockstep, "setup_run", recorded)
+    config = live_request(live_base, ratio=0.5, pattern="2:4", extra=["dense", "GMP"])
+    final = list(live.live_run(config, threading.Event(), ResultFolders(tmp_path).new))[-1]
+    assert "ratio 0.5 in 2:4 groups" in final.status
+    assert "_nm2-4_" in final.download.name
+    pruners = {run.pruner.method: run.pruner for run in made}
+    assert set(pruners) == {"issp", "iht", "dense", "gmp"}
+    for method in ("issp", "iht", "gmp"):
+        for name, weight in pruners[method].weights.items():
+            assert weight.numel() % 4 == 0, "every pruned layer is cut in groups of 4"
+            zeros = (weight.detach().reshape(-1, 4) == 0).sum(dim=1)
+            assert torch.all(zeros >= 2), (method, name)
+    # The pattern shapes magnitude selections only: dense trains as it does without one.
+    assert all(torch.all(w != 0) for w in pruners["dense"].weights.values())
+
+
+def test_a_group_larger_than_a_layer_is_refused_before_training(live_base, tmp_path):
+    config = live_request(live_base, ratio=0.5, pattern="5000:10000")
+    with pytest.raises(IsspError, match="larger than a layer"):
+        next(live.live_run(config, threading.Event(), ResultFolders(tmp_path).new))
+
+
 def test_stop_ends_a_run_at_once(live_base, tmp_path):
     stop = threading.Event()
     folders = ResultFolders(tmp_path)
@@ -90,6 +130,10 @@ def test_stop_ends_a_run_at_once(live_base, tmp_path):
         ({"seed": 10**400}, "seed must be a whole number, got 1000"),
         ({"extra": "GMP"}, "extra methods must be among dense, GMP, RigL, got 'GMP'"),
         ({"extra": [["GMP"]]}, "extra methods must be among dense, GMP, RigL"),
+        ({"pattern": "2-4"}, "pattern must be 'per layer' or N:M with 0 < N < M, e.g. 2:4"),
+        ({"pattern": "4:2"}, "pattern must be 'per layer' or N:M"),
+        ({"pattern": ["2:4"]}, "pattern must be 'per layer' or N:M"),
+        ({"pattern": "2:4"}, "pattern 2:4 prunes 0.5 of the weights, not 0.9"),
     ],
 )
 def test_bad_requests_get_a_message_for_the_user(live_base, overrides, message):
@@ -97,7 +141,7 @@ def test_bad_requests_get_a_message_for_the_user(live_base, overrides, message):
         live_request(live_base, **overrides)
 
 
-@pytest.mark.parametrize("field", ["arch", "ratio", "steps", "seed", "extra"])
+@pytest.mark.parametrize("field", ["arch", "ratio", "steps", "seed", "extra", "pattern"])
 def test_a_huge_argument_is_quoted_back_in_80_characters(live_base, field):
     with pytest.raises(IsspError) as err:
         live_request(live_base, **{field: "9" * 10**6})

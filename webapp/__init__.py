@@ -1,5 +1,5 @@
-"""The web app's backend: what ``app.py``'s widgets call, as plain functions the tests call
-without a UI.
+"""The web app: what ``app.py``'s tabs call, as plain functions the tests call without a
+UI, and the tabs' layouts.
 
 - ``checks``: a request's arguments checked, and errors worded for the person who sent them.
 - ``files``: the app's files: which uploads may be read, the server's own folder, the
@@ -13,4 +13,7 @@ without a UI.
 - ``live``: live comparisons and alpha sweeps streamed as views.
 - ``stored_runs``: the zoo's stored training dynamics drawn.
 - ``memory``: the allocator settings that keep a long-running server's memory flat.
+- ``ui``, ``ui_upscale``, ``ui_results``, ``ui_dynamics``: the Gradio layout, one module
+  per tab (and what they share), each wired to the functions above; the only modules
+  here that import Gradio.
 """

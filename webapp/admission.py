@@ -104,6 +104,14 @@ class LiveRuns:
             self._changed.notify_all()
         return bool(runs)
 
+    def describe(self) -> str:
+        """The line's rules in a sentence, for a page to show beside its Train button."""
+        return (
+            f"Live runs and sweeps run {self.slots} at a time server-wide; at most "
+            f"{self.capacity} run or wait at once, one per user (a new one replaces yours), "
+            "and past that a new one is refused until one ends."
+        )
+
     def active(self) -> int:
         """How many runs are admitted now, running or waiting."""
         with self._changed:

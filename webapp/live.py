@@ -30,17 +30,46 @@ from analysis.lockstep import (
 from analysis.plots import FIGURES, alpha_sweep_figure
 from issp import IsspError
 from issp.methods import COMPARED, REFERENCES, by_label, label
+from issp.selection import PER_LAYER, parse_pattern
 from webapp.checks import MAX_SEED, echo, number, whole
 
 LIVE_ARCHS = ("edsr-tiny", "swinir-tiny")
 # Methods the user may add to the ISS-P vs IHT pair, by their UI names.
 EXTRA_METHODS = by_label(REFERENCES)
+# N:M patterns the live tab offers (the API takes any): sparse hardware's 2:4, and the
+# ratios 0.9 and 0.95 the zoo is trained at, as groups.
+PATTERNS = (PER_LAYER, "2:4", "9:10", "19:20")
 SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.95, 0.99)
 SWEEP_COLUMNS = ("alpha", "method", "flips", "psnr")
 # Snapshots every steps/UPDATES steps, within these bounds: often enough to watch, while
 # drawing the eight figures (about 0.2 s) stays a small part of the run.
 UPDATES = 25
 EVERY_BOUNDS = (5, 50)
+
+
+def check_pattern(pattern: object) -> str | None:
+    """The N:M pattern a request names (``issp.selection.parse_pattern``'s rule), or None
+    for ``PER_LAYER`` (or nothing); IsspError for anything else."""
+    if pattern is None or (isinstance(pattern, str) and pattern.strip() in ("", PER_LAYER)):
+        return None
+    try:
+        n, m = parse_pattern(pattern)
+    except IsspError:
+        # parse_pattern quotes the value whole; a request's is cut (webapp.checks.echo).
+        raise IsspError(
+            f"pattern must be {PER_LAYER!r} or N:M with 0 < N < M, e.g. 2:4, got {echo(pattern)}"
+        ) from None
+    return f"{n}:{m}"
+
+
+def pattern_ratio(pattern: object) -> float | None:
+    """The pruning ratio an N:M pattern prunes (N / M), None for per layer; IsspError for
+    a pattern ``check_pattern`` refuses. A patterned run must ask for exactly this ratio."""
+    checked = check_pattern(pattern)
+    if checked is None:
+        return None
+    n, m = parse_pattern(checked)
+    return n / m
 
 
 def live_config(
@@ -52,13 +81,16 @@ def live_config(
     prune_steps: int | None,
     seed: int,
     extra: Sequence[str] = (),
+    pattern: str | None = None,
     base: LockstepConfig | None = None,
 ) -> LockstepConfig:
     """The checked ``LockstepConfig`` of a UI or API request; IsspError for bad input.
 
     ``prune_steps`` (Kp) None or 0 means the live protocol's share of the steps; ``extra``
-    adds ``dense`` and/or ``GMP`` to ISS-P and IHT. ``base`` supplies everything the user
-    does not pick (batch, patch, data, one torch thread).
+    adds ``dense`` and/or ``GMP`` to ISS-P and IHT; ``pattern`` ``"N:M"`` selects N of
+    every M weights in ISS-P, IHT and GMP (``ratio`` must be N / M), None or ``PER_LAYER``
+    the smallest of each layer. ``base`` supplies everything the user does not pick
+    (batch, patch, data, one torch thread).
     """
     if arch not in LIVE_ARCHS:
         raise IsspError(f"architecture must be one of {', '.join(LIVE_ARCHS)}, got {echo(arch)}")
@@ -80,6 +112,7 @@ def live_config(
         prune_steps=whole(prune_steps, "pruning stage", 1, MAX_STEPS) if prune_steps else None,
         seed=whole(seed, "seed", 0, MAX_SEED),
         methods=(*COMPARED, *(EXTRA_METHODS[m] for m in EXTRA_METHODS if m in extra)),
+        pattern=check_pattern(pattern),
     )
     config.validate()
     return config
@@ -135,8 +168,9 @@ def verdict(dynamics: Dynamics) -> str:
 def write_json(dynamics: Dynamics, folder: str | Path) -> Path:
     """Write ``to_json(dynamics)`` into ``folder``; the file name says what was run."""
     config = dynamics.config
+    pattern = f"_nm{config['pattern'].replace(':', '-')}" if config.get("pattern") else ""
     name = (
-        f"dynamics_{config['arch']}_x{config['scale']}_r{config['ratio']:g}"
+        f"dynamics_{config['arch']}_x{config['scale']}_r{config['ratio']:g}{pattern}"
         f"_a{config['alpha']:g}_step{dynamics.step}.json"
     )
     path = Path(folder) / name

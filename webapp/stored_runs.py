@@ -12,6 +12,7 @@ from analysis.lockstep import summarize
 from analysis.plots import FIGURES
 from analysis.stored import list_stored, load_stored, stored_pairs
 from issp import IsspError
+from issp.catalogue import Manifest
 from issp.methods import COMPARED
 from webapp.checks import echo
 from webapp.live import bullets, figures, verdict
@@ -35,8 +36,10 @@ def stored_choices(directory: str | Path) -> list[str]:
     return list(_stored(directory))
 
 
-def stored_view(directory: str | Path, choice: str | None) -> StoredView:
-    """The stored ISS-P and IHT runs (and the dense one, if stored) named by ``choice``.
+def stored_view(directory: str | Path, choice: str | None, manifest: Manifest) -> StoredView:
+    """The stored ISS-P and IHT runs (and the dense one, if stored) named by ``choice``,
+    from the zoo whose telemetry ``directory`` holds and whose ``manifest`` says how its
+    runs were trained.
 
     ``choice`` None takes the first stored pair; an empty folder gives a message instead
     of figures, since the zoo build fills it while the app runs.
@@ -59,6 +62,6 @@ def stored_view(directory: str | Path, choice: str | None) -> StoredView:
         for r in list_stored(directory)
     )
     methods = (*COMPARED, "dense") if dense else COMPARED
-    dynamics = load_stored(arch, scale, ratio, methods, directory)
+    dynamics = load_stored(arch, scale, ratio, methods, directory, manifest)
     text = "\n\n".join(part for part in (verdict(dynamics), bullets(summarize(dynamics))) if part)
     return StoredView(figures(dynamics), text)
