@@ -28,6 +28,10 @@ from webapp.memory import PRIMITIVE_CACHE  # noqa: E402
 
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
 
+from issp.machine import use_huge_pages  # noqa: E402
+
+use_huge_pages()  # before the first large tensor, when torch reads it
+
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
