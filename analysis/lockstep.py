@@ -165,7 +165,7 @@ class Dynamics:
     finished: bool = False
 
 
-class _Run:
+class _MethodRun:
     """One method's training run inside a lockstep comparison, and what it recorded."""
 
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
@@ -238,7 +238,10 @@ def _lockstep(
     val_set = validation_crops(val_paths, config.scale, size=config.val_crop)
     torch.manual_seed(config.seed)
     initial = build_model(config.arch, config.scale)
-    runs = [_Run(copy.deepcopy(initial), config.method_config(method)) for method in config.methods]
+    runs = [
+        _MethodRun(copy.deepcopy(initial), config.method_config(method))
+        for method in config.methods
+    ]
     layers = runs[0].pruner.names
     n_weights = sum(w.numel() for w in runs[0].pruner.weights.values())
     generator = torch.Generator().manual_seed(config.seed)

@@ -29,7 +29,7 @@ _NAME = re.compile(
 
 
 @dataclass(frozen=True)
-class StoredRun:
+class StoredTelemetry:
     """One stored telemetry file and the zoo checkpoint it belongs to."""
 
     entry: ZooEntry
@@ -40,7 +40,7 @@ class StoredRun:
         return self.entry.name
 
 
-def list_stored(directory: str | Path = TELEMETRY_DIR) -> list[StoredRun]:
+def list_stored(directory: str | Path = TELEMETRY_DIR) -> list[StoredTelemetry]:
     """Every stored run whose file name is a zoo checkpoint name, sorted by name."""
     runs = []
     for path in sorted(Path(directory).glob("*.npz")):
@@ -49,7 +49,9 @@ def list_stored(directory: str | Path = TELEMETRY_DIR) -> list[StoredRun]:
             continue
         method = match["method"] or "dense"
         ratio = float(match["ratio"]) if match["ratio"] else 0.0
-        runs.append(StoredRun(ZooEntry(match["arch"], int(match["scale"]), method, ratio), path))
+        runs.append(
+            StoredTelemetry(ZooEntry(match["arch"], int(match["scale"]), method, ratio), path)
+        )
     return runs
 
 

@@ -205,7 +205,7 @@ def training_images(config: TrainConfig) -> tuple[list[Path], list[Path], str]:
 
 
 @dataclass
-class Run:
+class TrainingState:
     """One method's training state: what ``train_step`` advances."""
 
     config: TrainConfig
@@ -226,7 +226,7 @@ def setup_run(
     telemetry: bool = True,
     device: torch.device | str = "cpu",
     world: int = 1,
-) -> Run:
+) -> TrainingState:
     """Model, Adam and pruner of ``config`` (or of another ``method`` with its settings).
 
     Without ``model``, the preset is built after seeding torch with ``config.seed``, so
@@ -264,10 +264,12 @@ def setup_run(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return Run(config, model, optimizer, pruner, net)
+    return TrainingState(config, model, optimizer, pruner, net)
 
 
-def train_step(run: Run, lr_batch: torch.Tensor, hr_batch: torch.Tensor, step: int) -> float:
+def train_step(
+    run: TrainingState, lr_batch: torch.Tensor, hr_batch: torch.Tensor, step: int
+) -> float:
     """One training step (0-based ``step``): schedule, L1 loss, Adam, ``pruner.step()``.
 
     Returns the loss. Under ``config.bf16`` only the network's forward pass runs in
@@ -433,7 +435,7 @@ def train(
     return history
 
 
-def _resume(saved: Path, run: Run, device: torch.device) -> tuple[dict, int, float]:
+def _resume(saved: Path, run: TrainingState, device: torch.device) -> tuple[dict, int, float]:
     """Load the state ``saved`` into ``run``; returns its history, step and seconds so far.
     IsspError if it was made with settings that change what the run computes."""
     state = torch.load(saved, map_location=device, weights_only=True)

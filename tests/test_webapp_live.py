@@ -177,7 +177,7 @@ def test_a_stopped_sweep_says_how_far_it_got(live_base):
 )
 def test_bad_sweeps_are_refused(alphas, steps, message):
     with pytest.raises(IsspError, match=message):
-        live.sweep_alphas(alphas, steps)
+        live.checked_sweep(alphas, steps)
 
 
 @pytest.mark.parametrize("field", ["steps", "prune_steps"])

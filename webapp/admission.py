@@ -18,7 +18,7 @@ from issp import IsspError
 
 
 @dataclass(frozen=True)
-class LiveRun:
+class Admission:
     """One admitted live run or sweep: its session and the event that stops it."""
 
     session: str
@@ -43,10 +43,10 @@ class LiveRuns:
         self.slots = slots
         self._changed = threading.Condition()
         # Admitted runs, oldest first; the first `slots` of them run.
-        self._line: list[LiveRun] = []
+        self._line: list[Admission] = []
 
     @contextmanager
-    def admitted(self, session: str) -> Iterator[LiveRun]:
+    def admitted(self, session: str) -> Iterator[Admission]:
         """A place in the line for a run of ``session`` while the ``with`` block lasts.
 
         Raises IsspError at once, taking no place, when ``capacity`` other sessions have
@@ -60,7 +60,7 @@ class LiveRuns:
                     f"the server is busy training: {self.capacity} runs are running or "
                     "waiting, the most it takes at once; try again when one has finished"
                 )
-            run = LiveRun(session, threading.Event())
+            run = Admission(session, threading.Event())
             for old in earlier:
                 old.stop.set()
             # The session keeps its place: its stopped run ends at its next step.
@@ -74,10 +74,10 @@ class LiveRuns:
                 self._line.remove(run)
                 self._changed.notify_all()
 
-    def _ahead(self, run: LiveRun) -> int:
+    def _ahead(self, run: Admission) -> int:
         return max(self._line.index(run) - self.slots + 1, 0)
 
-    def wait(self, run: LiveRun, every: float = 5.0) -> Iterator[str]:
+    def wait(self, run: Admission, every: float = 5.0) -> Iterator[str]:
         """Until ``run`` may start or is stopped, yield a status saying how many runs are
         ahead of it: at once, whenever that changes, and at least every ``every`` seconds
         (a stream that yields now and then notices a client that has gone)."""

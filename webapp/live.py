@@ -232,7 +232,7 @@ class SweepView:
     status: str
 
 
-def sweep_alphas(alphas: Sequence[float], steps: int) -> tuple[float, ...]:
+def checked_sweep(alphas: Sequence[float], steps: int) -> tuple[float, ...]:
     """The sorted alphas of a sweep request; IsspError if none, one outside [0, 1), or too
     many steps in all."""
     if not alphas:
@@ -264,7 +264,7 @@ def sweep_run(
     ``config.methods`` and ``config.alpha`` are replaced per run; the runs share the seed
     and so the initial weights and batches.
     """
-    alphas = sweep_alphas(alphas, config.steps)
+    alphas = checked_sweep(alphas, config.steps)
     count = len(alphas)
     yield SweepView([], None, f"**Running** alpha {alpha_name(alphas[0])} (1 of {count}).")
     rows: list[dict] = []

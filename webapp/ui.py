@@ -104,7 +104,7 @@ def shown_to_user(fn: Callable) -> Callable:
     return wrapper
 
 
-def shown(progress: gr.Progress) -> Callable[[float, str], None]:
+def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:
     """The library's progress callback (:data:`issp.upscale.Progress`) drawing Gradio's
     progress bar, so the library never imports Gradio."""
     return lambda fraction, text: progress(fraction, desc=text)

@@ -156,7 +156,7 @@ def sweep_tab(server: Server) -> None:
         # alpha_sweep sets alpha per run; any valid one passes the check here.
         alpha = LockstepConfig.alpha
         config = live.live_config(arch, scale, ratio, alpha, steps, prune_steps, seed)
-        live.sweep_alphas(alphas, config.steps)
+        live.checked_sweep(alphas, config.steps)
         with server.runs.admitted(request.session_hash) as run:
             for status in server.runs.wait(run):
                 yield None, None, status

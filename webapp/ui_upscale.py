@@ -10,7 +10,7 @@ from plotly.graph_objects import Figure
 from issp.methods import COMPARED, label
 from webapp import memory, model_choice, upscaling
 from webapp.model_choice import DEFAULT_ARCH
-from webapp.ui import RAW, SCALE_CHOICES, Server, shown, shown_to_user, upload_path
+from webapp.ui import RAW, SCALE_CHOICES, Server, progress_callback, shown_to_user, upload_path
 
 # Where the ratio slider starts, before the zoo says which ratios it has.
 START_RATIO = 0.9
@@ -44,7 +44,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
             server.limits,
             folder,
             output_format,
-            shown(progress),
+            progress_callback(progress),
         )
         previews = (str(result.bicubic_preview), str(result.model_preview))
         return str(result.download), previews, result.summary
@@ -61,7 +61,7 @@ def upscale_tab(server: Server, demo: gr.Blocks) -> None:
         """Score bicubic, dense, ISS-P and IHT with the upload as ground truth."""
         path = upload_path(image, server.uploads)
         result = upscaling.evaluate(
-            server.zoo, path, scale, ratio, arch, server.limits, shown(progress)
+            server.zoo, path, scale, ratio, arch, server.limits, progress_callback(progress)
         )
         table = pd.DataFrame(result.rows, columns=list(upscaling.EVALUATE_COLUMNS))
         return table, result.figure, result.note

@@ -216,7 +216,7 @@ def evaluate(
             f"got {img.width}x{img.height}"
         )
     offered = {
-        method: sorted(r.ratio for r in manifest.checkpoints if _is(r, arch, scale, method))
+        method: sorted(r.ratio for r in manifest.checkpoints if _matches(r, arch, scale, method))
         for method in ("dense", *COMPARED)
     }
     steps = _Steps(progress, 1 + sum(map(len, offered.values())))
@@ -243,7 +243,7 @@ def evaluate(
     return EvaluateResult(rows, _sweep_figure(rows, sweep, arch, scale), note.strip())
 
 
-def _is(record: Record, arch: str | None, scale: int, method: str) -> bool:
+def _matches(record: Record, arch: str | None, scale: int, method: str) -> bool:
     return (record.arch, record.scale, record.method) == (arch, scale, method)
 
 
