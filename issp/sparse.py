@@ -223,6 +223,8 @@ CLONES int sparse_conv3x3(const float *x, int64_t batch, int64_t cin, int64_t h,
 # Output pixels the kernel sums in registers at once: 4 AVX-512 or 8 AVX2 vectors.
 BLOCK = 64
 _FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", f"-DBLOCK={BLOCK}")
+# Names this kernel's source and flags: timings measured with another are stale.
+KERNEL_DIGEST = hashlib.sha256("\0".join((_SOURCE, *_FLAGS)).encode()).hexdigest()[:12]
 
 
 @functools.cache

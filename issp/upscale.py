@@ -33,7 +33,7 @@ from issp import IsspError
 from issp.data import bicubic_resize, to_array, to_tensor
 from issp.machine import cache_folder, machine_description
 from issp.models import EDSR
-from issp.sparse import SparseConv2d, kernel_error, sparsify
+from issp.sparse import KERNEL_DIGEST, SparseConv2d, kernel_error, sparsify
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,10 @@ def _timed_paths(model: nn.Module, candidates: dict[str, InferenceModel]) -> dic
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     threads = f"{torch.get_num_threads()} threads"
-    key = "|".join((digest.hexdigest()[:24], machine_description(), threads, *sorted(candidates)))
+    kernel = f"kernel {KERNEL_DIGEST}"
+    key = "|".join(
+        (digest.hexdigest()[:24], machine_description(), threads, kernel, *sorted(candidates))
+    )
     file, tile = cache_folder() / PATHS_FILE, fast_tile(model.scale)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
