@@ -64,7 +64,7 @@ def run_pairs(results: Path, data: str | None = None) -> list[RunPair]:
     return pairs
 
 
-def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
+def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.PairedDifferences:
     """Per cell (scale, ratio) and seed where all four runs finished:
     ``(ISS-P − IHT)_fast − (ISS-P − IHT)_fp32`` on ``metric``."""
     cells: dict[tuple[int, float, int], dict[str, RunPair]] = {}
@@ -78,12 +78,12 @@ def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
         for _, runs in sorted(cells.items())
         if set(COMPARED) <= runs.keys()
     ]
-    return study.Paired(tuple(shifts))
+    return study.PairedDifferences(tuple(shifts))
 
 
-def run_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
+def run_shifts(pairs: Sequence[RunPair], metric: str) -> study.PairedDifferences:
     """Fast minus fp32 PSNR of each run on ``metric``."""
-    return study.Paired(tuple(pair.shift(metric) for pair in pairs))
+    return study.PairedDifferences(tuple(pair.shift(metric) for pair in pairs))
 
 
 def cell_verdicts(pairs: Sequence[RunPair], metric: str) -> list[dict]:
@@ -146,7 +146,7 @@ def _verdict_figures(row: dict) -> dict:
 class Decision:
     """The registered rule applied to the comparison's shift."""
 
-    shift: study.Paired
+    shift: study.PairedDifferences
     expected: int  # cells x seeds the rule was registered for
 
     @property
@@ -222,7 +222,7 @@ def machine_reruns(results: Path, reruns: Path) -> list[dict]:
     return rows
 
 
-def _shift_figures(shift: study.Paired) -> dict:
+def _shift_figures(shift: study.PairedDifferences) -> dict:
     low, high = shift.interval
     return {
         "n": shift.n,

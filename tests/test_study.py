@@ -11,9 +11,9 @@ from issp.study import (
     PRECISION,
     PROTOCOL,
     STEPS,
-    Paired,
+    PairedDifferences,
     choose_protocol,
-    paired,
+    issp_minus_iht,
     promising_lrs,
     seed_run,
     study_goals,
@@ -44,7 +44,7 @@ def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0, edge
 
 
 def test_paired_interval_is_the_t_interval_of_the_mean_difference():
-    pair = Paired((0.1, 0.2, 0.3))
+    pair = PairedDifferences((0.1, 0.2, 0.3))
     low, high = pair.interval
     # t(0.975, 2) = 4.3027; sd = 0.1; half-width = 4.3027 * 0.1 / sqrt(3).
     assert pair.mean == pytest.approx(0.2)
@@ -54,10 +54,10 @@ def test_paired_interval_is_the_t_interval_of_the_mean_difference():
 
 
 def test_verdict_is_ahead_or_behind_only_when_the_interval_excludes_zero():
-    assert Paired((0.30, 0.31, 0.29)).verdict == "ISS-P ahead"
-    assert Paired((-0.30, -0.31, -0.29)).verdict == "ISS-P behind"
-    assert Paired((0.5, -0.4, 0.3)).verdict == "tie"
-    assert Paired((0.5,)).verdict == "too few seeds"
+    assert PairedDifferences((0.30, 0.31, 0.29)).verdict == "ISS-P ahead"
+    assert PairedDifferences((-0.30, -0.31, -0.29)).verdict == "ISS-P behind"
+    assert PairedDifferences((0.5, -0.4, 0.3)).verdict == "tie"
+    assert PairedDifferences((0.5,)).verdict == "too few seeds"
 
 
 def test_paired_differences_match_seeds_and_skip_unpaired_runs():
@@ -69,7 +69,7 @@ def test_paired_differences_match_seeds_and_skip_unpaired_runs():
         result(2, "issp", 0.9, 2, 35.5),  # IHT of seed 2 unfinished: no pair
         result(2, "iht", 0.95, 0, 20.0),  # another ratio
     ]
-    pair = paired(results, 2, 0.9, "set5")
+    pair = issp_minus_iht(results, 2, 0.9, "set5")
     assert pair.differences == pytest.approx((0.2, -0.1))
     row = study_summary(results, ["set5"])["x2 r0.9 set5"]
     assert row["seeds"] == 2 and row["issp_wins"] == 1 and row["verdict"] == "tie"
