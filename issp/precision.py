@@ -95,25 +95,25 @@ def cell_verdicts(pairs: Sequence[RunPair], metric: str) -> list[dict]:
         results = [getattr(pair, precision) for pair in complete]
         for row in study.study_summary(results, [metric]).values():
             rows.append((precision, row))
-    by_cell: dict[tuple[int, float], dict] = {}
+    by_cell: dict[tuple[int, float], dict[str, study.SummaryRow]] = {}
     for precision, row in rows:
-        cell = by_cell.setdefault((row["scale"], row["ratio"]), {})
+        cell = by_cell.setdefault((row.scale, row.ratio), {})
         cell[precision] = row
     return [
         {
             "scale": scale,
             "ratio": ratio,
             "metric": metric,
-            "seeds": cell["fp32"]["seeds"],
+            "seeds": cell["fp32"].seeds,
             "fp32": _verdict_figures(cell["fp32"]),
             FAST: _verdict_figures(cell["fast"]),
             # With one seed neither precision has a verdict to agree on.
             "agree": None
-            if cell["fp32"]["seeds"] < 2
-            else cell["fp32"]["verdict"] == cell["fast"]["verdict"],
+            if cell["fp32"].seeds < 2
+            else cell["fp32"].verdict == cell["fast"].verdict,
         }
         for (scale, ratio), cell in sorted(by_cell.items())
-        if cell["fp32"]["seeds"] >= 1
+        if cell["fp32"].seeds >= 1
     ]
 
 
@@ -134,12 +134,9 @@ def _complete_pairs(pairs: Sequence[RunPair]) -> list[RunPair]:
     ]
 
 
-def _verdict_figures(row: dict) -> dict:
-    return {
-        "mean_difference": row["mean_difference"],
-        "interval95": row["interval95"],
-        "verdict": row["verdict"],
-    }
+def _verdict_figures(row: study.SummaryRow) -> dict:
+    figures = row.to_json()
+    return {key: figures[key] for key in ("mean_difference", "interval95", "verdict")}
 
 
 @dataclass(frozen=True)

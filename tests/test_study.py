@@ -12,6 +12,7 @@ from issp.study import (
     PROTOCOL,
     STEPS,
     PairedDifferences,
+    SummaryRow,
     choose_protocol,
     issp_minus_iht,
     promising_lrs,
@@ -72,7 +73,21 @@ def test_paired_differences_match_seeds_and_skip_unpaired_runs():
     pair = issp_minus_iht(results, 2, 0.9, "set5")
     assert pair.differences == pytest.approx((0.2, -0.1))
     row = study_summary(results, ["set5"])["x2 r0.9 set5"]
-    assert row["seeds"] == 2 and row["issp_wins"] == 1 and row["verdict"] == "tie"
+    assert row.seeds == 2 and row.issp_wins == 1 and row.verdict == "tie"
+
+
+def test_a_summary_row_reads_back_from_study_json_as_it_was_written():
+    results = [
+        result(2, method, ratio, seed, score)
+        for seed, gain in enumerate((0.1, 0.3, 0.2))
+        for method, ratio, score in (("issp", 0.9, 35 + gain), ("iht", 0.9, 35), ("dense", 0, 36))
+    ]
+    results += [result(2, "issp", 0.95, 0, 34.0), result(2, "iht", 0.95, 0, 34.1)]  # one seed
+    summary = study_summary(results, ["set5"])
+    for row in summary.values():
+        assert SummaryRow.from_json(json.loads(json.dumps(row.to_json()))) == row
+    assert summary["x2 r0.9 set5"].p_holm is not None
+    assert "p_holm" not in summary["x2 r0.95 set5"].to_json()  # no p to adjust
 
 
 def test_goals_are_checked_on_set5_means_and_wait_for_their_runs():
@@ -311,8 +326,8 @@ def test_report_names_the_cells_that_survive_holm_across_a_test_set():
             results += [result(2, "issp", ratio, seed, 35 + gap), result(2, "iht", ratio, seed, 35)]
     summary = study_summary(results, ["set5"])
     clear, unclear = summary["x2 r0.9 set5"], summary["x2 r0.99 set5"]
-    assert clear["p_holm"] == pytest.approx(2 * clear["p"]) and clear["p_holm"] < 0.05
-    assert unclear["p_holm"] == pytest.approx(unclear["p"])  # the largest p: times 1
+    assert clear.p_holm == pytest.approx(2 * clear.p) and clear.p_holm < 0.05
+    assert unclear.p_holm == pytest.approx(unclear.p)  # the largest p: times 1
     assert study.holm_survivors(summary, "set5") == [clear]
     [sentence] = study.holm_sentences(summary, ["set5"])
     assert "across the 2 cells of Set5, 1 keep" in sentence and "x2 0.9 (ISS-P ahead" in sentence

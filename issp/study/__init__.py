@@ -16,7 +16,7 @@ One module per job, each importing only those above it in this list:
 
 - ``plan``: the settings, the runs and their names, the folders they lie in;
 - ``runner``: training and scoring a plan's runs side by side, reading their results;
-- ``stats``: paired differences, the summary, Holm's correction, the goals;
+- ``stats``: paired differences, the summary rows, Holm's correction, the goals;
 - ``report``: the study's Markdown and JSON;
 - ``grid``: the validation grid's choice and its report.
 
@@ -66,6 +66,7 @@ from issp.study.runner import execute, load_results, test_folders
 from issp.study.stats import (
     Goal,
     PairedDifferences,
+    SummaryRow,
     differences_by_seed,
     holm,
     holm_survivors,
@@ -73,6 +74,7 @@ from issp.study.stats import (
     mean_sd,
     study_goals,
     study_summary,
+    summary_json,
 )
 
 __all__ = [
@@ -92,6 +94,7 @@ __all__ = [
     "PairedDifferences",
     "RunFolders",
     "StudyRun",
+    "SummaryRow",
     "bicubic_validation",
     "choose_protocol",
     "default_plan",
@@ -116,6 +119,7 @@ __all__ = [
     "study_plan",
     "study_summary",
     "summary_cells",
+    "summary_json",
     "test_folders",
     "verdict_markdown",
     "verdict_sentence",

@@ -18,33 +18,42 @@ from issp.machine import machine_description
 from issp.methods import COMPARED, label
 from issp.report import DOCS, write_doc_section
 from issp.study.plan import REPORT_DIR
-from issp.study.stats import Goal, holm_survivors, mean_sd, study_goals, study_summary
+from issp.study.stats import (
+    Goal,
+    SummaryRow,
+    holm_survivors,
+    mean_sd,
+    study_goals,
+    study_summary,
+    summary_json,
+)
 
 STUDY_JSON = "study.json"  # the study's figures, in ``out`` (REPORT_DIR by default)
 
 
-def summary_cells(row: dict) -> str:
+def summary_cells(row: SummaryRow) -> str:
     """A ``study_summary`` row's table cells from dense on: each method's scores, ISS-P
     minus IHT with its interval, the wins, the verdict and the p-values."""
-    interval, mean = row["interval95"], row["mean_difference"]
-    p = "-" if row.get("p") is None else f"{row['p']:.3f} ({row['p_holm']:.3f})"
+    interval, mean = row.interval95, row.mean_difference
+    p = "-" if row.p is None else f"{row.p:.3f} ({row.p_holm:.3f})"
     return (
-        f"| {mean_sd(row['dense'])} | {mean_sd(row['iht'])} | {mean_sd(row['issp'])} "
+        f"| {mean_sd(row.scores['dense'])} | {mean_sd(row.scores['iht'])} "
+        f"| {mean_sd(row.scores['issp'])} "
         f"| {'-' if mean is None else f'{mean:+.3f}'} "
         f"| {'-' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'} "
-        f"| {row['issp_wins']} of {row['seeds']} | {row['verdict']} | {p} |"
+        f"| {row.issp_wins} of {row.seeds} | {row.verdict} | {p} |"
     )
 
 
-def holm_sentences(summary: dict, metrics: Sequence[str]) -> list[str]:
+def holm_sentences(summary: dict[str, SummaryRow], metrics: Sequence[str]) -> list[str]:
     """Per test set, in words: which cells keep their verdict after Holm's correction."""
     lines = []
     for metric in (m for m in metrics if m != "val"):
-        family = [row for row in summary.values() if row["metric"] == metric and "p_holm" in row]
+        family = [r for r in summary.values() if r.metric == metric and r.p_holm is not None]
         if not family:
             continue
         kept = [
-            f"x{row['scale']} {row['ratio']:g} ({row['verdict']}, adjusted p {row['p_holm']:.3f})"
+            f"x{row.scale} {row.ratio:g} ({row.verdict}, adjusted p {row.p_holm:.3f})"
             for row in holm_survivors(summary, metric)
         ]
         head = f"After Holm's correction across the {len(family)} cells of {metric_label(metric)}"
@@ -82,28 +91,21 @@ def seed_count(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
-def verdict_sentence(
-    scale: int,
-    ratio: float,
-    verdict: str,
-    mean: float | None,
-    interval: tuple[float, float] | None,
-    wins: int,
-    seeds: int,
-) -> str:
+def verdict_sentence(row: SummaryRow) -> str:
     """One (scale, ratio) of the study in words, as docs/study.md and the Results tab say it:
     the verdict, the mean paired difference, its 95% interval and the wins."""
-    head = f"x{scale}, ratio {ratio:g}: **{verdict}**"
+    head = f"x{row.scale}, ratio {row.ratio:g}: **{row.verdict}**"
     issp, iht = label("issp"), label("iht")
-    if mean is None:
+    if row.mean_difference is None:
         return f"{head} — no seed has finished both {issp} and {iht} yet."
-    if interval is None:
+    if row.interval95 is None:
         within = "the 95% interval needs at least two seeds"
     else:
-        within = f"95% interval {_signed(interval[0])} to {_signed(interval[1])}"
+        low, high = row.interval95
+        within = f"95% interval {_signed(low)} to {_signed(high)}"
     return (
-        f"{head} — {issp} minus {iht} {_signed(mean)} dB ({within}), "
-        f"{issp} won {wins} of {seed_count(seeds)}."
+        f"{head} — {issp} minus {iht} {_signed(row.mean_difference)} dB ({within}), "
+        f"{issp} won {row.issp_wins} of {seed_count(row.seeds)}."
     )
 
 
@@ -128,18 +130,8 @@ def verdict_markdown(
     for metric in tests:
         lines.append(f"{metric_label(metric)} PSNR:")
         lines.append("")
-        for row in (row for row in summary.values() if row["metric"] == metric):
-            interval = row["interval95"]
-            sentence = verdict_sentence(
-                row["scale"],
-                row["ratio"],
-                row["verdict"],
-                row["mean_difference"],
-                None if interval is None else tuple(interval),
-                row["issp_wins"],
-                row["seeds"],
-            )
-            lines.append(f"- {sentence}")
+        rows = (row for row in summary.values() if row.metric == metric)
+        lines += [f"- {verdict_sentence(row)}" for row in rows]
         lines += ["", *holm_sentences(summary, [metric]), ""]
     return "\n".join([*lines, *_goals_table(study_goals(results))]) + "\n"
 
@@ -214,7 +206,7 @@ def study_markdown(
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.values():
-        cells = f"| x{row['scale']} | {row['ratio']:g} | {metric_label(row['metric'])} "
+        cells = f"| x{row.scale} | {row.ratio:g} | {metric_label(row.metric)} "
         lines.append(cells + summary_cells(row))
     lines += [
         "",
@@ -256,7 +248,7 @@ def write_study(
     data = {
         "command": command,
         "planned_runs": planned,
-        "summary": study_summary(results, metrics),
+        "summary": summary_json(study_summary(results, metrics)),
         "goals": [dataclasses.asdict(goal) | {"met": goal.met} for goal in study_goals(results)],
         "runs": list(results),
     }

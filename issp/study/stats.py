@@ -8,12 +8,16 @@ them is ``issp.study.report``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from issp import IsspError
+from issp.study.plan import STUDY_METHODS
 
 
 @dataclass(frozen=True)
@@ -114,35 +118,142 @@ def _scores(results: Sequence[dict], scale: int, method: str, ratio: float, key:
     ]
 
 
-def study_summary(results: Sequence[dict], metrics: Sequence[str]) -> dict:
-    """Per scale, ratio and metric: each method's scores and the paired ISS-P minus IHT."""
+@dataclass(frozen=True)
+class SummaryRow:
+    """One (scale, ratio, metric) of the study: each method's score per finished seed, and
+    ISS-P minus IHT paired by seed with the verdict the study gives it."""
+
+    scale: int
+    ratio: float
+    metric: str
+    scores: dict[str, tuple[float, ...]]  # by method in STUDY_METHODS; dense is ratio 0
+    differences: tuple[float, ...]  # ISS-P minus IHT, one per seed that finished both
+    mean_difference: float | None  # None while no seed has both
+    interval95: tuple[float, float] | None  # None with fewer than two paired seeds
+    issp_wins: int
+    seeds: int
+    verdict: str
+    p: float | None = None  # the paired t-test's; None with fewer than two paired seeds
+    p_holm: float | None = None  # Holm-adjusted across the metric's cells with a p
+
+    def to_json(self) -> dict:
+        """The row as ``study.json`` keeps it."""
+        row = {
+            "scale": self.scale,
+            "ratio": self.ratio,
+            "metric": self.metric,
+            "dense": list(self.scores["dense"]),
+            "issp": list(self.scores["issp"]),
+            "iht": list(self.scores["iht"]),
+            "differences": list(self.differences),
+            "mean_difference": self.mean_difference,
+            "interval95": None if self.interval95 is None else list(self.interval95),
+            "issp_wins": self.issp_wins,
+            "seeds": self.seeds,
+            "verdict": self.verdict,
+            "p": self.p,
+        }
+        return row if self.p_holm is None else row | {"p_holm": self.p_holm}
+
+    @classmethod
+    def from_json(cls, data: object) -> SummaryRow:
+        """The row a ``study.json`` summary entry describes; IsspError saying what is wrong
+        with it."""
+        if not isinstance(data, dict):
+            raise IsspError("is not an object")
+        mean, interval = data.get("mean_difference"), data.get("interval95")
+        if not (
+            _is_int(data.get("scale"))
+            and _is_number(data.get("ratio"))
+            and isinstance(data.get("metric"), str)
+            and (mean is None or _is_number(mean))
+            and (interval is None or (_numbers(interval) and len(interval) == 2))
+            and _is_int(data.get("issp_wins"))
+            and _is_int(data.get("seeds"))
+            and isinstance(data.get("verdict"), str)
+        ):
+            raise IsspError(
+                "lacks one of scale, ratio, metric, mean_difference, interval95, "
+                "issp_wins, seeds, verdict, or has one of another type"
+            )
+        for method in STUDY_METHODS:
+            if not _numbers(data.get(method)):
+                raise IsspError(f"has no list of {method} scores")
+        if not _numbers(data.get("differences")):
+            raise IsspError("has no list of paired differences")
+        p, p_holm = data.get("p"), data.get("p_holm")
+        if not all(value is None or _is_number(value) for value in (p, p_holm)):
+            raise IsspError("has a p or p_holm that is not a number")
+        return cls(
+            scale=data["scale"],
+            ratio=float(data["ratio"]),
+            metric=data["metric"],
+            scores={method: tuple(map(float, data[method])) for method in STUDY_METHODS},
+            differences=tuple(map(float, data["differences"])),
+            mean_difference=None if mean is None else float(mean),
+            interval95=None if interval is None else (float(interval[0]), float(interval[1])),
+            issp_wins=data["issp_wins"],
+            seeds=data["seeds"],
+            verdict=data["verdict"],
+            p=None if p is None else float(p),
+            p_holm=None if p_holm is None else float(p_holm),
+        )
+
+
+def _is_number(value: object) -> bool:
+    # JSON true/false arrive as bool, which Python counts as int.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and all(_is_number(x) for x in value)
+
+
+def study_summary(results: Sequence[dict], metrics: Sequence[str]) -> dict[str, SummaryRow]:
+    """Per scale, ratio and metric (keyed ``x2 r0.9 set5``): each method's scores and the
+    paired ISS-P minus IHT."""
     summary = {}
     for scale in sorted({r["config"]["scale"] for r in results}):
         ratios = sorted({r["config"]["ratio"] for r in results if r["config"]["scale"] == scale})
         for ratio in [r for r in ratios if r > 0]:
             for metric in metrics:
-                pair = issp_minus_iht(results, scale, ratio, metric)
-                low, high = pair.interval
-                summary[f"x{scale} r{ratio:g} {metric}"] = {
-                    "scale": scale,
-                    "ratio": ratio,
-                    "metric": metric,
-                    "dense": _scores(results, scale, "dense", 0.0, metric),
-                    "issp": _scores(results, scale, "issp", ratio, metric),
-                    "iht": _scores(results, scale, "iht", ratio, metric),
-                    "differences": list(pair.differences),
-                    "mean_difference": pair.mean if pair.n else None,
-                    "interval95": [low, high] if pair.n >= 2 else None,
-                    "issp_wins": pair.wins,
-                    "seeds": pair.n,
-                    "verdict": pair.verdict,
-                    "p": None if math.isnan(pair.p_value) else pair.p_value,
-                }
+                summary[f"x{scale} r{ratio:g} {metric}"] = _summary_row(
+                    results, scale, ratio, metric
+                )
     for metric in metrics:
-        rows = [row for row in summary.values() if row["metric"] == metric and row["p"] is not None]
-        for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
-            row["p_holm"] = adjusted
+        keys = [key for key, row in summary.items() if row.metric == metric and row.p is not None]
+        adjusted = holm([summary[key].p for key in keys])
+        for key, p_holm in zip(keys, adjusted, strict=True):
+            summary[key] = dataclasses.replace(summary[key], p_holm=p_holm)
     return summary
+
+
+def _summary_row(results: Sequence[dict], scale: int, ratio: float, metric: str) -> SummaryRow:
+    pair = issp_minus_iht(results, scale, ratio, metric)
+    # Dense trains once per scale, at ratio 0: the reference of every ratio's row.
+    ratios = {method: 0.0 if method == "dense" else ratio for method in STUDY_METHODS}
+    return SummaryRow(
+        scale=scale,
+        ratio=ratio,
+        metric=metric,
+        scores={m: tuple(_scores(results, scale, m, ratios[m], metric)) for m in STUDY_METHODS},
+        differences=pair.differences,
+        mean_difference=pair.mean if pair.n else None,
+        interval95=pair.interval if pair.n >= 2 else None,
+        issp_wins=pair.wins,
+        seeds=pair.n,
+        verdict=pair.verdict,
+        p=None if math.isnan(pair.p_value) else pair.p_value,
+    )
+
+
+def summary_json(summary: dict[str, SummaryRow]) -> dict[str, dict]:
+    """``study_summary``'s rows as ``study.json`` keeps them."""
+    return {key: row.to_json() for key, row in summary.items()}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -156,12 +267,14 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def holm_survivors(summary: dict, metric: str, level: float = 0.05) -> list[dict]:
+def holm_survivors(
+    summary: dict[str, SummaryRow], metric: str, level: float = 0.05
+) -> list[SummaryRow]:
     """The rows of ``metric`` whose Holm-adjusted p is below ``level``."""
     return [
         row
         for row in summary.values()
-        if row["metric"] == metric and row.get("p_holm") is not None and row["p_holm"] < level
+        if row.metric == metric and row.p_holm is not None and row.p_holm < level
     ]
 
 
