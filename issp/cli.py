@@ -6,7 +6,6 @@ Bad arguments or files print one line and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import math
@@ -518,34 +517,26 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} files to {args.out}")
 
 
-def _study_grid(args: argparse.Namespace, data: str | None, command: str, out: Path):
-    """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol).
-    Every rate runs at the first seed; the other seeds run only the rates within
-    ``--screen`` dB of the best (successive halving)."""
+def _study_grid(args: argparse.Namespace, data: str | None, command: str, out: Path) -> None:
     from issp import study
-    from issp.train import AUTHORS_ALPHA
 
-    folders = study.RunFolders.of("grid", args.work or study.WORK_DIR, out)
-    plan = functools.partial(
-        study.grid_plan, args.protocol, args.steps, data, precision=args.precision
+    choice = study.run_grid(
+        command,
+        study.RunFolders.of("grid", args.work or study.WORK_DIR, out),
+        out,
+        protocol=args.protocol,
+        steps=args.steps,
+        data=data,
+        lrs=args.lrs,
+        alphas=args.alphas,
+        ratios=args.ratios,
+        seeds=args.seeds,
+        precision=args.precision,
+        screen=args.screen,
+        jobs=args.jobs,
     )
-    reference = AUTHORS_ALPHA
-    first, rest = args.seeds[:1], args.seeds[1:]
-    runs = plan(args.lrs, [reference], ratios=args.ratios, seeds=first)
-    kept = study.promising_lrs(
-        study.execute(runs, folders, {}, jobs=args.jobs), reference, args.screen
-    )
-    runs += plan(kept, [reference], ratios=args.ratios, seeds=rest)
-    lr = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference).lr
-    cells = {"ratios": args.ratios, "seeds": args.seeds}
-    runs += plan([lr], [reference], prune_edges=False, **cells)
-    choice = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference)
-    others = [a for a in args.alphas if a != reference]
-    third = plan([lr], others, prune_edges=choice.prune_edges, **cells)
-    runs += [run for run in third if run.config.method == "issp"]
-    results = study.execute(runs, folders, {}, jobs=args.jobs)
-    bicubic = study.bicubic_validation(data, args.seeds)
-    return study.write_grid(results, command, reference, bicubic, out)
+    edges = "pruned" if choice.prune_edges else "dense"
+    print(f"chosen: lr {choice.lr:g}, first/last conv {edges}, alpha {choice.alpha:g}")
 
 
 def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -626,9 +617,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     data = str(getattr(args, "data", None) or "") or None
     out = args.out or study.REPORT_DIR
     if args.study_command == "grid":
-        choice = _study_grid(args, data, command, out)
-        edges = "pruned" if choice.prune_edges else "dense"
-        print(f"chosen: lr {choice.lr:g}, first/last conv {edges}, alpha {choice.alpha:g}")
+        _study_grid(args, data, command, out)
         return
     runs = study.study_plan(
         args.protocol,

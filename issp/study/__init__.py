@@ -18,7 +18,7 @@ One module per job, each importing only those above it in this list:
 - ``runner``: training and scoring a plan's runs side by side, reading their results;
 - ``stats``: paired differences, the summary rows, Holm's correction, the goals;
 - ``report``: the study's Markdown and JSON;
-- ``grid``: the validation grid's choice and its report.
+- ``grid``: the validation grid's phases, its choice and its report.
 
 Callers use the names below as ``study.X``.
 """
@@ -29,6 +29,7 @@ from issp.study.grid import (
     choose_protocol,
     grid_markdown,
     promising_lrs,
+    run_grid,
     write_grid,
 )
 from issp.study.plan import (
@@ -111,6 +112,7 @@ __all__ = [
     "mean_sd",
     "metric_label",
     "promising_lrs",
+    "run_grid",
     "run_name",
     "seed_count",
     "seed_run",

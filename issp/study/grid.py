@@ -1,5 +1,5 @@
 """The validation grid that sets the study's learning rate, pruned layers and alpha: its
-choice (``choose_protocol``) and ``analysis/protocol_grid.md``.
+phases (``run_grid``), its choice (``choose_protocol``) and ``analysis/protocol_grid.md``.
 
 Scored on the validation images carved out of the training folder only, never on
 Set5/Set14, so the study's test sets play no part in choosing its protocol.
@@ -8,6 +8,7 @@ Set5/Set14, so the study's test sets play no part in choosing its protocol.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from issp.evaluate import evaluate_arrays, validation_crops
-from issp.study.plan import REPORT_DIR
+from issp.study.plan import REPORT_DIR, RunFolders, grid_plan
+from issp.study.runner import execute
 from issp.study.stats import issp_minus_iht
-from issp.train import TrainConfig, training_images
+from issp.train import AUTHORS_ALPHA, TrainConfig, training_images
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,43 @@ def promising_lrs(results: Sequence[dict], reference_alpha: float, within: float
     choice = choose_protocol(results, reference_alpha)
     best = max(choice.lr_scores.values())
     return [float(lr) for lr, score in choice.lr_scores.items() if score >= best - within]
+
+
+def run_grid(
+    command: str,
+    folders: RunFolders,
+    out: Path,
+    *,
+    protocol: str,
+    steps: int,
+    data: str | None,
+    lrs: Sequence[float],
+    alphas: Sequence[float],
+    ratios: Sequence[float],
+    seeds: Sequence[int],
+    precision: str,
+    screen: float,
+    jobs: int,
+) -> GridChoice:
+    """Train the grid's three phases (``choose_protocol``'s order: learning rate, pruned
+    edges, alpha), then write its report into ``out`` and return its choice. Every rate
+    runs at the first seed; the other seeds run only the rates within ``screen`` dB of the
+    best (successive halving). ISS-P's rate and edges are chosen at the authors' alpha."""
+    plan = functools.partial(grid_plan, protocol, steps, data, precision=precision)
+    reference = AUTHORS_ALPHA
+    first, rest = seeds[:1], seeds[1:]
+    runs = plan(lrs, [reference], ratios=ratios, seeds=first)
+    kept = promising_lrs(execute(runs, folders, {}, jobs=jobs), reference, screen)
+    runs += plan(kept, [reference], ratios=ratios, seeds=rest)
+    lr = choose_protocol(execute(runs, folders, {}, jobs=jobs), reference).lr
+    cells = {"ratios": ratios, "seeds": seeds}
+    runs += plan([lr], [reference], prune_edges=False, **cells)
+    choice = choose_protocol(execute(runs, folders, {}, jobs=jobs), reference)
+    others = [a for a in alphas if a != reference]
+    third = plan([lr], others, prune_edges=choice.prune_edges, **cells)
+    runs += [run for run in third if run.config.method == "issp"]
+    results = execute(runs, folders, {}, jobs=jobs)
+    return write_grid(results, command, reference, bicubic_validation(data, seeds), out)
 
 
 def bicubic_validation(data: str | None, seeds: Sequence[int], scale: int = 2) -> float:
