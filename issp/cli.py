@@ -1,100 +1,64 @@
 """Command-line interface: ``python -m issp <command> --help``.
 
+This module builds the parser and runs the commands that have no sub-commands of their
+own; ``zoo`` and ``study`` are ``issp.cli_zoo`` and ``issp.cli_study``, and the argument
+types all three share are ``issp.cli_arguments``.
+
 Bad arguments or files print one line and exit with code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from issp import IsspError
-
-if TYPE_CHECKING:
-    from issp.zoo import Verification
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump)."""
-
-    def error(self, message: str) -> None:
-        raise IsspError(f"{self.prog}: {message}")
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
-    return value
-
-
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1), got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.9,0.99, got {text}") from None
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text}")
-    return values
-
-
-def _existing(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
-    return path
+from issp.cli_arguments import (
+    Parser,
+    existing_path,
+    positive_float,
+    positive_int,
+    pruning_ratio,
+    shrink_factor,
+)
+from issp.cli_study import add_study, cmd_study
+from issp.cli_zoo import add_zoo, cmd_zoo
 
 
 def build_parser() -> Parser:
-    from issp.methods import LOCKSTEP
-    from issp.models import PRESETS, SCALES
-    from issp.pruning import METHODS
-    from issp.train import DEFAULT_PROTOCOL, PRECISIONS, PROTOCOLS
-
+    """The parser of every command, in the order ``issp --help`` lists them."""
     parser = Parser(prog="issp", description="Sparse SR networks by Iterative Soft Shrinkage.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (
+        _add_train,
+        _add_eval,
+        _add_upscale,
+        _add_info,
+        add_zoo,
+        add_study,
+        _add_analyze,
+        _add_plot,
+        _add_export,
+    ):
+        add(commands)
+    return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from issp.models import PRESETS, SCALES
+    from issp.pruning import METHODS
+    from issp.train import DEFAULT_PROTOCOL, PROTOCOLS
 
     train = commands.add_parser("train", help="train (and prune) an SR network")
     train.add_argument("--arch", default="edsr-tiny", choices=list(PRESETS))
     train.add_argument("--scale", type=int, default=2, choices=list(SCALES))
     train.add_argument("--method", default="issp", choices=list(METHODS))
     train.add_argument(
-        "--ratio", type=_ratio, help="pruning ratio r in [0, 1) (default: 0.9, or N/M)"
+        "--ratio", type=pruning_ratio, help="pruning ratio r in [0, 1) (default: 0.9, or N/M)"
     )
     train.add_argument(
         "--pattern", help="N:M, e.g. 19:20: prune N of every M consecutive weights of a layer"
@@ -106,15 +70,17 @@ def build_parser() -> Parser:
         help="schedule, Kp fraction, Adam betas, pruned layers, default lr and alpha "
         "(two-stage: the study's and the zoo's; cosine: the first zoo's)",
     )
-    train.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor (default: protocol's)")
-    train.add_argument("--steps", type=_positive, default=2000, help="total training steps")
     train.add_argument(
-        "--prune-steps", type=_positive, default=None, help="Kp, end of the pruning stage"
+        "--alpha", type=shrink_factor, help="ISS-P shrink factor (default: protocol's)"
+    )
+    train.add_argument("--steps", type=positive_int, default=2000, help="total training steps")
+    train.add_argument(
+        "--prune-steps", type=positive_int, default=None, help="Kp, end of the pruning stage"
     )
     train.add_argument("--scope", choices=["local", "global"], default="local")
-    train.add_argument("--batch-size", type=_positive, default=16)
-    train.add_argument("--patch", type=_positive, default=48, help="LR patch size")
-    train.add_argument("--lr", type=_positive_float, help="learning rate (default: protocol's)")
+    train.add_argument("--batch-size", type=positive_int, default=16)
+    train.add_argument("--patch", type=positive_int, default=48, help="LR patch size")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: protocol's)")
     train.add_argument(
         "--bf16", action="store_true", help="bfloat16 forward pass (loss, Adam, pruner in fp32)"
     )
@@ -123,150 +89,59 @@ def build_parser() -> Parser:
         action=argparse.BooleanOptionalAction,
         help="channels-last convs (default: where the architecture trains faster: edsr)",
     )
-    train.add_argument("--data", type=_existing, help="folder of training images")
-    train.add_argument("--val", type=_existing, help="folder of validation images")
-    train.add_argument("--val-every", type=_positive, default=200)
+    train.add_argument("--data", type=existing_path, help="folder of training images")
+    train.add_argument("--val", type=existing_path, help="folder of validation images")
+    train.add_argument("--val-every", type=positive_int, default=200)
     train.add_argument("--workers", type=int, default=1)
     train.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="resume from <out>.state.pt")
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    from issp.models import SCALES
+
     evaluate = commands.add_parser("eval", help="PSNR/SSIM on a folder of HR images")
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=_existing)
+    source.add_argument("--checkpoint", type=existing_path)
     source.add_argument("--bicubic", action="store_true", help="evaluate bicubic upsampling")
-    evaluate.add_argument("--data", type=_existing, required=True)
+    evaluate.add_argument("--data", type=existing_path, required=True)
     evaluate.add_argument("--scale", type=int, choices=list(SCALES), required=True)
-    evaluate.add_argument("--tile", type=_positive, default=None)
+    evaluate.add_argument("--tile", type=positive_int, default=None)
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON")
 
+
+def _add_upscale(commands: argparse._SubParsersAction) -> None:
+    from issp.models import SCALES
+
     upscale = commands.add_parser("upscale", help="upscale an image")
-    upscale.add_argument("input", type=_existing)
+    upscale.add_argument("input", type=existing_path)
     upscale.add_argument(
         "-o", "--output", type=Path, help="default: INPUT's name + _x<scale>.png, in this folder"
     )
-    upscale.add_argument("--checkpoint", type=_existing)
+    upscale.add_argument("--checkpoint", type=existing_path)
     upscale.add_argument("--scale", type=int, choices=list(SCALES))
-    upscale.add_argument("--ratio", type=_ratio)
+    upscale.add_argument("--ratio", type=pruning_ratio)
     upscale.add_argument("--method", default="issp", help="zoo method (issp, iht, dense)")
     upscale.add_argument("--arch", default="edsr-tiny", help="zoo architecture")
     upscale.add_argument(
-        "--tile", type=_positive, help="LR tile size (default: the measured fastest for the scale)"
+        "--tile",
+        type=positive_int,
+        help="LR tile size (default: the measured fastest for the scale)",
     )
 
+
+def _add_info(commands: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="parameters, sparsity and FLOPs of a checkpoint")
-    info.add_argument("checkpoint", type=_existing)
+    info.add_argument("checkpoint", type=existing_path)
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.add_argument("--size", type=_positive, default=256, help="LR side for FLOPs")
+    info.add_argument("--size", type=positive_int, default=256, help="LR side for FLOPs")
 
-    zoo = commands.add_parser("zoo", help="build or evaluate the checkpoint zoo")
-    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=Parser)
-    build = zoo_commands.add_parser("build", help="train every missing zoo checkpoint")
-    build.add_argument("--data", type=_existing, help="training images (default: bundled)")
-    build.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
-    build.add_argument("--device", default="cpu")
-    build.add_argument("--only", help="only checkpoints whose name contains this")
-    build.add_argument(
-        "--train-studied",
-        action="store_true",
-        help="also train the edsr-tiny entries `issp study run` has not finished yet, instead "
-        "of leaving them to it (a later build copies them from runs/study/)",
-    )
-    sweep = zoo_commands.add_parser(
-        "sweep",
-        help="ISS-P at several alphas against IHT on a validation split (analysis/alpha_sweep.md;"
-        " the zoo's alpha now comes from `study grid`)",
-    )
-    sweep.add_argument("--data", type=_existing, help="training images (default: bundled)")
-    sweep.add_argument("--steps", type=_positive, default=1000)
-    sweep.add_argument("--device", default="cpu")
-    table = zoo_commands.add_parser("eval", help="recompute the results table")
-    table.add_argument("--data", type=_existing, required=True, help="folder with Set5/, Set14/")
-    verify = zoo_commands.add_parser(
-        "verify", help="check every manifest entry: file, sha256, sparsity, Set5 PSNR"
-    )
-    verify.add_argument("--data", type=_existing, help="folder with Set5/ (PSNR check)")
-    for sub in (build, table, verify):
-        sub.add_argument(
-            "--zoo",
-            type=Path,
-            help="the zoo's folder (default: the checkout's checkpoints/); build a new zoo "
-            "aside, e.g. runs/zoo-two-stage/, and swap it in when complete",
-        )
 
-    study = commands.add_parser("study", help="paired-seed ISS-P vs IHT study and its grid")
-    study_commands = study.add_subparsers(dest="study_command", required=True, parser_class=Parser)
-    grid = study_commands.add_parser("grid", help="choose alpha and lr on a validation split")
-    run = study_commands.add_parser("run", help="train and score every run of the study")
-    report = study_commands.add_parser("report", help="write analysis/study.md from results")
-    rescore = study_commands.add_parser(
-        "rescore", help="re-score every committed study checkpoint on a folder of images"
-    )
-    rescore.add_argument("--test", type=_existing, required=True, help="a folder of HR images")
-    rescore.add_argument("--name", help="the report's file name (default: the folder's)")
-    precision = study_commands.add_parser(
-        "precision", help="the bf16 bias test of analysis/precision.md: train, then report"
-    )
-    modes = study_commands.add_parser(
-        "modes", help="N:M and GReg paired by seed (analysis/modes.md): train, then report"
-    )
-    for sub in (precision, modes):
-        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
-        sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
-        sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
-        sub.add_argument("--threads", type=_positive, help="torch threads per run")
-        sub.add_argument(
-            "--report", action="store_true", help="only write the report from finished runs"
-        )
-    # Defaults of None defer to issp.study (PROTOCOL, SEEDS, RATIOS, STEPS, PRECISION), which
-    # the zoo's build reads too; importing it here would load scipy for every command.
-    for sub in (grid, run, report, rescore):
-        sub.add_argument("--protocol", choices=list(PROTOCOLS), help="default: issp.study.PROTOCOL")
-        sub.add_argument("--seeds", type=_ints, help="e.g. 0,1,2 (default: issp.study.SEEDS)")
-        sub.add_argument(
-            "--ratios", type=_floats, help="e.g. 0.9,0.99 (default: issp.study.RATIOS)"
-        )
-        sub.add_argument(
-            "--precision",
-            choices=list(PRECISIONS),
-            help="fp32, channels-last or bf16 autocast with channels-last; see "
-            "analysis/precision.md (default: issp.study.PRECISION)",
-        )
-        sub.add_argument("--out", type=Path, default=None, help="report folder (analysis/)")
-    for sub in (grid, run, report):
-        sub.add_argument("--data", type=_existing, help="training images (default: bundled)")
-        sub.add_argument("--jobs", type=_positive, default=2, help="runs side by side")
-        sub.add_argument(
-            "--threads", type=_positive, help="torch threads per run (default: cores / jobs)"
-        )
-        sub.add_argument("--work", type=Path, default=None, help="runs folder (runs/study/)")
-    grid.add_argument("--steps", type=_positive, default=1000)
-    grid.add_argument(
-        "--lrs",
-        type=_floats,
-        default=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-        help="e.g. 1e-4,1e-3 (default: the rates analysis/protocol_grid.md ran)",
-    )
-    grid.add_argument("--alphas", type=_floats, default=(0.9, 0.95, 0.99), help="ISS-P's")
-    grid.add_argument(
-        "--screen",
-        type=_positive_float,
-        default=1.0,
-        help="dB: seeds after the first run only the rates this close to the best",
-    )
-    for sub in (run, report):
-        sub.add_argument("--test", type=_existing, help="folder with Set5/ and Set14/")
-        sub.add_argument("--extra-test", type=_existing, action="append", default=[])
-    for sub in (run, report, rescore):
-        sub.add_argument(
-            "--scales", type=_ints, help="e.g. 2,4 (default: those of issp.study.STEPS)"
-        )
-        sub.add_argument(
-            "--steps", type=_ints, help="per scale, e.g. 3000,3000 (default: issp.study.STEPS)"
-        )
-        sub.add_argument("--lr", type=_positive_float, help="default: the protocol's")
-        sub.add_argument("--alpha", type=_alpha, help="default: the protocol's")
+def _add_analyze(commands: argparse._SubParsersAction) -> None:
+    from issp.methods import LOCKSTEP
+    from issp.models import PRESETS, SCALES
 
     # Defaults of None defer to analysis.lockstep.LockstepConfig, the one place they live.
     analyze = commands.add_parser(
@@ -274,28 +149,33 @@ def build_parser() -> Parser:
     )
     analyze.add_argument("--arch", choices=list(PRESETS))
     analyze.add_argument("--scale", type=int, choices=list(SCALES))
-    analyze.add_argument("--ratio", type=_ratio, help="pruning ratio r in [0, 1)")
-    analyze.add_argument("--alpha", type=_alpha, help="ISS-P shrink factor in (0, 1)")
-    analyze.add_argument("--steps", type=_positive, help="training steps per method")
-    analyze.add_argument("--prune-steps", type=_positive, help="Kp, end of the pruning stage")
+    analyze.add_argument("--ratio", type=pruning_ratio, help="pruning ratio r in [0, 1)")
+    analyze.add_argument("--alpha", type=shrink_factor, help="ISS-P shrink factor in (0, 1)")
+    analyze.add_argument("--steps", type=positive_int, help="training steps per method")
+    analyze.add_argument("--prune-steps", type=positive_int, help="Kp, end of the pruning stage")
     analyze.add_argument("--methods", help=f"comma-separated, from {', '.join(LOCKSTEP)}")
-    analyze.add_argument("--batch-size", type=_positive)
-    analyze.add_argument("--patch", type=_positive, help="LR patch size")
+    analyze.add_argument("--batch-size", type=positive_int)
+    analyze.add_argument("--patch", type=positive_int, help="LR patch size")
     analyze.add_argument("--lr", type=float)
-    analyze.add_argument("--val-every", type=_positive, help="steps between PSNR checks")
-    analyze.add_argument("--data", type=_existing, help="folder of training images")
+    analyze.add_argument("--val-every", type=positive_int, help="steps between PSNR checks")
+    analyze.add_argument("--data", type=existing_path, help="folder of training images")
     analyze.add_argument("--seed", type=int)
     analyze.add_argument("--json", type=Path, required=True, help="result file to write")
 
+
+def _add_plot(commands: argparse._SubParsersAction) -> None:
     plot = commands.add_parser("plot", help="figures (PNG + HTML) of an `analyze` result")
-    plot.add_argument("result", type=_existing, help="JSON written by `issp analyze`")
+    plot.add_argument("result", type=existing_path, help="JSON written by `issp analyze`")
     plot.add_argument("--out", type=Path, required=True, help="folder for the figures")
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a checkpoint as a dense ONNX model")
-    export.add_argument("checkpoint", type=_existing)
+    export.add_argument("checkpoint", type=existing_path)
     export.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
-    export.add_argument("--image", type=_existing, help="verify on it (default: a bundled photo)")
-    return parser
+    export.add_argument(
+        "--image", type=existing_path, help="verify on it (default: a bundled photo)"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -406,59 +286,6 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{layer['name']:40s} {layer['numel']:8d} {layer['nonzeros']:9d} {sparsity:9.2%}")
 
 
-def cmd_zoo(args: argparse.Namespace) -> int | None:
-    from issp import report, zoo
-
-    if args.zoo_command == "build":
-        data = str(args.data) if args.data else None
-        zoo.build(
-            data,
-            args.test,
-            device=args.device,
-            only=args.only,
-            zoo_dir=args.zoo,
-            train_studied=args.train_studied,
-        )
-        return
-    if args.zoo_command == "sweep":
-        data = str(args.data) if args.data else None
-        print(zoo.sweep_alpha(data, steps=args.steps, device=args.device))
-        return
-    if args.zoo_command == "verify":
-        if args.data is not None and not (args.data / "Set5").is_dir():
-            raise IsspError(f"{args.data} has no Set5/ folder to check PSNR on")
-        checks = zoo.verify_zoo(args.data, zoo_dir=args.zoo)
-        for check in checks:
-            print(_verify_line(check))
-        failed = sum(not check.ok for check in checks)
-        print(f"{len(checks) - failed} of {len(checks)} checkpoints verified")
-        return 1 if failed else 0
-    scores = zoo.evaluate_zoo(args.data, args.zoo)
-    command = f"python -m issp zoo eval --data {args.data}"
-    command += f" --zoo {args.zoo}" if args.zoo else ""
-    table = report.results_markdown(scores.records, scores.bicubic, command)
-    folders = zoo.ZooFolders.of(args.zoo)
-    dynamics = report.dynamics_markdown(scores.records, folders.telemetry)
-    table += f"\n{dynamics}" if dynamics else ""
-    path = report.write_results(table, folders.zoo)
-    print(table)
-    print(f"wrote {path}")
-
-
-def _verify_line(check: Verification) -> str:
-    protocol = f"protocol: {check.protocol or 'not recorded'}"
-    if not check.exists:
-        return f"FAIL {check.file}: missing, {protocol}"
-    if not check.sha256_ok:
-        return f"FAIL {check.file}: sha256 MISMATCH, {protocol}"
-    parts = ["sha256 ok", f"worst layer sparsity off by {check.sparsity_error:.2%}"]
-    if check.set5_psnr is not None:
-        recorded = "none" if check.set5_manifest is None else f"{check.set5_manifest:.2f}"
-        parts.append(f"Set5 {check.set5_psnr:.2f} dB (manifest {recorded})")
-    parts.append(protocol)
-    return f"{'ok  ' if check.ok else 'FAIL'} {check.file}: " + ", ".join(parts)
-
-
 def _need_analysis(command: str) -> None:
     """Fail in one line where ``analysis/`` cannot be imported: it ships with the source
     checkout only, not in the wheel (``pip install .``)."""
@@ -516,144 +343,6 @@ def cmd_plot(args: argparse.Namespace) -> None:
         raise IsspError(f"{args.result}: not a JSON result ({err})") from err
     paths = save_figures(from_json(data), args.out)
     print(f"wrote {len(paths)} files to {args.out}")
-
-
-def _study_grid(args: argparse.Namespace, data: str | None, command: str, out: Path):
-    """The grid's three phases: learning rate, pruned edges, alpha (see choose_protocol).
-    Every rate runs at the first seed; the other seeds run only the rates within
-    ``--screen`` dB of the best (successive halving)."""
-    from issp import study
-    from issp.train import AUTHORS_ALPHA
-
-    folders = study.RunFolders.of("grid", args.work or study.WORK_DIR, out)
-    plan = functools.partial(
-        study.grid_plan, args.protocol, args.steps, data, precision=args.precision
-    )
-    reference = AUTHORS_ALPHA
-    first, rest = args.seeds[:1], args.seeds[1:]
-    runs = plan(args.lrs, [reference], ratios=args.ratios, seeds=first)
-    kept = study.promising_lrs(
-        study.execute(runs, folders, {}, jobs=args.jobs), reference, args.screen
-    )
-    runs += plan(kept, [reference], ratios=args.ratios, seeds=rest)
-    lr = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference).lr
-    cells = {"ratios": args.ratios, "seeds": args.seeds}
-    runs += plan([lr], [reference], prune_edges=False, **cells)
-    choice = study.choose_protocol(study.execute(runs, folders, {}, jobs=args.jobs), reference)
-    others = [a for a in args.alphas if a != reference]
-    third = plan([lr], others, prune_edges=choice.prune_edges, **cells)
-    runs += [run for run in third if run.config.method == "issp"]
-    results = study.execute(runs, folders, {}, jobs=args.jobs)
-    bicubic = study.bicubic_validation(data, args.seeds)
-    return study.write_grid(results, command, reference, bicubic, out)
-
-
-def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with issp.study's defaults for the options not given."""
-    from issp import study
-
-    defaults = {
-        "protocol": study.PROTOCOL,
-        "seeds": study.SEEDS,
-        "ratios": study.RATIOS,
-        "precision": study.PRECISION,
-    }
-    if args.study_command != "grid":
-        scales = args.scales or tuple(study.STEPS)
-        unknown = [f"x{scale}" for scale in scales if scale not in study.STEPS]
-        if args.steps is None and unknown:
-            known = ", ".join(f"x{scale}" for scale in study.STEPS)
-            raise IsspError(f"give --steps for {', '.join(unknown)} (defaults for {known} only)")
-        steps = args.steps or tuple(study.STEPS[scale] for scale in scales)
-        if len(steps) != len(scales):
-            raise IsspError(f"give one --steps value per scale ({len(scales)})")
-        defaults |= {"scales": scales, "steps": steps}
-    missing = {key: value for key, value in defaults.items() if getattr(args, key) is None}
-    return argparse.Namespace(**(vars(args) | missing))
-
-
-def _study_precision(args: argparse.Namespace, command: str) -> None:
-    from issp import precision, study
-
-    data = str(args.data) if args.data else None
-    folders = study.RunFolders.of(study.PROTOCOL, study.WORK_DIR, study.REPORT_DIR)
-    if not args.report:
-        tests = study.test_folders(args.test)
-        runs = precision.precision_plan(data)
-        study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
-    pairs = precision.run_pairs(folders.results)
-    if not pairs:
-        raise IsspError(f"no bf16 run in {folders.results} has finished yet")
-    reruns = precision.machine_reruns(folders.results, study.REPORT_DIR / "study_runs" / "rerun")
-    summary = precision.write_precision(pairs, command, study.REPORT_DIR, reruns)
-    print(f"{summary['pairs']} of {summary['planned_pairs']} pairs; {summary['decision']}")
-
-
-def _study_modes(args: argparse.Namespace, command: str) -> None:
-    from issp import modes, study
-
-    folders = study.RunFolders.of("modes", study.WORK_DIR, study.REPORT_DIR)
-    runs = modes.modes_plan(str(args.data) if args.data else None)
-    if not args.report:
-        tests = study.test_folders(args.test)
-        study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
-    modes.write_modes(folders.results, command, study.REPORT_DIR)
-    print(f"{modes.finished(runs, folders.results)} of {len(runs)} runs finished")
-
-
-def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
-    from issp import rescore, study
-    from issp.catalogue import score_key
-
-    folders = study.RunFolders.of(args.protocol, study.WORK_DIR, out)
-    key = score_key(args.test.name)  # Set14 -> set14, as the run files key their scores
-    rescored = rescore.rescore(runs, folders.results, args.test, key)
-    name = args.name or key
-    report = rescore.write_rescore(rescored, key, args.test, command, out / "rescore", name)
-    gap = rescore.reproduction(rescored, key)
-    same = "" if gap is None else f"; largest gap to the committed scores {gap:.4f} dB"
-    print(f"re-scored {len(rescored)} checkpoints{same}; wrote {report}")
-
-
-def cmd_study(args: argparse.Namespace) -> None:
-    from issp import study
-
-    command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
-    if args.study_command in ("precision", "modes"):
-        {"precision": _study_precision, "modes": _study_modes}[args.study_command](args, command)
-        return
-    args = _study_defaults(args)
-    data = str(getattr(args, "data", None) or "") or None
-    out = args.out or study.REPORT_DIR
-    if args.study_command == "grid":
-        choice = _study_grid(args, data, command, out)
-        edges = "pruned" if choice.prune_edges else "dense"
-        print(f"chosen: lr {choice.lr:g}, first/last conv {edges}, alpha {choice.alpha:g}")
-        return
-    runs = study.study_plan(
-        args.protocol,
-        dict(zip(args.scales, args.steps, strict=True)),
-        data,
-        args.scales,
-        args.ratios,
-        args.seeds,
-        precision=args.precision,
-        lr=args.lr,
-        alpha=args.alpha,
-    )
-    if args.study_command == "rescore":
-        _study_rescore(args, runs, command, out)
-        return
-    folders = study.RunFolders.of(args.protocol, args.work or study.WORK_DIR, out)
-    tests = study.test_folders(args.test, args.extra_test)
-    if args.study_command == "run":
-        results = study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
-    else:
-        results = study.load_results(runs, folders.results)
-    if not results:
-        raise IsspError(f"no finished runs in {folders.results}; start them with `issp study run`")
-    study.write_study(results, list(tests) + ["val"], command, out, planned=len(runs))
-    print(f"{len(results)} of {len(runs)} runs finished; wrote {out / 'study.md'}")
 
 
 def cmd_export(args: argparse.Namespace) -> int | None:

@@ -73,7 +73,7 @@ def modes_plan(data: str | None) -> list[study.StudyRun]:
     ]
 
 
-def pair_differences(pair: Pair, results: Path, metric: str) -> study.Paired:
+def pair_differences(pair: Pair, results: Path, metric: str) -> study.PairedDifferences:
     """``pair.first`` minus ``pair.second`` on ``metric`` at each seed where both finished."""
     differences = []
     for seed in SEEDS:
@@ -84,7 +84,7 @@ def pair_differences(pair: Pair, results: Path, metric: str) -> study.Paired:
                 r["val_psnr"] if metric == "val" else r[metric]["psnr"] for r in (first, second)
             ]
             differences.append(score[0] - score[1])
-    return study.Paired(tuple(differences))
+    return study.PairedDifferences(tuple(differences))
 
 
 def modes_summary(results: Path) -> dict:

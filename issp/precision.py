@@ -64,7 +64,7 @@ def run_pairs(results: Path, data: str | None = None) -> list[RunPair]:
     return pairs
 
 
-def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
+def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.PairedDifferences:
     """Per cell (scale, ratio) and seed where all four runs finished:
     ``(ISS-P − IHT)_fast − (ISS-P − IHT)_fp32`` on ``metric``."""
     cells: dict[tuple[int, float, int], dict[str, RunPair]] = {}
@@ -78,12 +78,12 @@ def comparison_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
         for _, runs in sorted(cells.items())
         if set(COMPARED) <= runs.keys()
     ]
-    return study.Paired(tuple(shifts))
+    return study.PairedDifferences(tuple(shifts))
 
 
-def run_shifts(pairs: Sequence[RunPair], metric: str) -> study.Paired:
+def run_shifts(pairs: Sequence[RunPair], metric: str) -> study.PairedDifferences:
     """Fast minus fp32 PSNR of each run on ``metric``."""
-    return study.Paired(tuple(pair.shift(metric) for pair in pairs))
+    return study.PairedDifferences(tuple(pair.shift(metric) for pair in pairs))
 
 
 def cell_verdicts(pairs: Sequence[RunPair], metric: str) -> list[dict]:
@@ -95,25 +95,25 @@ def cell_verdicts(pairs: Sequence[RunPair], metric: str) -> list[dict]:
         results = [getattr(pair, precision) for pair in complete]
         for row in study.study_summary(results, [metric]).values():
             rows.append((precision, row))
-    by_cell: dict[tuple[int, float], dict] = {}
+    by_cell: dict[tuple[int, float], dict[str, study.SummaryRow]] = {}
     for precision, row in rows:
-        cell = by_cell.setdefault((row["scale"], row["ratio"]), {})
+        cell = by_cell.setdefault((row.scale, row.ratio), {})
         cell[precision] = row
     return [
         {
             "scale": scale,
             "ratio": ratio,
             "metric": metric,
-            "seeds": cell["fp32"]["seeds"],
+            "seeds": cell["fp32"].seeds,
             "fp32": _verdict_figures(cell["fp32"]),
             FAST: _verdict_figures(cell["fast"]),
             # With one seed neither precision has a verdict to agree on.
             "agree": None
-            if cell["fp32"]["seeds"] < 2
-            else cell["fp32"]["verdict"] == cell["fast"]["verdict"],
+            if cell["fp32"].seeds < 2
+            else cell["fp32"].verdict == cell["fast"].verdict,
         }
         for (scale, ratio), cell in sorted(by_cell.items())
-        if cell["fp32"]["seeds"] >= 1
+        if cell["fp32"].seeds >= 1
     ]
 
 
@@ -134,19 +134,16 @@ def _complete_pairs(pairs: Sequence[RunPair]) -> list[RunPair]:
     ]
 
 
-def _verdict_figures(row: dict) -> dict:
-    return {
-        "mean_difference": row["mean_difference"],
-        "interval95": row["interval95"],
-        "verdict": row["verdict"],
-    }
+def _verdict_figures(row: study.SummaryRow) -> dict:
+    figures = row.to_json()
+    return {key: figures[key] for key in ("mean_difference", "interval95", "verdict")}
 
 
 @dataclass(frozen=True)
 class Decision:
     """The registered rule applied to the comparison's shift."""
 
-    shift: study.Paired
+    shift: study.PairedDifferences
     expected: int  # cells x seeds the rule was registered for
 
     @property
@@ -222,7 +219,7 @@ def machine_reruns(results: Path, reruns: Path) -> list[dict]:
     return rows
 
 
-def _shift_figures(shift: study.Paired) -> dict:
+def _shift_figures(shift: study.PairedDifferences) -> dict:
     low, high = shift.interval
     return {
         "n": shift.n,

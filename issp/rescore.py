@@ -135,7 +135,7 @@ def rescore_markdown(rescored: Sequence[dict], key: str, folder: Path, command: 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.values():
-        lines.append(f"| x{row['scale']} | {row['ratio']:g} " + study.summary_cells(row))
+        lines.append(f"| x{row.scale} | {row.ratio:g} " + study.summary_cells(row))
     lines += ["", *study.holm_sentences(summary, [key]), ""]
     gap = reproduction(rescored, key)
     if gap is not None:
@@ -178,7 +178,7 @@ def write_rescore(
     data = {
         "command": command,
         "folder": str(folder),
-        "summary": study.study_summary(rescored, [key]),
+        "summary": study.summary_json(study.study_summary(rescored, [key])),
         "largest_gap_to_committed": reproduction(rescored, key),
         "runs": [{"name": r["name"], "config": r["config"], key: r[key]} for r in rescored],
     }

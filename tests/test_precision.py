@@ -52,11 +52,11 @@ def test_a_comparison_without_its_partner_run_is_left_out():
 
 
 def test_rule_adopts_only_a_complete_test_whose_interval_lies_within_the_tolerance():
-    small = study.Paired((0.01, -0.02, 0.03, 0.0))
+    small = study.PairedDifferences((0.01, -0.02, 0.03, 0.0))
     assert Decision(small, expected=4).adopted is True
     assert Decision(small, expected=18).adopted is None  # not all pairs in yet
     assert "Pending: 4 of 18" in Decision(small, expected=18).words
-    wide = study.Paired((0.3, -0.3, 0.2, -0.25))
+    wide = study.PairedDifferences((0.3, -0.3, 0.2, -0.25))
     assert Decision(wide, expected=4).adopted is False
     assert "not adopted" in Decision(wide, expected=4).words
 

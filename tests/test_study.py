@@ -11,9 +11,10 @@ from issp.study import (
     PRECISION,
     PROTOCOL,
     STEPS,
-    Paired,
+    PairedDifferences,
+    SummaryRow,
     choose_protocol,
-    paired,
+    issp_minus_iht,
     promising_lrs,
     seed_run,
     study_goals,
@@ -44,7 +45,7 @@ def result(scale, method, ratio, seed, set5, lr=1e-4, alpha=0.95, val=30.0, edge
 
 
 def test_paired_interval_is_the_t_interval_of_the_mean_difference():
-    pair = Paired((0.1, 0.2, 0.3))
+    pair = PairedDifferences((0.1, 0.2, 0.3))
     low, high = pair.interval
     # t(0.975, 2) = 4.3027; sd = 0.1; half-width = 4.3027 * 0.1 / sqrt(3).
     assert pair.mean == pytest.approx(0.2)
@@ -54,10 +55,10 @@ def test_paired_interval_is_the_t_interval_of_the_mean_difference():
 
 
 def test_verdict_is_ahead_or_behind_only_when_the_interval_excludes_zero():
-    assert Paired((0.30, 0.31, 0.29)).verdict == "ISS-P ahead"
-    assert Paired((-0.30, -0.31, -0.29)).verdict == "ISS-P behind"
-    assert Paired((0.5, -0.4, 0.3)).verdict == "tie"
-    assert Paired((0.5,)).verdict == "too few seeds"
+    assert PairedDifferences((0.30, 0.31, 0.29)).verdict == "ISS-P ahead"
+    assert PairedDifferences((-0.30, -0.31, -0.29)).verdict == "ISS-P behind"
+    assert PairedDifferences((0.5, -0.4, 0.3)).verdict == "tie"
+    assert PairedDifferences((0.5,)).verdict == "too few seeds"
 
 
 def test_paired_differences_match_seeds_and_skip_unpaired_runs():
@@ -69,10 +70,24 @@ def test_paired_differences_match_seeds_and_skip_unpaired_runs():
         result(2, "issp", 0.9, 2, 35.5),  # IHT of seed 2 unfinished: no pair
         result(2, "iht", 0.95, 0, 20.0),  # another ratio
     ]
-    pair = paired(results, 2, 0.9, "set5")
+    pair = issp_minus_iht(results, 2, 0.9, "set5")
     assert pair.differences == pytest.approx((0.2, -0.1))
     row = study_summary(results, ["set5"])["x2 r0.9 set5"]
-    assert row["seeds"] == 2 and row["issp_wins"] == 1 and row["verdict"] == "tie"
+    assert row.seeds == 2 and row.issp_wins == 1 and row.verdict == "tie"
+
+
+def test_a_summary_row_reads_back_from_study_json_as_it_was_written():
+    results = [
+        result(2, method, ratio, seed, score)
+        for seed, gain in enumerate((0.1, 0.3, 0.2))
+        for method, ratio, score in (("issp", 0.9, 35 + gain), ("iht", 0.9, 35), ("dense", 0, 36))
+    ]
+    results += [result(2, "issp", 0.95, 0, 34.0), result(2, "iht", 0.95, 0, 34.1)]  # one seed
+    summary = study_summary(results, ["set5"])
+    for row in summary.values():
+        assert SummaryRow.from_json(json.loads(json.dumps(row.to_json()))) == row
+    assert summary["x2 r0.9 set5"].p_holm is not None
+    assert "p_holm" not in summary["x2 r0.95 set5"].to_json()  # no p to adjust
 
 
 def test_goals_are_checked_on_set5_means_and_wait_for_their_runs():
@@ -311,8 +326,8 @@ def test_report_names_the_cells_that_survive_holm_across_a_test_set():
             results += [result(2, "issp", ratio, seed, 35 + gap), result(2, "iht", ratio, seed, 35)]
     summary = study_summary(results, ["set5"])
     clear, unclear = summary["x2 r0.9 set5"], summary["x2 r0.99 set5"]
-    assert clear["p_holm"] == pytest.approx(2 * clear["p"]) and clear["p_holm"] < 0.05
-    assert unclear["p_holm"] == pytest.approx(unclear["p"])  # the largest p: times 1
+    assert clear.p_holm == pytest.approx(2 * clear.p) and clear.p_holm < 0.05
+    assert unclear.p_holm == pytest.approx(unclear.p)  # the largest p: times 1
     assert study.holm_survivors(summary, "set5") == [clear]
     [sentence] = study.holm_sentences(summary, ["set5"])
     assert "across the 2 cells of Set5, 1 keep" in sentence and "x2 0.9 (ISS-P ahead" in sentence

@@ -67,8 +67,9 @@ def test_swinir_is_trained_on_the_same_protocol_at_its_own_length():
 def tiny_zoo(tmp_path, monkeypatch, one_thread):
     """The zoo machinery on a 4-step study of 16 px patches, one ratio; the zoo in
     tmp_path/ckpt, the study's runs in tmp_path/study."""
-    monkeypatch.setattr(study, "STEPS", {2: 4})
-    monkeypatch.setattr(study, "PATCH", {2: 16})
+    # In the module whose plans read them: issp.study only re-exports them.
+    monkeypatch.setattr(study.plan, "STEPS", {2: 4})
+    monkeypatch.setattr(study.plan, "PATCH", {2: 16})
     monkeypatch.setattr(zoo, "PLAN_RATIOS", {("edsr-tiny", 2): (0.5,)})
     return tmp_path
 

@@ -28,8 +28,6 @@ NO_STUDY = (
     "*No paired-seed study yet: `python -m issp study report` writes it once the "
     "study's runs have finished.*"
 )
-# The study's per-seed scores, keyed in each summary row by method name.
-STUDY_METHODS = (*COMPARED, "dense")
 # How far the dense reference line reaches past the outermost ratios, so that it still
 # shows as a line where only one ratio has finished.
 DENSE_MARGIN = 0.005
@@ -39,68 +37,13 @@ DIFFERENCE = f"{label('issp')} − {label('iht')}"
 
 
 @dataclass(frozen=True)
-class StudyRow:
-    """One (scale, ratio, metric) of the study: each method's PSNR per finished seed, and
-    the paired ISS-P minus IHT statistic with the verdict the study gave it."""
-
-    scale: int
-    ratio: float
-    metric: str
-    scores: dict[str, tuple[float, ...]]  # by method in STUDY_METHODS; dense is ratio 0
-    differences: tuple[float, ...]  # ISS-P minus IHT, one per seed that finished both
-    mean_difference: float | None  # ISS-P minus IHT; None while no seed has both
-    interval95: tuple[float, float] | None  # None with fewer than two paired seeds
-    issp_wins: int
-    seeds: int
-    verdict: str
-
-    @classmethod
-    def from_json(cls, data: object) -> StudyRow:
-        """The row a summary entry describes; IsspError saying what is wrong with it."""
-        if not isinstance(data, dict):
-            raise IsspError("is not an object")
-        mean, interval = data.get("mean_difference"), data.get("interval95")
-        if not (
-            _is_int(data.get("scale"))
-            and _is_number(data.get("ratio"))
-            and isinstance(data.get("metric"), str)
-            and (mean is None or _is_number(mean))
-            and (interval is None or (_numbers(interval) and len(interval) == 2))
-            and _is_int(data.get("issp_wins"))
-            and _is_int(data.get("seeds"))
-            and isinstance(data.get("verdict"), str)
-        ):
-            raise IsspError(
-                "lacks one of scale, ratio, metric, mean_difference, interval95, "
-                "issp_wins, seeds, verdict, or has one of another type"
-            )
-        for method in STUDY_METHODS:
-            if not _numbers(data.get(method)):
-                raise IsspError(f"has no list of {method} scores")
-        if not _numbers(data.get("differences")):
-            raise IsspError("has no list of paired differences")
-        return cls(
-            scale=data["scale"],
-            ratio=float(data["ratio"]),
-            metric=data["metric"],
-            scores={method: tuple(map(float, data[method])) for method in STUDY_METHODS},
-            differences=tuple(map(float, data["differences"])),
-            mean_difference=None if mean is None else float(mean),
-            interval95=None if interval is None else (float(interval[0]), float(interval[1])),
-            issp_wins=data["issp_wins"],
-            seeds=data["seeds"],
-            verdict=data["verdict"],
-        )
-
-
-@dataclass(frozen=True)
 class StudySummary:
     """``analysis/study.json``: the command that wrote it, how many runs had finished (of
     how many planned, where it says), and one row per (scale, ratio, metric)."""
 
     command: str
     runs: int
-    rows: tuple[StudyRow, ...]
+    rows: tuple[study.SummaryRow, ...]
     planned: int | None = None
 
     @classmethod
@@ -115,11 +58,12 @@ class StudySummary:
         rows = []
         for key, item in data["summary"].items():
             try:
-                rows.append(StudyRow.from_json(item))
+                rows.append(study.SummaryRow.from_json(item))
             except IsspError as err:
                 raise IsspError(f"summary row {echo(key)} {err}") from None
         planned = data.get("planned_runs")
-        if planned is not None and not _is_int(planned):
+        # type(), not isinstance(): JSON true/false arrive as bool, which Python counts as int.
+        if planned is not None and type(planned) is not int:
             raise IsspError("has a planned_runs that is not a whole number")
         return cls(data["command"], len(data["runs"]), tuple(rows), planned)
 
@@ -128,7 +72,7 @@ class StudySummary:
         """The metrics the study scored, in the order the report lists them."""
         return list(dict.fromkeys(row.metric for row in self.rows))
 
-    def rows_of(self, metric: str) -> list[StudyRow]:
+    def rows_of(self, metric: str) -> list[study.SummaryRow]:
         """The rows of ``metric``, by scale and then ratio."""
         return sorted(
             (r for r in self.rows if r.metric == metric), key=lambda r: (r.scale, r.ratio)
@@ -144,19 +88,6 @@ class StudyPage:
     figure: go.Figure | None
     choices: list[tuple[str, str]]  # (label, metric) for a dropdown
     metric: str | None
-
-
-def _is_number(value: object) -> bool:
-    # JSON true/false arrive as bool, which Python counts as int.
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _numbers(value: object) -> bool:
-    return isinstance(value, list) and all(_is_number(x) for x in value)
 
 
 def load_study(path: Path = STUDY_JSON) -> StudySummary | None:
@@ -180,10 +111,9 @@ def _sd(values: Sequence[float]) -> float | None:
     return float(np.std(values, ddof=1)) if len(values) >= 2 else None
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = _sd(values)
-    spread = "" if sd is None else f" ± {sd:.2f}"
-    return f"{np.mean(values):.2f}{spread} dB (mean ± sd over {study.seed_count(len(values))})"
+def _hover_scores(values: Sequence[float]) -> str:
+    """``29.00 ± 0.12 dB (mean ± sd over 3 seeds)``: a method's scores as the hover says them."""
+    return f"{study.mean_sd(values, '.2f')} dB (mean ± sd over {study.seed_count(len(values))})"
 
 
 def _translucent(hex_colour: str, alpha: float) -> str:
@@ -191,7 +121,7 @@ def _translucent(hex_colour: str, alpha: float) -> str:
     return f"rgba({red}, {green}, {blue}, {alpha})"
 
 
-def _add_dense(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+def _add_dense(figure: go.Figure, rows: list[study.SummaryRow], column: int) -> None:
     """The dense model's mean as a dashed line across the scale's ratios, its seed spread
     (mean ± sd) as a band behind it."""
     dense = rows[0].scores["dense"]
@@ -222,7 +152,7 @@ def _add_dense(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
             mode="lines",
             line={"color": colour("dense"), "dash": "dash"},
             name=f"{label('dense')} (mean, band: ± sd over seeds)",
-            hovertext=[f"{label('dense')}: {_mean_sd(dense)}"] * 2,
+            hovertext=[f"{label('dense')}: {_hover_scores(dense)}"] * 2,
             hovertemplate="%{hovertext}<extra></extra>",
             **(style | {"showlegend": column == 1}),
         ),
@@ -231,7 +161,7 @@ def _add_dense(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
     )
 
 
-def _add_methods(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+def _add_methods(figure: go.Figure, rows: list[study.SummaryRow], column: int) -> None:
     """ISS-P and IHT at their mean over seeds against ratio, error bars ± sd over seeds."""
     for method in COMPARED:
         points = [(row.ratio, row.scores[method]) for row in rows if row.scores[method]]
@@ -250,7 +180,7 @@ def _add_methods(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
                 showlegend=column == 1,
                 line={"color": colour(method)},
                 hovertext=[
-                    f"{label(method)}, ratio {ratio:g}: {_mean_sd(scores)}"
+                    f"{label(method)}, ratio {ratio:g}: {_hover_scores(scores)}"
                     for ratio, scores in points
                 ],
                 hovertemplate="%{hovertext}<extra></extra>",
@@ -260,7 +190,7 @@ def _add_methods(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
         )
 
 
-def _add_differences(figure: go.Figure, rows: list[StudyRow], column: int) -> None:
+def _add_differences(figure: go.Figure, rows: list[study.SummaryRow], column: int) -> None:
     """Each seed's ISS-P minus IHT as an open dot (set a little left of its ratio so it
     does not hide under the mean), the mean with its 95% interval as error bars, and 0."""
     style = {"legendgroup": "difference", "showlegend": column == 1}
@@ -297,7 +227,7 @@ def _add_differences(figure: go.Figure, rows: list[StudyRow], column: int) -> No
             mode="markers",
             marker={"color": colour("issp"), "size": 9},
             name=f"{DIFFERENCE} (mean, bars: 95% interval)",
-            hovertext=[_verdict(row).replace("**", "") for row in means],
+            hovertext=[study.verdict_sentence(row).replace("**", "") for row in means],
             hovertemplate="%{hovertext}<extra></extra>",
             **style,
         ),
@@ -340,19 +270,6 @@ def study_figure(summary: StudySummary, metric: str) -> go.Figure:
     return figure
 
 
-def _verdict(row: StudyRow) -> str:
-    """One sentence on one (scale, ratio): the stored verdict and the numbers behind it."""
-    return study.verdict_sentence(
-        row.scale,
-        row.ratio,
-        row.verdict,
-        row.mean_difference,
-        row.interval95,
-        row.issp_wins,
-        row.seeds,
-    )
-
-
 def study_verdicts(summary: StudySummary, metric: str) -> str:
     """Markdown: where the numbers come from, then one sentence per scale and ratio with
     the study's verdict, the mean paired difference, its 95% interval and the wins."""
@@ -374,7 +291,7 @@ def study_verdicts(summary: StudySummary, metric: str) -> str:
         "paired difference; the interval is the 95% t-interval of its mean, and the verdict "
         "says ahead or behind only where that interval excludes 0."
     )
-    return "\n".join([header, "", *(f"- {_verdict(row)}" for row in rows)])
+    return "\n".join([header, "", *(f"- {study.verdict_sentence(row)}" for row in rows)])
 
 
 def study_page(path: Path | None = STUDY_JSON, metric: str | None = None) -> StudyPage:
