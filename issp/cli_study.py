@@ -42,7 +42,11 @@ def add_study(commands: argparse._SubParsersAction) -> None:
     modes = study_commands.add_parser(
         "modes", help="N:M and GReg paired by seed (analysis/modes.md): train, then report"
     )
-    for sub in (precision, modes):
+    claims = study_commands.add_parser(
+        "claims",
+        help="study v2 (analysis/claims-protocol.md): each method's grid, 5 seeds, the claims",
+    )
+    for sub in (precision, modes, claims):
         _add_registered_test_options(sub)
     for sub in (grid, run, report, rescore):
         _add_plan_options(sub)
@@ -124,8 +128,9 @@ def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
     command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
-    if args.study_command in ("precision", "modes"):
-        {"precision": _study_precision, "modes": _study_modes}[args.study_command](args, command)
+    registered = {"precision": _study_precision, "modes": _study_modes, "claims": _study_claims}
+    if args.study_command in registered:
+        registered[args.study_command](args, command)
         return
     args = _study_defaults(args)
     data = str(getattr(args, "data", None) or "") or None
@@ -232,6 +237,15 @@ def _study_modes(args: argparse.Namespace, command: str) -> None:
         study.execute(runs, folders, tests, jobs=args.jobs, threads=args.threads)
     modes.write_modes(folders.results, command, study.REPORT_DIR)
     print(f"{modes.finished(runs, folders.results)} of {len(runs)} runs finished")
+
+
+def _study_claims(args: argparse.Namespace, command: str) -> None:
+    from issp.study import v2
+
+    if not args.report:
+        v2.run(str(args.data) if args.data else None, args.test, args.jobs, args.threads)
+    rows = v2.write_claims(command)
+    print("; ".join(f"{row.claim} {row.verdict} ({row.status})" for row in rows))
 
 
 def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from issp.claims import CELLS, SEEDS, claim_rows, claims_json, claims_markdown
+from issp.study.claims import CELLS, SEEDS, claim_rows, claims_json, claims_markdown
 
 
 def make_results(gap, cells=CELLS, rivals=None, flips=(2000, 1000), cv=(0.2, 0.4), noise=0.01):

@@ -273,6 +273,10 @@ def test_study_run_writes_the_report_and_resumes_without_retraining(tmp_path):
     assert report["planned_runs"] == 6
     pruned = [r for r in report["runs"] if r["config"]["method"] != "dense"]
     assert all(r["dynamics"]["flips_before_kp"] >= 0 for r in pruned)
+    # C5's figure, and the curves behind it, kept beside each pruned run's result.
+    assert all(r["gradient_flow"]["grad_cv"] >= 0 for r in pruned)
+    telemetry = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.telemetry.npz"))
+    assert len(telemetry) == len(pruned)
     assert row["seeds"] == 2 and len(row["differences"]) == 2
     assert "| x2 | 0.9 | validation |" in (tmp_path / "report" / "study.md").read_text()
     finished = sorted((tmp_path / "report" / "study_runs" / "two-stage").glob("*.json"))

@@ -45,6 +45,10 @@ class StudyRun:
     def checkpoint_path(self, work: Path) -> Path:
         return work / f"{self.name}.safetensors"
 
+    def telemetry_path(self, results: Path) -> Path:
+        """Where the run's thinned telemetry is kept (``issp.gradient_flow.thin_telemetry``)."""
+        return results / f"{self.name}.telemetry.npz"
+
 
 @dataclass(frozen=True)
 class RunFolders:

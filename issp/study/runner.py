@@ -23,8 +23,8 @@ from filelock import FileLock, Timeout
 from issp.catalogue import TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
 from issp.evaluate import evaluate_folder
+from issp.gradient_flow import gradient_flow, thin_telemetry
 from issp.machine import available_cpus, machine_description
-from issp.methods import COMPARED
 from issp.report import mask_dynamics
 from issp.study.plan import RunFolders, StudyRun
 from issp.train import state_path, telemetry_path, train
@@ -82,9 +82,13 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
             for key, folder in tests.items():
                 scores = evaluate_folder(model, folder, run.config.scale)
                 result[key] = scores  # with per-image rows, for re-analysis
-            if run.config.method in COMPARED and telemetry_path(out).is_file():
-                dynamics = mask_dynamics(telemetry_path(out), run.config.kp)
-                result["dynamics"] = dataclasses.asdict(dynamics)
+            telemetry = telemetry_path(out)
+            if run.config.method != "dense" and telemetry.is_file():
+                kp = run.config.kp
+                result["dynamics"] = dataclasses.asdict(mask_dynamics(telemetry, kp))
+                result["gradient_flow"] = dataclasses.asdict(gradient_flow(telemetry, kp))
+                # The curves, thinned, for analyses the summaries above do not foresee.
+                thin_telemetry(telemetry, run.telemetry_path(results))
             # The checkpoint is kept beside its scores (compact sparse storage, about 200
             # KB), so a later analysis can re-score it on any images (``study rescore``).
             shutil.copyfile(out, run.checkpoint_path(results))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from issp.study import Paired, holm
+from issp.study.stats import PairedDifferences, holm
 
 EDSR, SWINIR = "edsr-tiny", "swinir-tiny"
 SEEDS = (0, 1, 2, 3, 4)
@@ -91,11 +91,11 @@ def complete(results: Sequence[dict], cell: Cell, methods: Sequence[str]) -> boo
 
 def compare(
     results: Sequence[dict], cell: Cell, first: str, second: str, measure: Measure
-) -> Paired:
+) -> PairedDifferences:
     """``first`` minus ``second`` on ``measure``, paired by seed, in seed order."""
     one, two = by_seed(results, cell, first), by_seed(results, cell, second)
     seeds = sorted(set(SEEDS) & one.keys() & two.keys())
-    return Paired(tuple(measure(one[s]) - measure(two[s]) for s in seeds))
+    return PairedDifferences(tuple(measure(one[s]) - measure(two[s]) for s in seeds))
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class CellTest:
 
     cell: Cell
     rival: str
-    comparison: Paired
+    comparison: PairedDifferences
     p_holm: float
     lower_is_better: bool = False
 
@@ -171,7 +171,7 @@ class SeedTrend:
 
     @property
     def verdict(self) -> str:
-        low, high = Paired(self.values).interval
+        low, high = PairedDifferences(self.values).interval
         if low > 0:
             return "supported"
         if high < 0:
@@ -179,7 +179,7 @@ class SeedTrend:
         return "not shown"
 
     def to_json(self) -> dict:
-        low, high = Paired(self.values).interval
+        low, high = PairedDifferences(self.values).interval
         return {
             "per_seed": list(self.values),
             "mean": float(np.mean(self.values)),
@@ -293,8 +293,8 @@ def claim_rows(results: Sequence[dict]) -> list[ClaimRow]:
             else f"ratio: {ratio.verdict}; scale: {scale.verdict}"
         )
         figure = "; ".join(
-            f"{name} {np.mean(t.values):+.3f} dB [{Paired(t.values).interval[0]:+.3f}, "
-            f"{Paired(t.values).interval[1]:+.3f}]"
+            f"{name} {np.mean(t.values):+.3f} dB [{PairedDifferences(t.values).interval[0]:+.3f}, "
+            f"{PairedDifferences(t.values).interval[1]:+.3f}]"
             for name, t in (("0.9→0.99", ratio), ("x4 − x2", scale))
         )
         rows.append(
@@ -383,9 +383,9 @@ def claims_markdown(rows: Sequence[ClaimRow], runs: int, command: str) -> str:
     lines = [
         "# Study v2: the paper's claims, each by its registered test",
         "",
-        f"Made by `{command}` from {runs} run files in `analysis/study_runs/`. The tests and "
-        "decision rules are those of `analysis/claims-protocol.md`, committed before the first "
-        "run; a cell is called only where ISS-P and the method it is compared with finished "
+        f"Made by `{command}` from {runs} run files in `analysis/study_runs/claims/`. The tests "
+        "and decision rules are those of `analysis/claims-protocol.md`, committed before the "
+        "first run; a cell is called only where ISS-P and the method it is compared with finished "
         f"all {len(SEEDS)} seeds. Intervals are 95% t-intervals over seeds; Holm-adjusted "
         f"p < {LEVEL} calls a cell.",
         "",

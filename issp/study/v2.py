@@ -1,0 +1,346 @@
+"""Study v2: every method at its own best setting, chosen on validation, then 5 paired seeds.
+
+The protocol is ``analysis/claims-protocol.md``, committed before any of these runs; this
+module is its plan, step by step. The grid is sequential (a screen at the first grid seed
+decides which rates the others run; an edge rate is added where the best lies at the
+grid's edge; ISS-P's alpha is chosen at its chosen rate), so ``grid_next`` is a pure
+function of the finished runs: it names the runs the grid needs next, and an empty list
+means the grid is complete and ``grid_choice`` holds. Every process that runs it computes
+the same list from the committed files, so two of them side by side split the work
+through the runner's file locks, and a later session resumes where one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from issp import IsspError
+from issp.study.claims import ClaimRow, claim_rows, claims_json, claims_markdown
+from issp.study.plan import REPORT_DIR, RunFolders, StudyRun, run_name
+from issp.study.runner import execute, test_folders
+from issp.train import DEFAULT_PROTOCOL, PRECISIONS, TrainConfig
+
+EDSR, SWINIR = "edsr-tiny", "swinir-tiny"
+METHODS = ("dense", "iht", "issp", "gmp", "rigl")
+SEEDS = (0, 1, 2, 3, 4)
+GRID_SEEDS = (100, 101, 102)
+GRID_RATIOS = (0.9, 0.99)
+LRS = (1e-3, 3e-3, 1e-2)
+EDGE = {1e-3: 3e-4, 1e-2: 3e-2}  # the rate beyond each edge of LRS
+SCREEN_DB = 1.0
+ALPHA = 0.95  # ISS-P's alpha during the rate grid
+OTHER_ALPHAS = (0.9, 0.99)
+# Per architecture: the scales and ratios the study runs, and each scale's run settings.
+CELLS = {EDSR: {2: (0.9, 0.95, 0.99), 4: (0.9, 0.95, 0.99)}, SWINIR: {2: (0.9, 0.99)}}
+SETTINGS = {
+    (EDSR, 2): {"steps": 3000, "batch_size": 16, "patch": 48},
+    (EDSR, 4): {"steps": 3000, "batch_size": 16, "patch": 24},
+    (SWINIR, 2): {"steps": 2000, "batch_size": 16, "patch": 32},
+}
+PLAN = "claims"  # run folders: analysis/study_runs/claims-grid and claims
+WAIT_SECONDS = 60  # between looks while every run left is another process's
+PRECISION_FILE = REPORT_DIR / "precision.json"
+
+
+def precision_of(arch: str, precision_file: Path = PRECISION_FILE) -> str:
+    """The arithmetic ``arch`` trains in: edsr-tiny's is what the precision test's rule 1
+    decided (an IsspError until it has), swinir-tiny's is fp32."""
+    if arch != EDSR:
+        return "fp32"
+    try:
+        adopted = json.loads(precision_file.read_text())["adopted"]
+    except (OSError, ValueError, KeyError) as err:
+        raise IsspError(f"cannot read the precision decision in {precision_file}: {err}") from None
+    if adopted is None:
+        raise IsspError("the precision test has not decided yet (analysis/precision.md)")
+    return "bf16" if adopted else "channels-last"
+
+
+def config(
+    arch: str,
+    scale: int,
+    method: str,
+    ratio: float,
+    lr: float,
+    alpha: float,
+    seed: int,
+    data: str | None,
+    precision: str,
+) -> TrainConfig:
+    """One v2 run: the two-stage protocol with its first and last conv dense."""
+    settings = SETTINGS[arch, scale]
+    return TrainConfig.of_protocol(
+        DEFAULT_PROTOCOL,
+        arch=arch,
+        scale=scale,
+        method=method,
+        ratio=0.0 if method == "dense" else ratio,
+        lr=lr,
+        alpha=alpha,
+        seed=seed,
+        data=data,
+        workers=0,
+        val_every=settings["steps"],
+        **settings,
+        **PRECISIONS[precision],
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A method's point of the grid, and in the end its chosen one."""
+
+    method: str
+    lr: float
+    alpha: float = ALPHA
+
+
+def setting_runs(
+    arch: str,
+    setting: Setting,
+    seeds: Sequence[int],
+    data: str | None,
+    precision: str,
+    scale: int = 2,
+    ratios: Sequence[float] = GRID_RATIOS,
+) -> list[StudyRun]:
+    """The runs of ``setting`` at ``seeds`` and ``ratios`` (dense: one, at no ratio)."""
+    ratios = (0.0,) if setting.method == "dense" else ratios
+    configs = [
+        config(arch, scale, setting.method, ratio, setting.lr, setting.alpha, seed, data, precision)
+        for seed in seeds
+        for ratio in ratios
+    ]
+    return [StudyRun(run_name(c), c) for c in configs]
+
+
+class Grid:
+    """The grid of one architecture over the finished runs ``done`` (result dicts by
+    name): ``next_runs`` lists what it needs next, ``choice`` what it chose."""
+
+    def __init__(
+        self,
+        arch: str,
+        done: dict[str, dict],
+        data: str | None,
+        precision: str,
+        issp_alpha: float | None = None,
+    ) -> None:
+        self.arch, self.done, self.data, self.precision = arch, done, data, precision
+        # swinir-tiny's ISS-P takes the alpha edsr-tiny's grid chose; edsr-tiny tunes its own.
+        self.issp_alpha = issp_alpha
+        self.scores: dict[Setting, float] = {}
+        self.screened: dict[str, list[float]] = {}
+
+    def _score(self, setting: Setting, seeds: Sequence[int]) -> float | None:
+        runs = setting_runs(self.arch, setting, seeds, self.data, self.precision)
+        if any(run.name not in self.done for run in runs):
+            return None
+        return float(np.mean([self.done[run.name]["val_psnr"] for run in runs]))
+
+    def _missing(self, settings: Sequence[Setting], seeds: Sequence[int]) -> list[StudyRun]:
+        runs = [
+            r
+            for s in settings
+            for r in setting_runs(self.arch, s, seeds, self.data, self.precision)
+        ]
+        return [run for run in runs if run.name not in self.done]
+
+    def method(self, method: str) -> tuple[list[StudyRun], Setting | None]:
+        """The runs ``method``'s grid needs next, or (no runs, its chosen setting)."""
+        alpha = self.issp_alpha if method == "issp" and self.issp_alpha else ALPHA
+        at = {lr: Setting(method, lr, alpha) for lr in LRS}
+        missing = self._missing(list(at.values()), GRID_SEEDS[:1])
+        if missing:
+            return missing, None
+        first = {lr: self._score(s, GRID_SEEDS[:1]) for lr, s in at.items()}
+        kept = [lr for lr in LRS if first[lr] >= max(first.values()) - SCREEN_DB]
+        self.screened[method] = [lr for lr in LRS if lr not in kept]
+        missing = self._missing([at[lr] for lr in kept], GRID_SEEDS)
+        if missing:
+            return missing, None
+        scores = {lr: self._score(at[lr], GRID_SEEDS) for lr in kept}
+        best = max(scores, key=scores.get)
+        if best in EDGE:
+            edge = Setting(method, EDGE[best], alpha)
+            missing = self._missing([edge], GRID_SEEDS)
+            if missing:
+                return missing, None
+            scores[edge.lr] = self._score(edge, GRID_SEEDS)
+            best = max(scores, key=scores.get)
+        self.scores |= {Setting(method, lr, alpha): score for lr, score in scores.items()}
+        chosen = Setting(method, best, alpha)
+        if method != "issp" or self.issp_alpha:
+            return [], chosen
+        others = [Setting(method, best, a) for a in OTHER_ALPHAS]
+        missing = self._missing(others, GRID_SEEDS)
+        if missing:
+            return missing, None
+        alphas = {s: self._score(s, GRID_SEEDS) for s in others} | {chosen: scores[best]}
+        self.scores |= alphas
+        return [], max(alphas, key=alphas.get)
+
+    def next_runs(self, methods: Sequence[str] = METHODS) -> list[StudyRun]:
+        return [run for method in methods for run in self.method(method)[0]]
+
+    def choice(self, methods: Sequence[str] = METHODS) -> dict[str, Setting] | None:
+        """Each method's chosen setting, or None while the grid still needs runs."""
+        chosen = {method: self.method(method)[1] for method in methods}
+        return None if None in chosen.values() else chosen
+
+
+def study_runs(
+    arch: str,
+    chosen: dict[str, Setting],
+    data: str | None,
+    precision: str,
+) -> list[StudyRun]:
+    """The study's runs of ``arch`` for the chosen settings, seed-major."""
+    runs = []
+    for seed in SEEDS:
+        for scale, ratios in CELLS[arch].items():
+            for setting in chosen.values():
+                runs += setting_runs(arch, setting, (seed,), data, precision, scale, ratios)
+    return runs
+
+
+# In the protocol's order for when compute runs short: ISS-P and IHT (and dense) at their
+# own rates on edsr-tiny, then GMP and RigL, then swinir-tiny.
+PHASES = (
+    (EDSR, ("dense", "iht", "issp")),
+    (EDSR, ("gmp", "rigl")),
+    (SWINIR, METHODS),
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What study v2 trains next: a phase's grid or study runs and their folder."""
+
+    what: str
+    runs: list[StudyRun]
+    folders: RunFolders
+    scored: bool  # on Set5/Set14 (the study) or validation only (the grid)
+
+
+def finished(folders: RunFolders) -> dict[str, dict]:
+    """The finished runs in ``folders``, by name."""
+    if not folders.results.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folders.results.glob("*.json"))}
+
+
+def grid_folders() -> RunFolders:
+    return RunFolders.of(f"{PLAN}-grid")
+
+
+def study_folders() -> RunFolders:
+    return RunFolders.of(PLAN)
+
+
+def edsr_alpha(done: dict[str, dict], data: str | None) -> float | None:
+    """ISS-P's alpha as edsr-tiny's grid chose it, None while it has not."""
+    chosen = Grid(EDSR, done, data, precision_of(EDSR)).choice(("issp",))
+    return None if chosen is None else chosen["issp"].alpha
+
+
+def next_step(data: str | None) -> Step | None:
+    """The runs study v2 needs next, from the committed run files; None when it is done."""
+    grid, study = grid_folders(), study_folders()
+    done_grid, done_study = finished(grid), finished(study)
+    for arch, methods in PHASES:
+        precision = precision_of(arch)
+        alpha = None if arch == EDSR else edsr_alpha(done_grid, data)
+        state = Grid(arch, done_grid, data, precision, alpha)
+        runs = state.next_runs(methods)
+        if runs:
+            return Step(f"{arch} grid ({', '.join(methods)})", runs, grid, scored=False)
+        chosen = state.choice(methods)
+        runs = [r for r in study_runs(arch, chosen, data, precision) if r.name not in done_study]
+        if runs:
+            return Step(f"{arch} study ({', '.join(methods)})", runs, study, scored=True)
+    return None
+
+
+def run(
+    data: str | None,
+    test: Path | None,
+    jobs: int,
+    threads: int | None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Train study v2 to its end, phase by phase, resuming from the committed run files.
+    Where every run left is another process's, wait for it rather than spin."""
+    waited: tuple[str, ...] = ()
+    while (step := next_step(data)) is not None:
+        names = tuple(run.name for run in step.runs)
+        if names == waited:
+            time.sleep(WAIT_SECONDS)
+        log(f"[{time.strftime('%H:%M:%S')}] {step.what}: {len(step.runs)} runs to go")
+        tests = test_folders(test) if step.scored else {}
+        execute(step.runs, step.folders, tests, jobs, log, threads)
+        waited = names
+
+
+def grid_markdown(done: dict[str, dict], data: str | None) -> list[str]:
+    """Each architecture's grid: every setting's mean validation PSNR, the rates the
+    screen cut, and each method's choice (or how many runs it still needs)."""
+    lines = []
+    for arch in CELLS:
+        try:
+            lines += _arch_grid_markdown(arch, done, data)
+        except IsspError as err:
+            lines += [f"### {arch}", "", f"Not started: {err}.", ""]
+    return lines
+
+
+def _arch_grid_markdown(arch: str, done: dict[str, dict], data: str | None) -> list[str]:
+    precision = precision_of(arch)
+    alpha = None if arch == EDSR else edsr_alpha(done, data)
+    grid = Grid(arch, done, data, precision, alpha)
+    lines = [
+        f"### {arch} x2 ({precision}; ratios {', '.join(map(str, GRID_RATIOS))}; "
+        f"seeds {', '.join(map(str, GRID_SEEDS))})",
+        "",
+        "| method | lr | alpha | mean validation PSNR (dB) | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        left, chosen = grid.method(method)
+        mine = [(s, score) for s, score in grid.scores.items() if s.method == method]
+        for setting, score in sorted(mine, key=lambda item: (item[0].lr, item[0].alpha)):
+            alpha_text = f"{setting.alpha:g}" if method == "issp" else ""
+            mark = "**chosen**" if setting == chosen else ""
+            lines.append(f"| {method} | {setting.lr:g} | {alpha_text} | {score:.3f} | {mark} |")
+        if grid.screened.get(method):
+            rates = ", ".join(f"{lr:g}" for lr in grid.screened[method])
+            screen = f"cut by the screen at seed {GRID_SEEDS[0]}"
+            lines.append(f"| {method} | {rates} | | {screen} | |")
+        if chosen is None:
+            lines.append(f"| {method} | | | {len(left)} runs to go | |")
+    return [*lines, ""]
+
+
+def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
+    """Write ``claims.md`` and ``claims.json`` into ``out`` from the finished runs: the
+    claims table, then each method's grid and choice."""
+    results = list(finished(study_folders()).values())
+    rows = claim_rows(results)
+    grid_done = finished(grid_folders())
+    text = claims_markdown(rows, len(results), command)
+    text += "\n## Each method's setting, chosen on validation\n\n"
+    text += (
+        "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
+    )
+    text += "\n".join(grid_markdown(grid_done, None))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "claims.md").write_text(text)
+    summary = {"command": command, "runs": len(results), "claims": claims_json(rows)}
+    (out / "claims.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return rows

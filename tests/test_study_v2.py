@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from issp import IsspError
+from issp.study import v2
+from issp.study.v2 import EDSR, GRID_SEEDS, SWINIR, Grid, Setting
+
+
+def score(config) -> float:
+    """Validation PSNR of a grid run: each method peaks at its own rate; ISS-P at alpha 0.9."""
+    best = {"dense": 3e-3, "iht": 1e-2, "issp": 3e-3, "gmp": 1e-3, "rigl": 3e-3}[config.method]
+    value = 31.0 - abs(config.lr - best) * 200 + config.seed * 0.001
+    if config.method == "issp":
+        value += {0.9: 0.05, 0.95: 0.0, 0.99: -0.05}[config.alpha]
+    return value
+
+
+def complete(grid: Grid, done: dict) -> list[list[str]]:
+    """Run the grid to its end on ``score``; the names asked for at each step."""
+    asked = []
+    while runs := grid.next_runs():
+        asked.append([run.name for run in runs])
+        for run in runs:
+            done[run.name] = {"val_psnr": score(run.config)}
+    return asked
+
+
+def test_the_grid_screens_extends_an_edge_and_picks_each_method_its_own_setting():
+    done: dict = {}
+    grid = Grid(EDSR, done, None, "bf16")
+    asked = complete(grid, done)
+    first = asked[0]
+    # Step one: every rate at the first grid seed, both ratios (dense once).
+    assert len(first) == 3 + 4 * 3 * 2 and all(
+        name.endswith(f"_s{GRID_SEEDS[0]}") for name in first
+    )
+    chosen = grid.choice()
+    assert chosen["dense"] == Setting("dense", 3e-3)
+    assert chosen["gmp"].lr == 1e-3 and chosen["rigl"].lr == 3e-3
+    # IHT's best was the top of the grid: 3e-2 ran beyond it, and lost to 1e-2.
+    assert chosen["iht"].lr == 1e-2
+    assert any("iht_r0.9_lr0.03" in name for step in asked for name in step)
+    # ISS-P's alpha is chosen at its chosen rate.
+    assert chosen["issp"] == Setting("issp", 3e-3, 0.9)
+    # The screen: 1e-2 is 1.4 dB behind for ISS-P at seed 100, so it never ran at 101.
+    names = {name for step in asked for name in step}
+    assert "edsr-tiny_x2_issp_r0.9_a0.95_lr0.01_edges-dense_bf16_s101" not in names
+    assert grid.screened["issp"] == [1e-2]
+
+
+def test_the_grid_is_a_function_of_the_finished_runs():
+    done: dict = {}
+    complete(Grid(EDSR, done, None, "bf16"), done)
+    again = Grid(EDSR, dict(done), None, "bf16")
+    assert again.next_runs() == [] and again.choice() == Grid(EDSR, done, None, "bf16").choice()
+
+
+def test_swinir_takes_edsr_alpha_and_tunes_only_rates():
+    done: dict = {}
+    grid = Grid(SWINIR, done, None, "fp32", issp_alpha=0.9)
+    asked = complete(grid, done)
+    assert grid.choice()["issp"].alpha == 0.9
+    assert not any("_a0.99_" in name for step in asked for name in step)
+
+
+def test_the_study_runs_every_cell_at_five_seeds():
+    chosen = {m: Setting(m, 3e-3) for m in v2.METHODS}
+    assert len(v2.study_runs(EDSR, chosen, None, "bf16")) == 5 * 2 * (1 + 3 * 4)
+    assert len(v2.study_runs(SWINIR, chosen, None, "fp32")) == 5 * (1 + 2 * 4)
+
+
+def test_the_arithmetic_waits_for_the_precision_decision(tmp_path):
+    decision = tmp_path / "precision.json"
+    decision.write_text(json.dumps({"adopted": None}))
+    with pytest.raises(IsspError, match="not decided"):
+        v2.precision_of(EDSR, decision)
+    decision.write_text(json.dumps({"adopted": True}))
+    assert v2.precision_of(EDSR, decision) == "bf16"
+    decision.write_text(json.dumps({"adopted": False}))
+    assert v2.precision_of(EDSR, decision) == "channels-last"
+    assert v2.precision_of(SWINIR, decision) == "fp32"
