@@ -232,7 +232,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> None:
     from issp.checkpoint import load_checkpoint
     from issp.data import load_image
+    from issp.machine import use_huge_pages
     from issp.upscale import SUFFIX_FORMATS, fast_tile, inference_model, upscale_image
+
+    use_huge_pages()  # before the first large tensor, when torch reads it
 
     if args.output is not None and args.output.suffix.lower() not in SUFFIX_FORMATS:
         raise IsspError(
