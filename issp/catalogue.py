@@ -4,7 +4,7 @@
 size, FLOPs and scores. :class:`Manifest` and :class:`Record` are that file as types:
 ``from_json`` reads it, ``to_json`` writes it back unchanged. Reading the catalogue imports
 no training code; the build that writes it is :mod:`issp.zoo`, the tables made from it
-:mod:`issp.report`.
+:mod:`issp.zoo_report`.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def add_zoo(commands: argparse._SubParsersAction) -> None:
 
 def cmd_zoo(args: argparse.Namespace) -> int | None:
     """Run ``issp zoo <sub-command>``; ``verify`` returns 1 where a checkpoint fails."""
-    from issp import report, zoo
+    from issp import zoo, zoo_report
 
     if args.zoo_command == "build":
         data = str(args.data) if args.data else None
@@ -84,11 +84,11 @@ def cmd_zoo(args: argparse.Namespace) -> int | None:
     scores = zoo.evaluate_zoo(args.data, args.zoo)
     command = f"python -m issp zoo eval --data {args.data}"
     command += f" --zoo {args.zoo}" if args.zoo else ""
-    table = report.results_markdown(scores.records, scores.bicubic, command)
+    table = zoo_report.results_markdown(scores.records, scores.bicubic, command)
     folders = zoo.ZooFolders.of(args.zoo)
-    dynamics = report.dynamics_markdown(scores.records, folders.telemetry)
+    dynamics = zoo_report.dynamics_markdown(scores.records, folders.telemetry)
     table += f"\n{dynamics}" if dynamics else ""
-    path = report.write_results(table, folders.zoo)
+    path = zoo_report.write_results(table, folders.zoo)
     print(table)
     print(f"wrote {path}")
 

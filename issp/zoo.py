@@ -6,7 +6,7 @@ resumes a half-trained one), evaluates it on Set5/Set14 and records it in the ma
 (:func:`issp.study.seed_run`), so one the study has finished is copied, not trained again.
 ``--zoo DIR`` builds into another folder, so a new zoo grows beside the one being served
 and is swapped in when complete. ``python -m issp zoo eval --data DIR`` scores every
-checkpoint again, and :mod:`issp.report` turns the scores into the results table;
+checkpoint again, and :mod:`issp.zoo_report` turns the scores into the results table;
 ``zoo verify`` checks every file against its record.
 """
 

@@ -46,7 +46,7 @@ class StudyRun:
         return work / f"{self.name}.safetensors"
 
     def telemetry_path(self, results: Path) -> Path:
-        """Where the run's thinned telemetry is kept (``issp.gradient_flow.thin_telemetry``)."""
+        """Where the run's thinned telemetry is kept (``issp.dynamics.thin_telemetry``)."""
         return results / f"{self.name}.telemetry.npz"
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from issp.catalogue import TEST_SETS, score_key
 from issp.machine import machine_description
 from issp.methods import COMPARED, label
-from issp.report import DOCS, write_doc_section
 from issp.study.plan import REPORT_DIR
 from issp.study.stats import (
     Goal,
@@ -27,6 +26,7 @@ from issp.study.stats import (
     study_summary,
     summary_json,
 )
+from issp.zoo_report import DOCS, write_doc_section
 
 STUDY_JSON = "study.json"  # the study's figures, in ``out`` (REPORT_DIR by default)
 
@@ -143,7 +143,7 @@ def _dynamics(by_seed: dict[int, dict[str, dict]], method: str, key: str) -> str
 
 def flips_markdown(results: Sequence[dict]) -> list[str]:
     """The paper's second claim, paired by seed like the PSNR: mask flips during the
-    pruning stage (``issp.report.MaskDynamics``) of ISS-P and IHT per scale and ratio."""
+    pruning stage (``issp.zoo_report.MaskDynamics``) of ISS-P and IHT per scale and ratio."""
     cells: dict[tuple[int, float], dict[int, dict[str, dict]]] = {}
     for r in results:
         c = r["config"]

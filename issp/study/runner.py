@@ -22,10 +22,9 @@ from filelock import FileLock, Timeout
 
 from issp.catalogue import TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
+from issp.dynamics import gradient_flow, mask_dynamics, thin_telemetry
 from issp.evaluate import evaluate_folder
-from issp.gradient_flow import gradient_flow, thin_telemetry
 from issp.machine import available_cpus, machine_description
-from issp.report import mask_dynamics
 from issp.study.plan import RunFolders, StudyRun
 from issp.train import state_path, telemetry_path, train
 

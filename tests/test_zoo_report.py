@@ -1,8 +1,8 @@
-"""The zoo's results as Markdown (issp.report)."""
+"""The zoo's results as Markdown (issp.zoo_report)."""
 
 import numpy as np
 
-from issp import report
+from issp import zoo_report
 from issp.catalogue import Record, Score
 
 
@@ -21,7 +21,7 @@ def record(method, ratio, set5=None, set14=None, **fields) -> Record:
 def test_results_markdown_has_a_row_per_model_and_provenance():
     issp = record("issp", 0.9, 36.1, 32.0, nonzeros=12000, flops_sparse=2.5e9)
     bicubic = {("edsr-tiny", 2): {"set5": Score(33.67, 0.93)}}
-    table = report.results_markdown([issp], bicubic, "python -m issp zoo eval --data X")
+    table = zoo_report.results_markdown([issp], bicubic, "python -m issp zoo eval --data X")
     assert "python -m issp zoo eval --data X" in table and "cores" in table
     assert "| edsr-tiny x2 | bicubic |  | 33.67 | 0.9300 | nan | nan |  |  |" in table
     assert (
@@ -34,7 +34,7 @@ def test_results_markdown_has_a_row_per_model_and_provenance():
 def test_results_markdown_says_which_protocol_and_seed_trained_the_checkpoints():
     records = [record("dense", 0.0, protocol="two-stage", seed=0),
                record("iht", 0.9, protocol="two-stage", seed=0), record("issp", 0.9)]  # fmt: skip
-    table = report.results_markdown(records, {}, "cmd")
+    table = zoo_report.results_markdown(records, {}, "cmd")
     line = "Protocol (`issp/train.py: PROTOCOLS`): two-stage for 2, not recorded for 1"
     assert f"{line}; seed 0 for 2, not recorded for 1." in table.splitlines()
 
@@ -42,7 +42,7 @@ def test_results_markdown_says_which_protocol_and_seed_trained_the_checkpoints()
 def test_results_markdown_compares_issp_with_iht_and_dense_at_each_ratio():
     records = [record("dense", 0.0, 36.5, 32.3), record("iht", 0.9, 35.0, 31.3),
                record("issp", 0.9, 35.3, 31.2), record("issp", 0.99, 34.0)]  # fmt: skip
-    table = report.results_markdown(records, {}, "cmd")
+    table = zoo_report.results_markdown(records, {}, "cmd")
     assert "| edsr-tiny x2 | 0.9 | +0.30 | -0.10 | -1.20 | -1.10 |" in table
     assert "| edsr-tiny x2 | 0.99 |  |  | -2.50 |  |" in table
 
@@ -50,7 +50,7 @@ def test_results_markdown_compares_issp_with_iht_and_dense_at_each_ratio():
 def test_results_markdown_sums_the_training_time_per_model():
     records = [record("dense", 0.0, train_seconds=3600.0, device="cpu (2 cores)"),
                record("iht", 0.9, train_seconds=1800.0, device="cpu (2 cores)")]  # fmt: skip
-    table = report.results_markdown(records, {}, "cmd")
+    table = zoo_report.results_markdown(records, {}, "cmd")
     assert "edsr-tiny x2: 1.5 h for 2 checkpoints (cpu (2 cores))." in table
 
 
@@ -67,16 +67,16 @@ def test_dynamics_table_counts_flips_before_kp_and_the_magnitude_gap(tmp_path):
         record("issp", 0.9, file="m_issp.safetensors", alpha=0.9, prune_steps=kp),
         record("iht", 0.9, file="no_telemetry.safetensors", prune_steps=kp),
     ]
-    table = report.dynamics_markdown(records, tmp_path)
+    table = zoo_report.dynamics_markdown(records, tmp_path)
     assert "| edsr-tiny x2 | issp | 0.9 | 0.9 | 10 | 2 | 0.0300 |" in table
     assert "iht" not in table.split("|---|")[-1]
-    assert report.dynamics_markdown(records[1:], tmp_path) == ""
+    assert zoo_report.dynamics_markdown(records[1:], tmp_path) == ""
 
 
 def test_doc_section_replaces_only_what_lies_between_its_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
-    assert report.write_doc_section(readme, "t", "new\n")
+    assert zoo_report.write_doc_section(readme, "t", "new\n")
     assert readme.read_text() == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\noutro\n"
-    assert not report.write_doc_section(readme, "other", "x\n")
+    assert not zoo_report.write_doc_section(readme, "other", "x\n")
     assert "x" not in readme.read_text()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from issp.gradient_flow import gradient_flow, thin_telemetry
+from issp.dynamics import gradient_flow, thin_telemetry
 
 
 def write_telemetry(path, grad_norm: np.ndarray, loss: np.ndarray) -> None:

@@ -9,13 +9,11 @@ time, and what each run's stored telemetry says about its mask.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from issp import catalogue
 from issp.catalogue import FLOPS_INPUT, SCORE_KEYS, Record, Score
+from issp.dynamics import mask_dynamics
 from issp.machine import machine_description
 from issp.methods import COMPARED
 
@@ -125,33 +123,6 @@ def _comparison_lines(records: list[Record]) -> list[str]:
         "|---|---|---|---|---|---|",
         *lines,
     ]
-
-
-@dataclass(frozen=True)
-class MaskDynamics:
-    """What a run's stored telemetry says about its mask during the pruning stage: mask
-    flips over the stage and over its last fifth, and mean |w| of the selected (shrunk or
-    zeroed) weights over mean |w| of the kept ones on its last step, averaged over layers:
-    near 0 means freezing the mask at Kp changes little, near 1 that it removes weights
-    still in use."""
-
-    flips_before_kp: float
-    flips_last_fifth: float
-    selected_over_kept: float
-
-
-def mask_dynamics(path: Path, prune_steps: int) -> MaskDynamics:
-    """The mask dynamics of the telemetry file ``path`` of a run whose mask froze at step
-    ``prune_steps`` (Kp)."""
-    with np.load(path) as telemetry:
-        flips = telemetry["flips"].sum(axis=1)
-        kept, selected = telemetry["kept_abs"], telemetry["selected_abs"]
-    # Row t - 1 is step t; the pruning stage is steps 1 .. Kp - 1, the freeze is step Kp
-    # (a run too short to have a pruning stage is read as if Kp were 2).
-    last = max(int(prune_steps) - 1, 1)
-    late = flips[last - max(last // 5, 1) : last].sum()
-    ratio = float(np.mean(selected[last - 1] / np.maximum(kept[last - 1], 1e-12)))
-    return MaskDynamics(float(flips[:last].sum()), float(late), ratio)
 
 
 def dynamics_markdown(records: list[Record], telemetry_dir: Path | None = None) -> str:

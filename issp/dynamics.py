@@ -1,4 +1,8 @@
-"""Gradient flow during the pruning stage, read from a run's telemetry (study v2's C5).
+"""What a run's telemetry says about its pruning stage: its mask dynamics (study v2's C4)
+and its gradient flow (C5).
+
+Mask flips are the paper's "more active sparse-structure dynamics": how often a weight
+enters or leaves the selected set while the mask still moves (``mask_dynamics``).
 
 The paper credits ISS-P with "a more regularized gradient flow" than IHT. The study v2
 protocol (``analysis/claims-protocol.md``) fixed how that is measured before any run: the
@@ -74,3 +78,28 @@ def thin_telemetry(source: str | Path, target: str | Path, every: int = THIN_EVE
         else:
             thinned[key] = windows.mean(axis=1).astype(np.float16)
     np.savez_compressed(target, every=np.int64(every), **arrays, **thinned)
+
+
+@dataclass(frozen=True)
+class MaskDynamics:
+    """What a run's stored telemetry says about its mask during the pruning stage: mask
+    flips over the stage and over its last fifth, and mean |w| of the selected (shrunk or
+    zeroed) weights over mean |w| of the kept ones on its last step, averaged over layers:
+    near 0 means freezing the mask at Kp changes little, near 1 that it removes weights
+    still in use."""
+
+    flips_before_kp: float
+    flips_last_fifth: float
+    selected_over_kept: float
+
+
+def mask_dynamics(path: Path, prune_steps: int) -> MaskDynamics:
+    """The mask dynamics of the telemetry file ``path`` of a run whose mask froze at step
+    ``prune_steps`` (Kp)."""
+    with np.load(path) as telemetry:
+        flips = telemetry["flips"].sum(axis=1)
+        kept, selected = telemetry["kept_abs"], telemetry["selected_abs"]
+    last = pruning_rows(prune_steps)
+    late = flips[last - max(last // 5, 1) : last].sum()
+    ratio = float(np.mean(selected[last - 1] / np.maximum(kept[last - 1], 1e-12)))
+    return MaskDynamics(float(flips[:last].sum()), float(late), ratio)
