@@ -51,14 +51,18 @@ def build_parser() -> Parser:
 def _add_train(commands: argparse._SubParsersAction) -> None:
     from issp.models import PRESETS, SCALES
     from issp.pruning import METHODS
-    from issp.train import DEFAULT_PROTOCOL, PROTOCOLS
+    from issp.train import DEFAULT_PROTOCOL, PROTOCOLS, TrainConfig
 
+    # Every default is TrainConfig's, the one place it is stated.
+    default = TrainConfig()
     train = commands.add_parser("train", help="train (and prune) an SR network")
-    train.add_argument("--arch", default="edsr-tiny", choices=list(PRESETS))
-    train.add_argument("--scale", type=int, default=2, choices=list(SCALES))
-    train.add_argument("--method", default="issp", choices=list(METHODS))
+    train.add_argument("--arch", default=default.arch, choices=list(PRESETS))
+    train.add_argument("--scale", type=int, default=default.scale, choices=list(SCALES))
+    train.add_argument("--method", default=default.method, choices=list(METHODS))
     train.add_argument(
-        "--ratio", type=pruning_ratio, help="pruning ratio r in [0, 1) (default: 0.9, or N/M)"
+        "--ratio",
+        type=pruning_ratio,
+        help=f"pruning ratio r in [0, 1) (default: {default.ratio:g}, or N/M)",
     )
     train.add_argument(
         "--pattern", help="N:M, e.g. 19:20: prune N of every M consecutive weights of a layer"
@@ -73,13 +77,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--alpha", type=shrink_factor, help="ISS-P shrink factor (default: protocol's)"
     )
-    train.add_argument("--steps", type=positive_int, default=2000, help="total training steps")
+    train.add_argument(
+        "--steps", type=positive_int, default=default.steps, help="total training steps"
+    )
     train.add_argument(
         "--prune-steps", type=positive_int, default=None, help="Kp, end of the pruning stage"
     )
-    train.add_argument("--scope", choices=["local", "global"], default="local")
-    train.add_argument("--batch-size", type=positive_int, default=16)
-    train.add_argument("--patch", type=positive_int, default=48, help="LR patch size")
+    train.add_argument("--scope", choices=["local", "global"], default=default.scope)
+    train.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    train.add_argument("--patch", type=positive_int, default=default.patch, help="LR patch size")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: protocol's)")
     train.add_argument(
         "--bf16", action="store_true", help="bfloat16 forward pass (loss, Adam, pruner in fp32)"
@@ -91,11 +97,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--data", type=existing_path, help="folder of training images")
     train.add_argument("--val", type=existing_path, help="folder of validation images")
-    train.add_argument("--val-every", type=positive_int, default=200)
-    train.add_argument("--workers", type=int, default=1)
+    train.add_argument("--val-every", type=positive_int, default=default.val_every)
+    train.add_argument("--workers", type=int, default=default.workers)
     train.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default=default.device, help="cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, default=default.seed)
     train.add_argument("--resume", action="store_true", help="resume from <out>.state.pt")
 
 
@@ -185,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     chosen = {"alpha": args.alpha, "lr": args.lr}
     ratio = args.ratio
     if ratio is None:
-        ratio = 0.9
+        ratio = TrainConfig.ratio
         if args.pattern:
             n, m = parse_pattern(args.pattern)
             ratio = n / m
