@@ -131,3 +131,24 @@ def test_live_comparison_streams_plots_is_replaced_and_stops(page):
     stopped = int(re.search(r"Stopped at step (\d+) of 150", status.inner_text())[1])
     assert stopped < 150
     sync_api.expect(page.locator("#live-download")).to_contain_text(".json")
+
+
+def test_results_open_on_the_claims_with_the_study_one_click_away(page):
+    page.get_by_role("tab", name="Results").click()
+    sub_tabs = ["Claims", "Paired-seed study", "Zoo chart", "Zoo table", "Checkpoints"]
+    for name in sub_tabs:
+        sync_api.expect(page.get_by_role("tab", name=name, exact=True)).to_be_visible()
+    # Claims is the page the tab opens on: the table, or the line saying none is written.
+    claims = page.locator("#claims-table")
+    sync_api.expect(claims).to_contain_text(re.compile("study v2", re.I), timeout=15000)
+    page.get_by_role("tab", name="Paired-seed study").click()
+    sync_api.expect(page.get_by_text("Does ISS-P beat IHT?")).to_be_visible()
+
+
+def test_the_live_tab_states_kp_as_the_protocol_decides_it(page):
+    from analysis.lockstep import LockstepConfig
+
+    share = LockstepConfig().train_config().kp_fraction
+    page.get_by_role("tab", name="Live comparison").click()
+    label = f"Pruning stage Kp (steps; 0 = {share:.0%} of them)"
+    sync_api.expect(page.get_by_text(label)).to_be_visible()

@@ -1,6 +1,7 @@
-"""The Results tab: the paired-seed study, the zoo's chart and table, and its checkpoints,
-each on a sub-tab of its own (one long page of them was 5,800 px tall). Wired to
-:mod:`webapp.study_view` and :mod:`webapp.results`."""
+"""The Results tab: study v2's claims, the paired-seed study, the zoo's chart and table,
+and its checkpoints, each on a sub-tab of its own (one long page of them was 5,800 px
+tall). Wired to :mod:`webapp.claims_view`, :mod:`webapp.study_view` and
+:mod:`webapp.results`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 from plotly.graph_objects import Figure
 
 from issp.catalogue import SCORE_KEYS
+from webapp.claims_view import claims_page
 from webapp.results import (
     MANIFEST_COLUMNS,
     manifest_rows,
@@ -23,8 +25,8 @@ TABLE_HEIGHT = 900  # px: the zoo table scrolls within about a screen
 
 
 def results_tab(server: Server, demo: gr.Blocks) -> None:
-    """The Results tab: the paired-seed study, then the zoo's PSNR chart, its stored table,
-    and its checkpoints (the manifest) with their provenance."""
+    """The Results tab: study v2's claims first, then the paired-seed study, the zoo's PSNR
+    chart, its stored table, and its checkpoints (the manifest) with their provenance."""
 
     @shown_to_user
     def results(x_axis: str, test_set: str) -> tuple[str, str, pd.DataFrame, Figure]:
@@ -41,7 +43,19 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         page = study_page(server.study_path, metric)
         return page.text, page.figure, gr.Dropdown(choices=page.choices, value=page.metric)
 
+    @shown_to_user
+    def claims() -> tuple[str, dict]:
+        """Study v2's claims table and each claim's evidence."""
+        page = claims_page(server.study_path)
+        return page.text, page.evidence
+
     with gr.Tab("Results"), gr.Tabs():
+        with gr.Tab("Claims"):
+            claims_text = gr.Markdown(label="claims", elem_id="claims-table")
+            with gr.Accordion(
+                "Evidence per cell (paired differences, Holm-adjusted p)", open=False
+            ):
+                claims_evidence = gr.JSON(label="evidence by claim")
         with gr.Tab("Paired-seed study"):
             gr.Markdown("### Does ISS-P beat IHT? The paired-seed study")
             study_metric = gr.Dropdown(choices=[], value=None, label="Study test set")
@@ -67,6 +81,7 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
     demo.load(results, [x_axis, test_set], shown, api_name="results", **RAW)
     for trigger in (x_axis.input, test_set.input):
         trigger(results, [x_axis, test_set], shown, api_visibility="private", **RAW)
+    demo.load(claims, [], [claims_text, claims_evidence], api_name="claims", **RAW)
     study_shown = [study_text, study_plot, study_metric]
     demo.load(study, [study_metric], study_shown, api_name="study", **RAW)
     study_metric.input(study, [study_metric], study_shown, api_visibility="private", **RAW)

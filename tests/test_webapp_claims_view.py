@@ -1,0 +1,19 @@
+import json
+
+from issp.study.claims import claim_rows, claims_json
+from webapp.claims_view import NO_CLAIMS, claims_page
+
+
+def test_the_claims_table_has_every_claim_and_its_verdict_in_words(tmp_path):
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(claim_rows([]))}))
+    page = claims_page(tmp_path / "study.json")
+    for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
+        assert f"| {claim} |" in page.text
+    assert "**pending**" in page.text and set(page.evidence) == {f"C{k}" for k in range(1, 7)}
+
+
+def test_no_claims_file_or_a_damaged_one_says_so(tmp_path):
+    assert claims_page(None).text == NO_CLAIMS
+    assert claims_page(tmp_path / "study.json").text == NO_CLAIMS
+    (tmp_path / "claims.json").write_text('{"claims": [{"claim": "C1"}]}')
+    assert "cannot be read" in claims_page(tmp_path / "study.json").text
