@@ -1,6 +1,6 @@
 """Where the time of a pruned edsr-tiny goes, layer by layer, next to what this CPU can do.
 
-    python -m benchmarks.roofline [--scale 2] [--ratios 0.9 0.95 0.99] [--repeats 5]
+    python -m benchmarks.roofline [--scale 2] [--ratios 0.9 0.95 0.99] [--repeats 5] [--swinir]
 
 Per conv of the shipped ISS-P checkpoint at each ratio, on the input that conv sees when
 the app upscales one tile (``issp.upscale.fast_tile``; batch 1, one thread): its dense and
@@ -13,6 +13,9 @@ bandwidth). A last column is the floor memory traffic sets (input and output byt
 the bandwidth). The whole model's time per path closes the table, so the per-layer sums
 can be checked against it.
 
+``--swinir`` adds swinir-tiny x2: its pruned Linear layers, dense against torch's CSR
+sparse x dense product, on the tokens of one tile, next to the whole model's time.
+
 The machine is shared: the paths take turns within every repeat and each figure is a
 median; the load average is printed before and after.
 """
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.sparse_conv import median_ms, memory_bandwidth, pruned_model
+from issp.catalogue import load_zoo_model
 from issp.machine import machine_description, use_huge_pages
 from issp.sparse import SparseConv2d, SparseWeight, sparse_conv3x3, sparsify
 from issp.upscale import bf16_available, fast_tile
@@ -42,13 +47,16 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size**3 / (ms * 1e6)
 
 
-def conv_inputs(model: nn.Module, tile: int) -> dict[str, torch.Tensor]:
-    """Each conv's input (by module name) when ``model`` runs on one ``tile`` px tile."""
+def conv_inputs(
+    model: nn.Module, tile: int, kind: type[nn.Module] = nn.Conv2d
+) -> dict[str, torch.Tensor]:
+    """Each ``kind`` layer's input (by module name) when ``model`` runs on one ``tile`` px
+    tile (its first call, for a layer called more than once)."""
     seen: dict[str, torch.Tensor] = {}
     hooks = [
-        conv.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
-        for name, conv in model.named_modules()
-        if isinstance(conv, nn.Conv2d)
+        layer.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
+        for name, layer in model.named_modules()
+        if isinstance(layer, kind)
     ]
     with torch.inference_mode():
         model(torch.rand(1, 3, tile, tile))
@@ -137,6 +145,43 @@ def table(scale: int, ratio: float, repeats: int, peaks: dict[str, float]) -> No
     print(f"(whole model: the kernel runs {kernel_convs} convs; its other ops are torch's)")
 
 
+def linear_times(linear: nn.Linear, tokens: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Milliseconds of one Linear layer on ``tokens``: dense, and its weight as torch CSR."""
+    weight, bias = linear.weight.detach(), linear.bias.detach()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = weight.to_sparse_csr()
+        return median_ms(
+            {
+                "dense": lambda: F.linear(tokens, weight, bias),
+                "csr": lambda: torch.addmm(bias[:, None], csr, tokens.T).T,
+            },
+            repeats,
+        )
+
+
+def swinir_table(ratio: float, repeats: int) -> None:
+    """swinir-tiny x2: its pruned Linear layers dense against torch's CSR sparse x dense
+    product, on the tokens of one tile, next to the whole model's time."""
+    model = load_zoo_model("swinir-tiny", 2, "issp", ratio)[0].eval()
+    tile = fast_tile(2)
+    x = torch.rand(1, 3, tile, tile)
+    whole = median_ms({"model": lambda: model(x)}, repeats)["model"]
+    inputs = conv_inputs(model, tile, nn.Linear)
+    totals = {"dense": 0.0, "csr": 0.0}
+    for name, linear in model.named_modules():
+        if isinstance(linear, nn.Linear):
+            times = linear_times(linear, inputs[name].reshape(-1, linear.in_features), repeats)
+            for path in totals:
+                totals[path] += times[path]
+    layers = sum(isinstance(m, nn.Linear) for m in model.modules())
+    print(
+        f"\nswinir-tiny x2 ISS-P {ratio:g}, one {tile} px tile: whole model {whole:.1f} ms; its "
+        f"{layers} Linear layers {totals['dense']:.1f} ms dense, {totals['csr']:.1f} ms as "
+        "torch CSR sparse x dense products"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,6 +189,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2, choices=(2, 4))
     parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--swinir", action="store_true", help="also swinir-tiny's Linear layers, dense vs CSR"
+    )
     args = parser.parse_args()
     use_huge_pages()  # as the app and the CLI run
     torch.set_num_threads(1)
@@ -156,6 +204,9 @@ def main() -> None:
     print(f"{line}, memory {peaks['bandwidth'] / 1e9:.1f} GB/s (copy, read + write)")
     for ratio in args.ratios:
         table(args.scale, ratio, args.repeats, peaks)
+    if args.swinir:
+        for ratio in args.ratios:
+            swinir_table(ratio, args.repeats)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
