@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Per-step series of a telemetry file (``issp.train.save_telemetry``), one row per step.
+# Per-step series of a telemetry file (``issp.run_files.save_telemetry``), one row per step.
 SERIES = ("loss", "grad_norm", "flips", "sparsity", "kept_abs", "selected_abs")
 THIN_EVERY = 10  # steps per row of a thinned telemetry file
 # The training loss at the end of the pruning stage: its mean over this last share of it.

@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -52,6 +51,7 @@ from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
 from issp.models import PRESETS, SCALES, build_model, prefers_channels_last, preset_args
 from issp.pruning import Pruner, check_arguments
+from issp.run_files import resume_state, save_state, save_telemetry, state_path, telemetry_path
 from issp.selection import PER_LAYER
 
 SCHEDULES = ("cosine", "two-stage")
@@ -321,15 +321,6 @@ def batch_loader(
     )
 
 
-def state_path(out: str | Path) -> Path:
-    """Where a run writing ``out`` keeps the state it resumes from."""
-    return Path(f"{out}.state.pt")
-
-
-def telemetry_path(out: str | Path) -> Path:
-    return Path(f"{out}.telemetry.npz")
-
-
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
@@ -366,7 +357,7 @@ def train(
     saved = state_path(out)
     history, start, seconds_before = {"loss": [], "val_steps": [], "val_psnr": []}, 0, 0.0
     if resume and saved.exists():
-        history, start, seconds_before = _resume(saved, run, device)
+        history, start, seconds_before = resume_state(saved, run, device)
     train_paths, val_paths, source = training_images(config)
     dataset = patch_dataset(config, train_paths, world)
     val_set = validation_crops(val_paths, config.scale)
@@ -396,7 +387,7 @@ def train(
             bar.set_postfix(loss=f"{loss:.4f}", val_psnr=_last(history["val_psnr"]))
         if rank == 0 and (step % config.save_every == 0 or step == config.steps):
             seconds = seconds_before + time.monotonic() - started
-            _save_state(saved, config, model, optimizer, pruner, history, step, seconds)
+            save_state(saved, config, model, optimizer, pruner, history, step, seconds)
     bar.close()
     if world > 1:
         _check_masks_agree(pruner)
@@ -435,29 +426,6 @@ def train(
     return history
 
 
-def _resume(saved: Path, run: TrainingState, device: torch.device) -> tuple[dict, int, float]:
-    """Load the state ``saved`` into ``run``; returns its history, step and seconds so far.
-    IsspError if it was made with settings that change what the run computes."""
-    state = torch.load(saved, map_location=device, weights_only=True)
-    if _result_settings(state["config"]) != _result_settings(dataclasses.asdict(run.config)):
-        raise IsspError(f"{saved} was made with other settings; remove it or drop --resume")
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.pruner.load_state_dict(state["pruner"])
-    history = {k: list(v) for k, v in state["history"].items()}
-    return history, state["step"], state.get("seconds", 0.0)
-
-
-def _result_settings(settings: dict) -> dict:
-    """The settings that change what a run computes: a run may resume on another device or
-    with another worker count, not with another ratio or schedule. A setting added since a
-    state was saved counts as its default, which is what that state trained with."""
-    fields = dataclasses.fields(TrainConfig)
-    added = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-    merged = added | settings
-    return {k: v for k, v in merged.items() if k not in ("device", "workers", "save_every")}
-
-
 def _last(values: list[float]) -> str:
     return f"{values[-1]:.2f}" if values else "-"
 
@@ -466,40 +434,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({available_cpus()} cores)"
-
-
-def _save_state(
-    path: Path,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    pruner: Pruner,
-    history: dict,
-    step: int,
-    seconds: float,
-) -> None:
-    state = {
-        "config": dataclasses.asdict(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "pruner": pruner.state_dict(),
-        "history": history,
-        "step": step,
-        "seconds": seconds,
-    }
-    tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def save_telemetry(path: str | Path, pruner: Pruner, history: dict) -> None:
-    """Per-step pruner telemetry and the loss/validation history as one ``.npz``."""
-    arrays = {key: value.astype(np.float32) for key, value in pruner.telemetry().items()}
-    np.savez_compressed(
-        path,
-        layers=np.array(pruner.names),
-        loss=np.asarray(history["loss"], np.float32),
-        val_steps=np.asarray(history["val_steps"], np.int64),
-        val_psnr=np.asarray(history["val_psnr"], np.float32),
-        **arrays,
-    )

@@ -38,7 +38,8 @@ from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
 from issp.machine import machine_description
 from issp.methods import COMPARED
 from issp.models import model_summary
-from issp.train import TrainConfig, state_path, telemetry_path, train, training_images
+from issp.run_files import state_path, telemetry_path
+from issp.train import TrainConfig, train, training_images
 
 WORK_DIR = catalogue.ROOT / "runs" / "zoo"  # the checkout's zoo's runs in progress
 SWEEP = catalogue.ROOT / "analysis" / "alpha_sweep.md"

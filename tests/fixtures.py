@@ -24,8 +24,8 @@ from issp.catalogue import (
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
 from issp.pruning import Pruner, prunable_weights
+from issp.run_files import save_telemetry
 from issp.selection import smallest_mask
-from issp.train import save_telemetry
 from webapp.live import live_config
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import DEFAULT_FORMAT, Limits, UpscaleResult, upscale

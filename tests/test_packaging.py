@@ -97,5 +97,6 @@ def test_the_wheel_holds_the_library_and_its_command_only(tmp_path):
     assert {name for name in top if not name.endswith(".dist-info")} == {"issp"}
     assert {"issp/cli.py", "issp/catalogue.py", "issp/models/edsr.py"} <= set(names)
     assert {"issp/study/__init__.py", "issp/study/grid.py"} <= set(names)  # `issp study`
+    assert "issp/sparse_kernel.c" in names  # compiled on first use
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "issp = issp.cli:main_entry" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -11,14 +11,8 @@ import torch
 from issp import IsspError, study
 from issp.checkpoint import load_checkpoint
 from issp.pruning import Pruner
-from issp.train import (
-    TrainConfig,
-    learning_rate,
-    setup_run,
-    state_path,
-    telemetry_path,
-    train,
-)
+from issp.run_files import state_path, telemetry_path
+from issp.train import TrainConfig, learning_rate, setup_run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ from issp.catalogue import Score, ZooEntry
 from issp.checkpoint import sha256
 from issp.cli import main
 from issp.evaluate import evaluate_folder
-from issp.train import PROTOCOLS, telemetry_path, train
+from issp.run_files import telemetry_path
+from issp.train import PROTOCOLS, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECORDS = catalogue.load_manifest().checkpoints

@@ -25,8 +25,9 @@ from issp.checkpoint import load_checkpoint
 from issp.dynamics import gradient_flow, mask_dynamics, thin_telemetry
 from issp.evaluate import evaluate_folder
 from issp.machine import available_cpus, machine_description
+from issp.run_files import state_path, telemetry_path
 from issp.study.plan import RunFolders, StudyRun
-from issp.train import state_path, telemetry_path, train
+from issp.train import train
 
 
 def test_folders(test: Path | None, extra: Sequence[Path] = ()) -> dict[str, Path]:
