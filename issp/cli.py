@@ -343,8 +343,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     _need_analysis("plot")
+    from analysis.figure_files import save_figures
     from analysis.lockstep import from_json
-    from analysis.plots import save_figures
 
     try:
         data = json.loads(args.result.read_text())

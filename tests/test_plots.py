@@ -5,8 +5,9 @@ import plotly.graph_objects as go
 import pytest
 from fixtures import tiny_lockstep
 
+from analysis.figure_files import save_figures
 from analysis.lockstep import run_to_end
-from analysis.plots import FIGURES, MAX_POINTS, binned, save_figures
+from analysis.plots import FIGURES, MAX_POINTS, binned
 from issp.methods import colour
 
 pytestmark = pytest.mark.usefixtures("one_thread")
