@@ -19,19 +19,23 @@ class Parser(argparse.ArgumentParser):
 
 
 def pruning_ratio(text: str) -> float:
-    """A pruning ratio, in [0, 1)."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
-    return value
+    """A pruning ratio, in [0, 1) (``issp.pruning.check_ratio``)."""
+    from issp.pruning import check_ratio
+
+    try:
+        return check_ratio(float(text))
+    except IsspError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def shrink_factor(text: str) -> float:
-    """ISS-P's shrink factor alpha, in (0, 1)."""
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1), got {text}")
-    return value
+    """ISS-P's shrink factor alpha, in (0, 1) (``issp.pruning.check_alpha``)."""
+    from issp.pruning import check_alpha
+
+    try:
+        return check_alpha(float(text))
+    except IsspError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def positive_int(text: str) -> int:

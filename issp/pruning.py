@@ -65,6 +65,21 @@ RIGL_INTERVAL = 100
 TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
 
 
+def check_ratio(ratio: float) -> float:
+    """``ratio`` if it is a pruning ratio, in [0, 1); IsspError otherwise. The one check
+    the CLI, the app and the pruner share."""
+    if not 0 <= ratio < 1:
+        raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
+    return ratio
+
+
+def check_alpha(alpha: float | None) -> float:
+    """``alpha`` if it is ISS-P's shrink factor, in (0, 1); IsspError otherwise."""
+    if alpha is None or not 0 < alpha < 1:
+        raise IsspError(f"alpha must be in (0, 1) (ISS-P's shrink factor), got {alpha}")
+    return alpha
+
+
 def prunable_weights(
     model: nn.Module, skip: Sequence[str] | None = None
 ) -> dict[str, nn.Parameter]:
@@ -98,10 +113,9 @@ def check_arguments(
     """IsspError for a ``Pruner`` no run could use."""
     if method not in METHODS:
         raise IsspError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
-    if not 0 <= ratio < 1:
-        raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
-    if method == "issp" and (alpha is None or not 0 < alpha < 1):
-        raise IsspError(f"ISS-P needs alpha, its shrink factor, in (0, 1), got {alpha}")
+    check_ratio(ratio)
+    if method == "issp":
+        check_alpha(alpha)
     if scope not in ("local", "global"):
         raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
     if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):

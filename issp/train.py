@@ -50,7 +50,7 @@ from issp.data import PatchDataset, default_image_paths, find_images, split_trai
 from issp.evaluate import evaluate_arrays, validation_crops
 from issp.machine import available_cpus
 from issp.models import PRESETS, SCALES, build_model, prefers_channels_last, preset_args
-from issp.pruning import Pruner, check_arguments
+from issp.pruning import Pruner, check_alpha, check_arguments
 from issp.run_files import resume_state, save_state, save_telemetry, state_path, telemetry_path
 from issp.selection import PER_LAYER
 
@@ -163,8 +163,7 @@ class TrainConfig:
             raise IsspError(f"unknown architecture {self.arch!r}; choose from {', '.join(PRESETS)}")
         if self.scale not in SCALES:
             raise IsspError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
-        if not 0 < self.alpha < 1:
-            raise IsspError(f"alpha must be in (0, 1), got {self.alpha}")
+        check_alpha(self.alpha)
         if self.schedule not in SCHEDULES:
             raise IsspError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
         if not 0 < self.kp_fraction <= 1:

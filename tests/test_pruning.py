@@ -182,7 +182,7 @@ def test_bad_arguments_raise_clear_errors(kwargs):
 
 
 def test_only_iss_p_needs_alpha():
-    with pytest.raises(IsspError, match="ISS-P needs alpha"):
+    with pytest.raises(IsspError, match="alpha must be in"):
         Pruner(Tiny(), "issp", 0.5)
     assert Pruner(Tiny(), "iht", 0.5).alpha is None
 

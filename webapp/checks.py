@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection
 from pathlib import Path
 
-from issp import IsspError
+from issp import IsspError, pruning
 from issp.methods import COMPARED, label
 from issp.models import SCALES
 
@@ -67,9 +67,7 @@ def check_ratio(ratio: float) -> float:
         value = float(ratio)
     except (TypeError, ValueError):
         raise IsspError(f"pruning ratio must be a number in [0, 1), got {echo(ratio)}") from None
-    if not 0.0 <= value < 1.0:
-        raise IsspError(f"pruning ratio must be in [0, 1), got {echo(ratio)}")
-    return value
+    return pruning.check_ratio(value)
 
 
 def check_scale(scale: int | str) -> int:
