@@ -277,6 +277,8 @@ def run(
 ) -> None:
     """Train study v2 to its end, phase by phase, resuming from the committed run files.
     Where every run left is another process's, wait for it rather than spin."""
+    if test is None:
+        raise IsspError("study v2 scores its runs on Set5 and Set14: give --test")
     waited: tuple[str, ...] = ()
     while (step := next_step(data)) is not None:
         names = tuple(run.name for run in step.runs)
