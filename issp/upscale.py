@@ -209,7 +209,7 @@ def _timed_paths(model: nn.Module, candidates: dict[str, InferenceModel]) -> dic
         file.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{file}.lock"):
             cached = _read_paths(file)
-            if key not in cached:
+            if set(cached.get(key, {})) != set(candidates):
                 cached[key] = measure_paths(candidates, tile)
                 tmp = file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(cached, indent=1))
