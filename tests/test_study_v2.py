@@ -80,3 +80,8 @@ def test_the_arithmetic_waits_for_the_precision_decision(tmp_path):
     decision.write_text(json.dumps({"adopted": False}))
     assert v2.precision_of(EDSR, decision) == "channels-last"
     assert v2.precision_of(SWINIR, decision) == "fp32"
+
+
+def test_training_needs_the_test_sets_it_scores_on():
+    with pytest.raises(IsspError, match="give --test"):
+        v2.run(None, None, jobs=1, threads=1)
