@@ -170,8 +170,12 @@ class SeedTrend:
     values: tuple[float, ...]
 
     @property
+    def interval(self) -> tuple[float, float]:
+        return PairedDifferences(self.values).interval
+
+    @property
     def verdict(self) -> str:
-        low, high = PairedDifferences(self.values).interval
+        low, high = self.interval
         if low > 0:
             return "supported"
         if high < 0:
@@ -179,7 +183,7 @@ class SeedTrend:
         return "not shown"
 
     def to_json(self) -> dict:
-        low, high = PairedDifferences(self.values).interval
+        low, high = self.interval
         return {
             "per_seed": list(self.values),
             "mean": float(np.mean(self.values)),
@@ -293,8 +297,7 @@ def claim_rows(results: Sequence[dict]) -> list[ClaimRow]:
             else f"ratio: {ratio.verdict}; scale: {scale.verdict}"
         )
         figure = "; ".join(
-            f"{name} {np.mean(t.values):+.3f} dB [{PairedDifferences(t.values).interval[0]:+.3f}, "
-            f"{PairedDifferences(t.values).interval[1]:+.3f}]"
+            f"{name} {np.mean(t.values):+.3f} dB [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}]"
             for name, t in (("0.9→0.99", ratio), ("x4 − x2", scale))
         )
         rows.append(
