@@ -1,6 +1,6 @@
 """Training throughput of the zoo's protocol, in runs per CPU-hour, per speed setting.
 
-    python -m benchmarks.train_step [--steps 20] [--compile]
+    python -m benchmarks.train_step [--steps 20] [--compile] [--json FILE]
 
 For edsr-tiny x2 and x4 and swinir-tiny x2 (batch 16, the zoo's patches), one training
 step (``issp.train.train_step``: forward, L1 loss, backward, Adam, ISS-P's pruner step)
@@ -9,18 +9,21 @@ both, and optionally ``torch.compile``. Then, for the fastest setting, one run o
 threads against two runs side by side on one thread each (separate processes), and two
 models in one process as one batched network (``torch.func.vmap`` over stacked weights,
 forward and backward only). A run is 3000 steps, as in the zoo; runs per CPU-hour count
-both cores as two CPU-hours per hour.
+both cores as two CPU-hours per hour. ``--json`` also writes the per-step seconds of every
+case and setting (``analysis/zoo-precision.md`` sets its runs' lengths from them).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -128,6 +131,7 @@ def main() -> None:
     parser.add_argument(
         "--settings-only", action="store_true", help="skip the two-core comparisons"
     )
+    parser.add_argument("--json", type=Path, help="also write the seconds per step here")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,9 +139,10 @@ def main() -> None:
         case, setting = args.one
         print(step_seconds(config_of(case, SETTINGS[setting], args.steps + 3)))
         return
-    print(f"machine: {machine_description()}, load average {os.getloadavg()}")
+    load = os.getloadavg()
+    print(f"machine: {machine_description()}, load average {load}")
     print(f"median of {args.steps} steps, batch 16, ISS-P pruning stage; a run = {RUN_STEPS} steps")
-    best = {}
+    best, timings = {}, {}
     for case in args.cases.split(","):
         print(f"\n{case}, {args.threads} thread(s)")
         print(f"{'setting':34s} {'ms/step':>9s} {'runs/CPU-hour':>14s} {'speed-up':>9s}")
@@ -157,6 +162,17 @@ def main() -> None:
                 f"{speedup:8.2f}x"
             )
         best[case] = min((n for n in rows if n in SETTINGS), key=rows.get)
+        timings[case] = rows
+    if args.json:
+        record = {
+            "command": "python -m benchmarks.train_step " + " ".join(sys.argv[1:]),
+            "machine": machine_description(),
+            "threads": args.threads,
+            "steps": args.steps,
+            "load_average_at_start": list(load),
+            "seconds_per_step": timings,
+        }
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
     if args.settings_only:
         return
     print("\nTwo cores, the fastest eager setting: runs per hour of the whole machine")

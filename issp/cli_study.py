@@ -39,6 +39,10 @@ def add_study(commands: argparse._SubParsersAction) -> None:
     precision = study_commands.add_parser(
         "precision", help="the bf16 bias test of analysis/precision.md: train, then report"
     )
+    zoo_precision = study_commands.add_parser(
+        "zoo-precision",
+        help="rule 3 of analysis/precision.md: fp32-CL vs bf16 at equal CPU time, for the zoo",
+    )
     modes = study_commands.add_parser(
         "modes", help="N:M and GReg paired by seed (analysis/modes.md): train, then report"
     )
@@ -46,7 +50,7 @@ def add_study(commands: argparse._SubParsersAction) -> None:
         "claims",
         help="study v2 (analysis/claims-protocol.md): each method's grid, 5 seeds, the claims",
     )
-    for sub in (precision, modes, claims):
+    for sub in (precision, zoo_precision, modes, claims):
         _add_registered_test_options(sub)
     for sub in (grid, run, report, rescore):
         _add_plan_options(sub)
@@ -128,7 +132,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     from issp import study
 
     command = "python -m issp " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m issp study"
-    registered = {"precision": _study_precision, "modes": _study_modes, "claims": _study_claims}
+    registered = {
+        "precision": _study_precision,
+        "zoo-precision": _study_zoo_precision,
+        "modes": _study_modes,
+        "claims": _study_claims,
+    }
     if args.study_command in registered:
         registered[args.study_command](args, command)
         return
@@ -225,6 +234,19 @@ def _study_precision(args: argparse.Namespace, command: str) -> None:
     reruns = precision.machine_reruns(folders.results, study.REPORT_DIR / "study_runs" / "rerun")
     summary = precision.write_precision(pairs, command, study.REPORT_DIR, reruns)
     print(f"{summary['pairs']} of {summary['planned_pairs']} pairs; {summary['decision']}")
+
+
+def _study_zoo_precision(args: argparse.Namespace, command: str) -> None:
+    from issp import study, zoo_precision
+
+    data = str(args.data) if args.data else None
+    folders = study.RunFolders.of(zoo_precision.PLAN, study.WORK_DIR, study.REPORT_DIR)
+    runs = zoo_precision.zoo_precision_plan(data, zoo_precision.load_times())
+    if not args.report:
+        # Validation only, as registered: the kept checkpoints can be re-scored later.
+        study.execute(runs, folders, {}, jobs=args.jobs, threads=args.threads)
+    summary = zoo_precision.write_zoo_precision(runs, folders.results, command, study.REPORT_DIR)
+    print(f"{len(summary['pairs'])} pairs; {summary['decision']}")
 
 
 def _study_modes(args: argparse.Namespace, command: str) -> None:
