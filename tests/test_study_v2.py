@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -47,6 +48,16 @@ def test_the_grid_screens_extends_an_edge_and_picks_each_method_its_own_setting(
     names = {name for step in asked for name in step}
     assert "edsr-tiny_x2_issp_r0.9_a0.95_lr0.01_edges-dense_bf16_s101" not in names
     assert grid.screened["issp"] == [1e-2]
+
+
+def test_a_diverged_rate_loses_whatever_its_place_among_the_rates():
+    done: dict = {}
+    grid = Grid(EDSR, done, None, "bf16")
+    while runs := grid.next_runs(("iht",)):
+        for run in runs:  # the grid's first rate blows up; a NaN first in max() won every test
+            diverged = run.config.lr == 1e-3
+            done[run.name] = {"val_psnr": math.nan if diverged else score(run.config)}
+    assert grid.choice(("iht",))["iht"].lr == 1e-2 and 1e-3 in grid.screened["iht"]
 
 
 def test_the_grid_is_a_function_of_the_finished_runs():

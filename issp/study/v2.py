@@ -13,6 +13,7 @@ through the runner's file locks, and a later session resumes where one stopped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,7 +143,10 @@ class Grid:
         runs = setting_runs(self.arch, setting, seeds, self.data, self.precision)
         if any(run.name not in self.done for run in runs):
             return None
-        return float(np.mean([self.done[run.name]["val_psnr"] for run in runs]))
+        score = float(np.mean([self.done[run.name]["val_psnr"] for run in runs]))
+        # A run that diverged scores NaN; it must lose every comparison, and max() over a
+        # NaN answers by the order of its arguments.
+        return score if math.isfinite(score) else -math.inf
 
     def _missing(self, settings: Sequence[Setting], seeds: Sequence[int]) -> list[StudyRun]:
         runs = [
@@ -319,7 +323,8 @@ def _arch_grid_markdown(arch: str, done: dict[str, dict], data: str | None) -> l
         for setting, score in sorted(mine, key=lambda item: (item[0].lr, item[0].alpha)):
             alpha_text = f"{setting.alpha:g}" if method == "issp" else ""
             mark = "**chosen**" if setting == chosen else ""
-            lines.append(f"| {method} | {setting.lr:g} | {alpha_text} | {score:.3f} | {mark} |")
+            shown = f"{score:.3f}" if math.isfinite(score) else "diverged (NaN)"
+            lines.append(f"| {method} | {setting.lr:g} | {alpha_text} | {shown} | {mark} |")
         if grid.screened.get(method):
             rates = ", ".join(f"{lr:g}" for lr in grid.screened[method])
             screen = f"cut by the screen at seed {GRID_SEEDS[0]}"
