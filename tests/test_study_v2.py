@@ -96,3 +96,13 @@ def test_the_arithmetic_waits_for_the_precision_decision(tmp_path):
 def test_training_needs_the_test_sets_it_scores_on():
     with pytest.raises(IsspError, match="give --test"):
         v2.run(None, None, jobs=1, threads=1)
+
+
+def test_the_grid_report_lists_every_finished_run_with_its_score():
+    done: dict = {}
+    grid = Grid(EDSR, done, None, "bf16")
+    for run in grid.next_runs(("iht",))[:2]:
+        done[run.name] = {"config": {"arch": EDSR} | vars(run.config), "val_psnr": 33.25}
+    text = "\n".join(v2._runs_markdown(EDSR, done))
+    assert all(f"| {name} | 33.250 |" in text for name in done)
+    assert v2._runs_markdown(SWINIR, done) == []

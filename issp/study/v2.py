@@ -331,7 +331,27 @@ def _arch_grid_markdown(arch: str, done: dict[str, dict], data: str | None) -> l
             lines.append(f"| {method} | {rates} | | {screen} | |")
         if chosen is None:
             lines.append(f"| {method} | | | {len(left)} runs to go | |")
-    return [*lines, ""]
+    return [*lines, "", *_runs_markdown(arch, done)]
+
+
+def _runs_markdown(arch: str, done: dict[str, dict]) -> list[str]:
+    """Every finished grid run of ``arch`` and its validation PSNR, folded."""
+    keys = ("method", "lr", "alpha", "ratio", "seed")
+    runs = sorted(
+        (tuple(result["config"][key] for key in keys), name, result["val_psnr"])
+        for name, result in done.items()
+        if result["config"]["arch"] == arch
+    )
+    if not runs:
+        return []
+    lines = [
+        f"<details><summary>Every finished {arch} grid run ({len(runs)})</summary>",
+        "",
+        "| run | validation PSNR (dB) |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {psnr:.3f} |" for _, name, psnr in runs]
+    return [*lines, "", "</details>", ""]
 
 
 def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
