@@ -239,6 +239,8 @@ def _study_precision(args: argparse.Namespace, command: str) -> None:
 def _study_zoo_precision(args: argparse.Namespace, command: str) -> None:
     from issp import study, zoo_precision
 
+    if args.test is not None:
+        raise IsspError("zoo-precision scores on validation only, as registered: drop --test")
     data = str(args.data) if args.data else None
     folders = study.RunFolders.of(zoo_precision.PLAN, study.WORK_DIR, study.REPORT_DIR)
     runs = zoo_precision.zoo_precision_plan(data, zoo_precision.load_times())

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from issp import IsspError, zoo_precision
+from issp.cli import main
 
 TIMES = {
     "seconds_per_step": {
@@ -72,3 +73,8 @@ def test_report_waits_for_every_pair(tmp_path):
     (tmp_path / "zoo-precision.md").write_text("# R\n\n## Results\n")
     summary = zoo_precision.write_zoo_precision(plan, results, "cmd", tmp_path)
     assert summary["decision"] == "pending: 3 of 6 pairs finished"
+
+
+def test_the_cli_refuses_test_sets_the_rule_does_not_score(tmp_path, capsys):
+    assert main(["study", "zoo-precision", "--report", "--test", str(tmp_path)]) == 2
+    assert "validation only" in capsys.readouterr().err
