@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from issp import IsspError, study
+from issp import study
 from issp.train import TrainConfig
 from issp.zoo import OWN_SETTINGS
 
@@ -21,7 +21,6 @@ PATTERN = "19:20"  # as the authors write it; 23:24 on every swinir-tiny layer
 SAME_SPARSITY = 23 / 24  # what 19:20 prunes of swinir-tiny (issp.selection.nm_groups)
 SEEDS = (0, 1, 2)
 METRICS = ("set5", "set14", "val")
-RESULTS_HEADING = "## Results"
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def modes_summary(results: Path) -> dict:
 def results_markdown(summary: dict, command: str) -> str:
     """The ``## Results`` section of ``analysis/modes.md``."""
     lines = [
-        RESULTS_HEADING,
+        study.RESULTS_HEADING,
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')}. PSNR in dB, first arm minus "
         "second, paired by seed.",
@@ -139,10 +138,8 @@ def write_modes(results: Path, command: str, out: Path) -> dict:
     """Replace the results section of ``out/modes.md`` (the registered part above it is
     kept) and write ``out/modes.json``; returns the summary."""
     report = out / "modes.md"
-    if not report.is_file() or RESULTS_HEADING not in report.read_text():
-        raise IsspError(f"{report} must hold the registered protocol and a {RESULTS_HEADING!r}")
+    registered = study.registered_text(report)
     summary = modes_summary(results)
-    registered = report.read_text().split(RESULTS_HEADING, 1)[0]
     report.write_text(registered + results_markdown(summary, command))
     (out / "modes.json").write_text(
         json.dumps({"command": command, "pairs": summary}, indent=1) + "\n"

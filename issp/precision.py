@@ -18,14 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from issp import IsspError, study
+from issp import study
 from issp.methods import COMPARED
 
 FAST = "bf16"  # the precision under test, a key of issp.train.PRECISIONS
 SEEDS = (0, 1, 2)  # the seeds of the study's fp32 runs it is paired with
 TOLERANCE = 0.15  # dB: the registered bound on the interval of the comparison's shift
 DECIDING_METRIC = "set5"
-RESULTS_HEADING = "## Results"
 
 
 def precision_plan(data: str | None, precision: str = FAST) -> list[study.StudyRun]:
@@ -240,7 +239,7 @@ def results_markdown(summary: dict, command: str) -> str:
     """The ``## Results`` section of ``analysis/precision.md``."""
     seconds = summary["train_seconds"]
     lines = [
-        RESULTS_HEADING,
+        study.RESULTS_HEADING,
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} from "
         f"{summary['pairs']} of {summary['planned_pairs']} run pairs; bf16 runs trained on "
@@ -323,10 +322,8 @@ def write_precision(
     """Replace the ``## Results`` section of ``out/precision.md`` (what lies above it, the
     registered protocol, is kept) and write ``out/precision.json``. Returns the summary."""
     report = out / "precision.md"
-    if not report.is_file() or RESULTS_HEADING not in report.read_text():
-        raise IsspError(f"{report} must hold the registered protocol and a {RESULTS_HEADING!r}")
+    registered = study.registered_text(report)
     summary = precision_summary(pairs, reruns)
-    registered = report.read_text().split(RESULTS_HEADING, 1)[0]
     report.write_text(registered + results_markdown(summary, command))
     data = {"command": command, **summary}
     (out / "precision.json").write_text(json.dumps(data, indent=1) + "\n")

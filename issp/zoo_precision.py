@@ -24,7 +24,6 @@ BASE_STEPS = 3000  # the fp32 channels-last run: the zoo's length
 ARMS = ("channels-last", "bf16")  # baseline first; keys of issp.train.PRECISIONS
 TIMED = {"channels-last": "channels-last", "bf16": "bf16 + channels-last"}  # benchmark names
 TIMES_FILE = study.REPORT_DIR / "zoo_precision_times.json"
-RESULTS_HEADING = "## Results"
 
 
 def equal_time_steps(times: dict, scale: int) -> int:
@@ -105,9 +104,16 @@ def decision(shift: study.PairedDifferences, planned: int) -> str:
     return "the zoo stays in fp32 channels-last: the interval of bf16 − fp32 does not lie above 0"
 
 
-def results_markdown(rows: list[dict], shift: study.PairedDifferences, verdict: str, command: str):
+def results_markdown(
+    rows: list[dict], shift: study.PairedDifferences, verdict: str, command: str
+) -> str:
     """The ``## Results`` section of ``analysis/zoo-precision.md``."""
-    lines = [RESULTS_HEADING, "", f"Written by `{command}` on {time.strftime('%Y-%m-%d')}.", ""]
+    lines = [
+        study.RESULTS_HEADING,
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
     lines += [f"Decision: **{verdict}**.", ""]
     if shift.n >= 2:
         low, high = shift.interval
@@ -138,12 +144,10 @@ def write_zoo_precision(runs: list[study.StudyRun], results: Path, command: str,
     kept) and write ``out/zoo-precision.json`` from the finished ``runs``; returns the
     summary."""
     report = out / "zoo-precision.md"
-    if not report.is_file() or RESULTS_HEADING not in report.read_text():
-        raise IsspError(f"{report} must hold the registered protocol and a {RESULTS_HEADING!r}")
+    registered = study.registered_text(report)
     rows, differences = pair_differences(runs, results)
     shift = study.PairedDifferences(tuple(differences))
     verdict = decision(shift, len(runs) // len(ARMS))
-    registered = report.read_text().split(RESULTS_HEADING, 1)[0]
     report.write_text(registered + results_markdown(rows, shift, verdict, command))
     low, high = shift.interval
     summary = {

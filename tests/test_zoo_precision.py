@@ -78,3 +78,11 @@ def test_report_waits_for_every_pair(tmp_path):
 def test_the_cli_refuses_test_sets_the_rule_does_not_score(tmp_path, capsys):
     assert main(["study", "zoo-precision", "--report", "--test", str(tmp_path)]) == 2
     assert "validation only" in capsys.readouterr().err
+
+
+def test_report_refuses_a_file_without_its_registered_results_heading(tmp_path):
+    report = tmp_path / "zoo-precision.md"
+    report.write_text("# a protocol someone edited\n")
+    with pytest.raises(IsspError, match="registered protocol"):
+        zoo_precision.write_zoo_precision([], tmp_path, "cmd", tmp_path)
+    assert report.read_text() == "# a protocol someone edited\n"

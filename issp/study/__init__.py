@@ -52,10 +52,12 @@ from issp.study.plan import (
     study_plan,
 )
 from issp.study.report import (
+    RESULTS_HEADING,
     STUDY_JSON,
     flips_markdown,
     holm_sentences,
     metric_label,
+    registered_text,
     seed_count,
     study_markdown,
     summary_cells,
@@ -85,6 +87,7 @@ __all__ = [
     "PROTOCOL",
     "RATIOS",
     "REPORT_DIR",
+    "RESULTS_HEADING",
     "SEEDS",
     "STEPS",
     "STUDY_JSON",
@@ -112,6 +115,7 @@ __all__ = [
     "mean_sd",
     "metric_label",
     "promising_lrs",
+    "registered_text",
     "run_grid",
     "run_name",
     "seed_count",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from issp import IsspError
 from issp.catalogue import TEST_SETS, score_key
 from issp.machine import machine_description
 from issp.methods import COMPARED, label
@@ -231,6 +232,19 @@ def study_markdown(
         seconds = f"{r['train_seconds']:.0f}"
         lines.append(f"| {r['name']} | {' | '.join(cells)} | {r['val_psnr']:.3f} | {seconds} |")
     return "\n".join(lines) + "\n"
+
+
+RESULTS_HEADING = "## Results"  # where a registered report's written part starts
+
+
+def registered_text(report: Path) -> str:
+    """The registered part of a pre-registered report (everything above its
+    ``## Results`` heading), which a results writer keeps as it was; IsspError if the file
+    lacks it."""
+    text = report.read_text() if report.is_file() else ""
+    if RESULTS_HEADING not in text:
+        raise IsspError(f"{report} must hold the registered protocol and a {RESULTS_HEADING!r}")
+    return text.split(RESULTS_HEADING, 1)[0]
 
 
 def write_study(
