@@ -24,6 +24,8 @@ BASE_STEPS = 3000  # the fp32 channels-last run: the zoo's length
 ARMS = ("channels-last", "bf16")  # baseline first; keys of issp.train.PRECISIONS
 TIMED = {"channels-last": "channels-last", "bf16": "bf16 + channels-last"}  # benchmark names
 TIMES_FILE = study.REPORT_DIR / "zoo_precision_times.json"
+REPORT_JSON = study.REPORT_DIR / "zoo-precision.json"
+IN_BF16 = "the zoo is built in bf16"  # how a decision for bf16 begins
 
 
 def equal_time_steps(times: dict, scale: int) -> int:
@@ -100,8 +102,17 @@ def decision(shift: study.PairedDifferences, planned: int) -> str:
         return f"pending: {shift.n} of {planned} pairs finished"
     low, _ = shift.interval
     if shift.mean > 0 and low > 0:
-        return "the zoo is built in bf16: the interval of bf16 − fp32 lies above 0"
+        return f"{IN_BF16}: the interval of bf16 − fp32 lies above 0"
     return "the zoo stays in fp32 channels-last: the interval of bf16 − fp32 does not lie above 0"
+
+
+def decided_bf16(path: Path = REPORT_JSON) -> bool | None:
+    """Whether the committed decision builds the zoo in bf16; None while it is pending."""
+    try:
+        verdict = json.loads(path.read_text())["decision"]
+    except (OSError, ValueError, KeyError) as err:
+        raise IsspError(f"cannot read the zoo's precision decision {path}: {err}") from err
+    return None if verdict.startswith("pending") else verdict.startswith(IN_BF16)
 
 
 def results_markdown(
@@ -134,6 +145,14 @@ def results_markdown(
             f"| {slow['val_psnr']:.3f} | {fast['steps']} | {fast['train_seconds']:.0f} "
             f"| {fast['val_psnr']:.3f} | {row['difference']:+.3f} |"
         )
+    if rows:
+        seconds = {arm: sum(row[arm]["train_seconds"] for row in rows) for arm in ARMS}
+        lines += [
+            "",
+            f"Measured training seconds, all pairs: fp32 channels-last {seconds[ARMS[0]]:.0f}, "
+            f"bf16 {seconds[ARMS[1]]:.0f} (bf16 / fp32 = {seconds[ARMS[1]] / seconds[ARMS[0]]:.2f}"
+            "; 1 is the registered equal time).",
+        ]
     machines = sorted({row[arm]["machine"] or "?" for row in rows for arm in ARMS})
     lines += ["", f"Machines: {', '.join(machines) or '-'}; one torch thread per run.", ""]
     return "\n".join(lines)

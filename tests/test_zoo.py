@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from issp import catalogue, study, zoo
+from issp import catalogue, study, zoo, zoo_precision
 from issp.catalogue import Score, ZooEntry
 from issp.checkpoint import sha256
 from issp.cli import main
@@ -54,6 +54,13 @@ def test_edsr_tiny_entries_are_the_study_s_seed_0_runs():
     half = zoo.entry_config(ZooEntry("edsr-tiny", 4, "iht", 0.5), data, "cpu")
     studied_09 = studied[study.seed_run(4, "iht", 0.9, data).name]
     assert half == dataclasses.replace(studied_09, ratio=0.5)
+
+
+def test_every_entry_trains_in_the_arithmetic_the_zoo_precision_rule_chose():
+    in_bf16 = zoo_precision.decided_bf16()
+    assert in_bf16 is not None, "analysis/zoo-precision.json is still pending"
+    for entry in zoo.zoo_plan():
+        assert zoo.entry_config(entry, None, "cpu").bf16 is in_bf16, entry.name
 
 
 def test_swinir_is_trained_on_the_same_protocol_at_its_own_length():

@@ -64,6 +64,9 @@ def test_report_applies_the_registered_rule(tmp_path, differences, decided):
     assert summary["decision"].startswith(decided)
     text = (tmp_path / "zoo-precision.md").read_text()
     assert text.startswith("# Registered\n\nrule\n") and "| 100 | x2 | 3000 |" in text
+    assert "bf16 / fp32 = 1.00" in text  # the arms' measured seconds, set equal above
+    in_bf16 = decided == zoo_precision.IN_BF16
+    assert zoo_precision.decided_bf16(tmp_path / "zoo-precision.json") is in_bf16
 
 
 def test_report_waits_for_every_pair(tmp_path):
@@ -73,6 +76,9 @@ def test_report_waits_for_every_pair(tmp_path):
     (tmp_path / "zoo-precision.md").write_text("# R\n\n## Results\n")
     summary = zoo_precision.write_zoo_precision(plan, results, "cmd", tmp_path)
     assert summary["decision"] == "pending: 3 of 6 pairs finished"
+    assert zoo_precision.decided_bf16(tmp_path / "zoo-precision.json") is None
+    with pytest.raises(IsspError, match="precision decision"):
+        zoo_precision.decided_bf16(tmp_path / "missing.json")
 
 
 def test_the_cli_refuses_test_sets_the_rule_does_not_score(tmp_path, capsys):
