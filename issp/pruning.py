@@ -18,11 +18,12 @@ Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step
   L2 penalty, added to its gradient, that grows to ``GREG_CEILING`` over the first
   ``GREG_GROWTH`` of the pruning stage and is held for the rest; at ``t = Kp`` those
   weights are zeroed and the net fine-tuned (see ``Pruner._greg_step``).
-- ``rigl``: dynamic sparse training (Evci et al., ICML 2020): a random mask of ratio ``r``
-  from the start; every ``RIGL_INTERVAL`` steps before ``Kp`` each layer drops its
-  ``f(t) * active`` smallest-magnitude active weights and grows as many inactive ones
-  with the largest dense-gradient magnitude, ``f(t)`` the drop fraction decayed by a
-  cosine to 0 at ``Kp`` (see ``Pruner._rigl_update``).
+- ``rigl``: dynamic sparse training (Evci et al., ICML 2020): a uniformly random mask of
+  ratio ``r`` in every layer (not the paper's ERK distribution) from the start; every
+  ``RIGL_INTERVAL`` steps before ``Kp`` each layer drops its ``f(t) * active``
+  smallest-magnitude active weights and grows as many inactive ones with the largest
+  dense-gradient magnitude, ``f(t)`` the drop fraction decayed by a cosine to 0 at ``Kp``
+  (see ``Pruner._rigl_update``).
 - ``scratch``: a random mask of ratio ``r`` fixed at initialization.
 - ``dense``: no pruning; records the same telemetry.
 
@@ -44,10 +45,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from issp import IsspError
-from issp.selection import nm_groups, nm_mask, parse_pattern, smallest_mask
+from issp.selection import nm_groups, nm_mask, parse_pattern, rigl_exchange, smallest_mask
 
 METHODS = ("issp", "iht", "l1", "gmp", "greg", "rigl", "scratch", "dense")
 # The methods whose mask is a magnitude selection, which ``pattern`` may shape.
@@ -59,7 +61,8 @@ MAGNITUDE = ("issp", "iht", "l1", "gmp", "greg")
 GREG_CEILING = 0.5
 GREG_GROWTH = 0.7
 # RigL's defaults (Evci et al. 2020): drop 30% of the active weights, decayed by a cosine,
-# every 100 steps; it stops at Kp (their 75% of training where no protocol says otherwise).
+# every 100 steps. It stops at Kp, where every method's mask freezes (the paper stops at 75%
+# of training; the two-stage protocol's Kp is 25%, so 7 updates in 3000 steps).
 RIGL_DROP = 0.3
 RIGL_INTERVAL = 100
 TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
@@ -118,6 +121,8 @@ def check_arguments(
         check_alpha(alpha)
     if scope not in ("local", "global"):
         raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
+    if scope != "local" and method in ("rigl", "scratch"):
+        raise IsspError(f"{method} draws its random mask per layer: scope must be 'local'")
     if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):
         raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
     if pattern is None:
@@ -146,7 +151,7 @@ class Pruner:
             magnitude threshold over all prunable weights).
         skip: fnmatch patterns of module names to leave dense (see ``prunable_weights``).
         optimizer: if given, its state for masked weights is zeroed when the mask freezes.
-        seed: seed of the ``scratch`` method's random mask.
+        seed: seed of the ``scratch`` and ``rigl`` methods' random masks.
         gmp_interval: steps between GMP mask updates (and GReg's penalty updates).
         telemetry: record the per-step series of ``telemetry()``; off only to measure
             what recording costs.
@@ -278,35 +283,28 @@ class Pruner:
         and on a step that updates the mask the dense gradient is kept to grow by."""
         coming = self.t + 1  # step() has not counted this step yet
         if coming % RIGL_INTERVAL == 0 and coming < self.prune_steps:
-            self._dense_grads[name] = grad.detach().abs()
+            self._dense_grads[name] = grad.detach().clone()
         return grad.masked_fill(self.masks[name], 0.0)
 
     def _rigl_update(self) -> None:
-        """Per layer: drop the ``k`` smallest |w| among the active weights and grow the
-        ``k`` inactive ones (the just dropped included, as in RigL) with the largest dense
-        gradient, ``k = f(t) * active`` with ``f(t) = RIGL_DROP / 2 * (1 + cos(pi t / Kp))``.
-        Grown weights start at zero and every changed weight's Adam moments are reset, so
-        the layer keeps exactly its ratio of zeros."""
+        """Every layer's ``rigl_exchange`` at drop fraction ``f(t) = RIGL_DROP / 2 *
+        (1 + cos(pi t / Kp))``, after this step's optimizer update (the paper skips that
+        update on these 1% of steps). Grown weights start at zero; theirs and the dropped
+        weights' Adam moments are reset. Under torch.distributed the dense gradients, which
+        the hook sees before DDP averages them, are summed over the processes first, as the
+        reference does, so that every process makes the same exchange."""
         fraction = RIGL_DROP / 2 * (1 + math.cos(math.pi * self.t / self.prune_steps))
+        distributed = dist.is_available() and dist.is_initialized()
         masks = {}
         with torch.no_grad():
             for name, w in self.weights.items():
-                pruned = self.masks[name].flatten()
-                active = (~pruned).nonzero().squeeze(1)
-                k = int(fraction * active.numel())
-                magnitude = w.detach().abs().flatten()[active]
-                dropped = active[torch.topk(magnitude, k, largest=False).indices]
-                after_drop = pruned.clone()
-                after_drop[dropped] = True
-                grads = self._dense_grads[name].flatten().masked_fill(~after_drop, -1.0)
-                grown = torch.topk(grads, k).indices
-                new = after_drop.clone()
-                new[grown] = False
-                w.view(-1)[grown] = 0.0
-                changed = (new != pruned).view_as(w)
+                if distributed:
+                    dist.all_reduce(self._dense_grads[name])
+                mask, grown = rigl_exchange(w, self.masks[name], self._dense_grads[name], fraction)
+                w.masked_fill_(grown, 0.0)
                 for value in self._optimizer_state(w):
-                    value.masked_fill_(changed, 0)
-                masks[name] = new.view_as(w)
+                    value.masked_fill_(mask != self.masks[name], 0)
+                masks[name] = mask
         self.masks = masks
         self._dense_grads = {}
 

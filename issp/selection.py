@@ -1,5 +1,6 @@
 """Which weights a pruner selects: the smallest by magnitude in a layer, or in every run of
-M consecutive weights of it (N:M), as boolean masks (True = selected)."""
+M consecutive weights of it (N:M), as boolean masks (True = selected); and RigL's exchange
+of one layer's mask."""
 
 from __future__ import annotations
 
@@ -61,3 +62,25 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     mask = torch.zeros_like(groups, dtype=torch.bool)
     mask.scatter_(1, torch.topk(groups, n, dim=1, largest=False, sorted=False).indices, True)
     return mask.view_as(weight)
+
+
+def rigl_exchange(
+    weight: torch.Tensor, pruned: torch.Tensor, dense_grad: torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RigL's update of one layer's mask (Evci et al. 2020, Algorithm 1): drop the
+    ``k = int(fraction * active)`` smallest |w| among the active weights, then grow the
+    ``k`` with the largest |dense gradient| among those inactive after the drop, the just
+    dropped included. Returns the new mask (True = pruned) and the grown weights (pruned
+    before, active now), both in ``weight``'s shape, whatever its memory layout. A weight
+    dropped and grown again in one update is in neither: it keeps its value and optimizer
+    state, as in the reference code (google-research/rigl, ``reinit_when_same=False``)."""
+    before = pruned.flatten()
+    active = (~before).nonzero().squeeze(1)
+    k = int(fraction * active.numel())
+    magnitude = weight.detach().abs().flatten()[active]
+    after_drop = before.clone()
+    after_drop[active[torch.topk(magnitude, k, largest=False).indices]] = True
+    scores = dense_grad.abs().flatten().masked_fill(~after_drop, -1.0)
+    new = after_drop.clone()
+    new[torch.topk(scores, k).indices] = False
+    return new.view(weight.shape), (before & ~new).view(weight.shape)

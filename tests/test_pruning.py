@@ -6,7 +6,7 @@ from torch import nn
 
 from issp import IsspError, pruning
 from issp.pruning import GREG_CEILING, Pruner, prunable_weights
-from issp.selection import nm_groups, nm_mask, smallest_mask
+from issp.selection import nm_groups, nm_mask, rigl_exchange, smallest_mask
 
 
 class Tiny(nn.Module):
@@ -276,10 +276,11 @@ def test_greg_penalises_its_first_selection_harder_and_harder_then_prunes_it():
         assert torch.equal(w.detach() == 0, chosen[name]), "what it penalised is pruned"
 
 
-def test_rigl_keeps_each_layer_s_exact_ratio_and_regrows_at_zero(monkeypatch):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_rigl_keeps_each_layer_s_exact_ratio_and_regrows_at_zero(monkeypatch, layout):
     monkeypatch.setattr(pruning, "RIGL_INTERVAL", 5)
     torch.manual_seed(0)
-    model = Tiny()
+    model = Tiny().to(memory_format=layout)  # bf16 training runs edsr channels-last
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     pruner = Pruner(model, "rigl", 0.75, prune_steps=23, optimizer=optimizer)
     generator = torch.Generator().manual_seed(0)
@@ -304,3 +305,38 @@ def test_rigl_keeps_each_layer_s_exact_ratio_and_regrows_at_zero(monkeypatch):
             changed_at.append(step)
     assert changed_at == [5, 10, 15, 20], "updates every interval until Kp, then frozen"
     assert pruner.frozen
+
+
+def test_rigl_drops_the_smallest_active_and_grows_the_largest_gradient_inactive():
+    weight = torch.tensor([5.0, -4.0, 3.0, 2.0, -1.0, 0.0, 0.0, 0.0])
+    pruned = torch.tensor([False] * 5 + [True] * 3)
+    grad = torch.tensor([9.0, 9.0, 9.0, 0.5, -8.0, 7.0, 0.1, 0.2])
+    # k = int(0.4 * 5 active) = 2: weights 4 and 3 dropped; among the inactive after the
+    # drop, 4 and 5 have the largest |gradient|: 4 is dropped and grown back, 5 is new.
+    mask, grown = rigl_exchange(weight, pruned, grad, 0.4)
+    assert mask.tolist() == [False, False, False, True, False, False, True, True]
+    assert grown.tolist() == [False] * 5 + [True, False, False]
+
+
+@pytest.mark.parametrize("method", ["rigl", "scratch"])
+def test_random_mask_methods_refuse_a_global_scope(method):
+    with pytest.raises(IsspError, match="scope must be 'local'"):
+        Pruner(Tiny(), method, 0.5, prune_steps=10, scope="global")
+
+
+def test_distributed_rigl_sums_the_dense_gradients_before_exchanging(tmp_path, monkeypatch):
+    monkeypatch.setattr(pruning, "RIGL_INTERVAL", 5)
+    *_, alone = run("rigl", 12, 20)
+    reduced, all_reduce = [], torch.distributed.all_reduce
+    monkeypatch.setattr(
+        torch.distributed, "all_reduce", lambda t: (reduced.append(t.shape), all_reduce(t))
+    )
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        *_, together = run("rigl", 12, 20)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert len(reduced) == 2 * len(together.weights), "every layer, at steps 5 and 10"
+    assert all(torch.equal(alone.masks[n], together.masks[n]) for n in alone.masks)
