@@ -340,3 +340,13 @@ def test_distributed_rigl_sums_the_dense_gradients_before_exchanging(tmp_path, m
         torch.distributed.destroy_process_group()
     assert len(reduced) == 2 * len(together.weights), "every layer, at steps 5 and 10"
     assert all(torch.equal(alone.masks[n], together.masks[n]) for n in alone.masks)
+
+
+@pytest.mark.parametrize("steps", [10, 25, 39])
+def test_gmp_prunes_along_its_cubic_ramp(steps):
+    *_, pruner = run("gmp", steps, 40, ratio=0.9)  # masks updated every 10 steps
+    updated = steps // 10 * 10
+    fraction = 0.9 * (1 - (1 - updated / 40) ** 3)
+    for name, w in pruner.weights.items():
+        assert int(pruner.masks[name].sum()) == math.ceil(fraction * w.numel()), name
+        assert torch.all(w[pruner.masks[name]] == 0)
