@@ -30,7 +30,7 @@ Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step
 Selection is per layer (``scope="local"``) or over all layers (``"global"``); with
 ``pattern="N:M"`` it is the N smallest-magnitude weights in every run of M consecutive
 weights of a layer (``nm_mask``), the structure the authors' SwinIR runs use and sparse
-hardware accelerates (2:4).
+hardware accelerates (2:4); GMP's ramp stays per layer and only its mask at ``Kp`` is N:M.
 
 After the mask freezes, every step keeps the masked weights exactly zero, and their
 gradients and optimizer state are zeroed so that momentum cannot revive them.
@@ -247,7 +247,7 @@ class Pruner:
         elif self.method == "gmp":
             if self.t % self.gmp_interval == 0 or self.masks is None:
                 fraction = self.ratio * (1 - (1 - self.t / self.prune_steps) ** 3)
-                self.masks = self._select(fraction)
+                self.masks = self._select(fraction, structured=False)
             self._apply_mask()
         elif self.method == "greg":
             self._greg_step()
@@ -262,7 +262,8 @@ class Pruner:
         ``gmp_interval`` steps raise the selection's penalty towards ``GREG_CEILING``,
         reaching it at ``GREG_GROWTH`` of ``Kp`` (their +1e-4 every 20 iterations,
         ``greg_pruner.py`` line 88), and hold it until ``Kp``. The hook adds ``penalty * w``
-        to the gradient before the optimizer step, as their ``grad += reg * w`` (line 155)."""
+        to the gradient before the optimizer step, as their ``grad += reg * w`` (line 155).
+        Where this departs from their code: docs/library.md, "GReg"."""
         if self.masks is None:
             self.masks = self._select(self.ratio)
         if self.t % self.gmp_interval == 0:
@@ -315,8 +316,10 @@ class Pruner:
         state = self.optimizer.state.get(w, {}).values()
         return [value for value in state if torch.is_tensor(value) and value.shape == w.shape]
 
-    def _select(self, fraction: float) -> dict[str, torch.Tensor]:
-        if self.pattern is not None and fraction == self.ratio:
+    def _select(self, fraction: float, structured: bool = True) -> dict[str, torch.Tensor]:
+        """The ``fraction`` smallest weights per layer (or overall), or the N:M selection
+        where a pattern is set and ``structured`` (``fraction`` is then N / M)."""
+        if self.pattern is not None and structured:
             n, m = parse_pattern(self.pattern)
             return {name: nm_mask(w, n, m) for name, w in self.weights.items()}
         if self.scope == "local":

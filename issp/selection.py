@@ -42,8 +42,9 @@ def nm_groups(numel: int, n: int, m: int) -> tuple[int, int]:
     else both raised by one until M does, as the authors' code does
     (Jiamian-Wang/Iterative-Soft-Shrinkage-SR, ``basicsr/pruner/utils.py`` lines 154-158).
     They raise them until M divides the gcd of every layer's size, so that all layers share
-    one N:M (EDSR-L x4's 19:20 became 23:24 everywhere); here each layer keeps the asked
-    N:M wherever it can. Either way M - N weights survive per group. IsspError for an M
+    one N:M (only their SwinIR runs use N:M; on EDSR-L x4, gcd 2304, 19:20 would become
+    23:24, as it does per layer there); here each layer keeps the asked N:M wherever it
+    can. Either way M - N weights survive per group. IsspError for an M
     larger than the layer, which no raise would make divide it."""
     if m > numel:
         raise IsspError(f"an N:M group of {m} weights is larger than a layer of {numel}")
