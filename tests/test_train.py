@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from issp import IsspError, study
+from issp import IsspError, pruning, study
 from issp.checkpoint import load_checkpoint
-from issp.pruning import Pruner
+from issp.pruning import METHODS, Pruner
 from issp.run_files import state_path, telemetry_path
 from issp.train import TrainConfig, learning_rate, setup_run, train
 
@@ -178,9 +178,14 @@ def test_each_architecture_trains_in_its_faster_layout_unless_told():
     assert {run.config.precision for run in study.default_plan(None)} == {"fp32"}
 
 
-def test_bf16_channels_last_run_trains_and_saves_an_exactly_sparse_checkpoint(tmp_path):
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_bf16_channels_last_run_trains_and_saves_an_exactly_sparse_checkpoint(
+    tmp_path, monkeypatch, method
+):
+    monkeypatch.setattr(pruning, "RIGL_INTERVAL", 2)  # RigL's exchanges happen before Kp
     out = tmp_path / "fast.safetensors"
-    history = train(tiny(bf16=True, channels_last=True, ratio=0.75), out, progress=False)
+    config = tiny(bf16=True, channels_last=True, ratio=0.75, method=method)
+    history = train(config, out, progress=False)
     assert all(math.isfinite(loss) for loss in history["loss"])
     model, meta = load_checkpoint(out)
     assert meta["precision"] == "bf16"
