@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
-from issp.study.claims import CELLS, SEEDS, claim_rows, claims_json, claims_markdown
+from issp import IsspError
+from issp.study.claims import CELLS, SEEDS, diverged
+from issp.study.claims_report import claim_rows, claims_json, claims_markdown, secondary_rows
+from issp.study.stats import holm
 
 
 def make_results(gap, cells=CELLS, rivals=None, flips=(2000, 1000), cv=(0.2, 0.4), noise=0.01):
@@ -33,7 +36,9 @@ def make_results(gap, cells=CELLS, rivals=None, flips=(2000, 1000), cv=(0.2, 0.4
                             "flips_before_kp": (flips[0] if issp else flips[1]) + rng.integers(50)
                         },
                         "gradient_flow": {
-                            "grad_cv": (cv[0] if issp else cv[1]) + rng.normal(0, 0.01)
+                            "grad_cv": (cv[0] if issp else cv[1]) + rng.normal(0, 0.01),
+                            "layer_spread": 0.5 + rng.normal(0, 0.01),
+                            "loss_end_of_pruning": 0.03 + rng.normal(0, 0.001),
                         },
                     }
                 )
@@ -57,7 +62,10 @@ def test_a_loss_is_reported_as_plainly_as_a_win():
     rows = verdicts(make_results(lambda cell: -0.5, flips=(1000, 2000), cv=(0.4, 0.2)))
     for claim in ("C1", "C3", "C4", "C5"):
         assert rows[claim].verdict == "contradicted"
-    assert "ISS-P behind a baseline in 8" in rows["C6"].verdict
+    assert rows["C6"].verdict == (
+        "ISS-P best in 0; ISS-P behind IHT in 8; ISS-P behind GMP in 8; ISS-P behind RigL in 8; "
+        "ISS-P tied with the best in 0"
+    )
 
 
 def test_a_gap_that_grows_with_ratio_and_scale_supports_c2():
@@ -75,7 +83,8 @@ def test_no_difference_is_not_shown_and_c4_needs_a_majority_of_cells():
 def test_a_stronger_baseline_in_one_cell_is_named():
     cell = CELLS[0]
     rows = verdicts(make_results(lambda c: 0.5, rivals={(cell, "gmp"): 1.0}))
-    assert f"{cell.label}: ISS-P behind gmp (rank 2 of 4)" in rows["C6"].figure
+    assert f"{cell.label}: ISS-P behind GMP (ranks: GMP 1, ISS-P 2, " in rows["C6"].figure
+    assert "ISS-P best in 7; ISS-P behind IHT in 0; ISS-P behind GMP in 1;" in rows["C6"].verdict
 
 
 def test_unfinished_cells_make_an_interim_report_and_missing_ones_a_pending_claim():
@@ -107,3 +116,46 @@ def test_unfinished_cells_make_an_interim_report_and_missing_ones_a_pending_clai
 def test_holm_is_over_the_claims_cells(gap):
     evidence = verdicts(make_results(lambda cell: gap))["C1"].evidence
     assert len(evidence) == 8 and all(e["p_holm"] >= e["p"] for e in evidence)
+
+
+def test_a_diverged_run_leaves_only_its_cell_uncalled_and_is_named():
+    results = make_results(lambda cell: 0.5)
+    broken = next(
+        r
+        for r in results
+        if (r["config"]["method"], r["config"]["seed"]) == ("iht", 2)
+        and r["config"]["ratio"] == CELLS[0].ratio
+        and r["config"]["scale"] == CELLS[0].scale
+        and r["config"]["arch"] == CELLS[0].arch
+    )
+    broken["set5"]["psnr"] = float("nan")
+    rows = verdicts(results)
+    assert rows["C1"].verdict == "supported" and rows["C1"].status == "interim (7 of 8 cells)"
+    assert all(e["call"] == "ahead" for e in rows["C1"].evidence)
+    assert diverged(results) == [f"{CELLS[0].label} iht seed 2"]
+    assert rows["C6"].status == "interim (7 of 8 cells)"
+
+
+def test_two_runs_of_one_seed_are_refused_not_chosen_between():
+    results = make_results(lambda cell: 0.5)
+    with pytest.raises(IsspError, match="two issp runs of seed 0"):
+        claim_rows([*results, results[0]])
+
+
+def test_holm_refuses_a_nan_instead_of_pushing_every_later_p_to_one():
+    assert holm([0.01, 0.02, 0.03, 0.04]) == pytest.approx([0.04, 0.06, 0.06, 0.06])
+    with pytest.raises(IsspError, match="NaN"):
+        holm([0.01, float("nan"), 0.02])
+
+
+def test_set14_is_reported_beside_set5_and_c3_c5_carry_their_reported_figures():
+    results = make_results(lambda cell: 0.5)
+    secondary = {row.claim: row for row in secondary_rows(results)}
+    assert list(secondary) == ["C1", "C2", "C3", "C6"] and "Set14" in secondary["C1"].test
+    assert secondary["C1"].verdict == "supported"
+    rows = verdicts(results)
+    assert "both cells, per seed: +0.49" in rows["C3"].figure
+    reported = {e["reported"] for e in rows["C5"].evidence if "reported" in e}
+    assert reported == {"loss at the end of pruning", "layer spread"}
+    text = claims_markdown(claim_rows(results), len(results), "cmd", list(secondary.values()))
+    assert "## Set14 (secondary" in text and "RigL's limitation" in text

@@ -106,3 +106,12 @@ def test_the_grid_report_lists_every_finished_run_with_its_score():
     text = "\n".join(v2._runs_markdown(EDSR, done))
     assert all(f"| {name} | 33.250 |" in text for name in done)
     assert v2._runs_markdown(SWINIR, done) == []
+
+
+def test_only_the_runs_the_grid_chose_count_in_the_claims():
+    done: dict = {}
+    complete(Grid(EDSR, done, None, "bf16"), done)
+    planned = v2.planned_names(done)
+    assert len(planned) == 5 * 2 * (1 + 3 * 4)  # the edsr-tiny study; swinir's grid not run
+    assert "edsr-tiny_x2_iht_r0.9_lr0.01_edges-dense_bf16_s0" in planned
+    assert "edsr-tiny_x2_iht_r0.9_lr0.003_edges-dense_bf16_s0" not in planned

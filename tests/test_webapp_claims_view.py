@@ -1,6 +1,6 @@
 import json
 
-from issp.study.claims import claim_rows, claims_json
+from issp.study.claims_report import claim_rows, claims_json
 from webapp.claims_view import NO_CLAIMS, claims_page
 
 

@@ -1,11 +1,13 @@
-"""Study v2's verdict on each of the paper's claims, by the tests registered before its runs.
+"""Study v2's statistics for each of the paper's claims, by the tests registered before
+its runs.
 
 ``analysis/claims-protocol.md`` fixed the cells, the seeds and, per claim, the statistic
-and the rule that turns it into words. This module applies them to the study's run files
-(the result dicts ``issp study`` writes: config, Set5/Set14 scores, mask dynamics and
-gradient flow) and nothing else: there is no threshold here that the protocol does not
-state. A claim whose cells are not all complete at every seed is reported from the cells
-that are, labelled interim; one with none is pending.
+and the rule that turns it into words. This module computes them from the study's run
+files (the result dicts ``issp study`` writes: config, Set5/Set14 scores, mask dynamics
+and gradient flow) and nothing else: there is no threshold here that the protocol does not
+state. A comparison is made only where both methods finished every seed with a finite
+figure (a diverged run leaves its cell uncalled and is named; the protocol's amendment of
+2026-12-02). ``issp.study.claims_report`` turns them into the claims table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from issp import IsspError
 from issp.study.stats import PairedDifferences, holm
 
 EDSR, SWINIR = "edsr-tiny", "swinir-tiny"
@@ -69,8 +72,19 @@ def grad_cv(result: dict) -> float:
     return result["gradient_flow"]["grad_cv"]
 
 
+def layer_spread(result: dict) -> float:
+    """C5, reported: the mean SD across layers of log10 gradient norm (lower: more even)."""
+    return result["gradient_flow"]["layer_spread"]
+
+
+def loss_end(result: dict) -> float:
+    """C5, reported: the training loss at the end of the pruning stage (trainability)."""
+    return result["gradient_flow"]["loss_end_of_pruning"]
+
+
 def by_seed(results: Sequence[dict], cell: Cell, method: str) -> dict[int, dict]:
-    """The runs of ``method`` in ``cell``, by seed."""
+    """The runs of ``method`` in ``cell``, by seed; IsspError for two runs of one seed,
+    which a report must not choose between silently."""
     found = {}
     for result in results:
         config = result["config"]
@@ -80,13 +94,35 @@ def by_seed(results: Sequence[dict], cell: Cell, method: str) -> dict[int, dict]
             and config["method"] == method
             and math.isclose(config["ratio"], cell.ratio)
         ):
+            if config["seed"] in found:
+                raise IsspError(f"two {method} runs of seed {config['seed']} in {cell.label}")
             found[config["seed"]] = result
     return found
 
 
-def complete(results: Sequence[dict], cell: Cell, methods: Sequence[str]) -> bool:
-    """Whether every method has finished every seed of the study in ``cell``."""
-    return all(set(SEEDS) <= by_seed(results, cell, m).keys() for m in methods)
+def complete(
+    results: Sequence[dict], cell: Cell, methods: Sequence[str], measure: Measure = set5
+) -> bool:
+    """Whether every method has finished every seed of the study in ``cell`` with a
+    finite ``measure``."""
+    for method in methods:
+        runs = by_seed(results, cell, method)
+        if not set(SEEDS) <= runs.keys():
+            return False
+        if not all(math.isfinite(measure(runs[seed])) for seed in SEEDS):
+            return False
+    return True
+
+
+def diverged(results: Sequence[dict], measure: Measure = set5) -> list[str]:
+    """The finished runs whose ``measure`` is not finite, named by cell, method and seed."""
+    names = []
+    for cell in CELLS:
+        for method in (*SPARSE, "dense"):
+            for seed, result in sorted(by_seed(results, cell, method).items()):
+                if not math.isfinite(measure(result)):
+                    names.append(f"{cell.label} {method} seed {seed}")
+    return names
 
 
 def compare(
@@ -142,7 +178,7 @@ def cell_tests(
         (cell, rival, compare(results, cell, "issp", rival, measure))
         for cell in cells
         for rival in rivals
-        if complete(results, cell, ("issp", rival))
+        if complete(results, cell, ("issp", rival), measure)
     ]
     adjusted = holm([pair.p_value for _, _, pair in pairs])
     return [
@@ -165,7 +201,7 @@ def overall(calls: Sequence[str], majority: int = 1) -> str:
 
 @dataclass(frozen=True)
 class SeedTrend:
-    """A per-seed figure of C2 (one value per seed), with its 95% interval."""
+    """A per-seed figure of C2 or C3 (one value per seed), with its 95% interval."""
 
     values: tuple[float, ...]
 
@@ -192,13 +228,15 @@ class SeedTrend:
         }
 
 
-def amplification(results: Sequence[dict]) -> tuple[SeedTrend, SeedTrend] | None:
-    """C2 on edsr-tiny: per seed, the least-squares slope of the ISS-P − IHT Set5 gap against
-    the ratio over the six cells (times ``RATIO_SPAN``), and the mean gap at x4 minus at
-    x2. None until all six cells are complete."""
-    if not all(complete(results, cell, ("issp", "iht")) for cell in EDSR_CELLS):
+def amplification(
+    results: Sequence[dict], psnr: Measure = set5
+) -> tuple[SeedTrend, SeedTrend] | None:
+    """C2 on edsr-tiny: per seed, the least-squares slope of the ISS-P − IHT ``psnr`` gap
+    against the ratio over the six cells (times ``RATIO_SPAN``), and the mean gap at x4
+    minus at x2. None until all six cells are complete."""
+    if not all(complete(results, cell, ("issp", "iht"), psnr) for cell in EDSR_CELLS):
         return None
-    gaps = {cell: compare(results, cell, "issp", "iht", set5).differences for cell in EDSR_CELLS}
+    gaps = {cell: compare(results, cell, "issp", "iht", psnr).differences for cell in EDSR_CELLS}
     ratios = [cell.ratio for cell in EDSR_CELLS]
     slopes, scales = [], []
     for k in range(len(SEEDS)):
@@ -210,208 +248,18 @@ def amplification(results: Sequence[dict]) -> tuple[SeedTrend, SeedTrend] | None
     return SeedTrend(tuple(slopes)), SeedTrend(tuple(scales))
 
 
-@dataclass(frozen=True)
-class ClaimRow:
-    """One claim: the paper's words, its registered test, the figure and the verdict."""
-
-    claim: str
-    words: str
-    test: str
-    figure: str
-    verdict: str
-    status: str  # "final", "interim (k of n cells)" or "pending"
-    evidence: list[dict]
+def seed_means(
+    results: Sequence[dict], cells: Sequence[Cell], psnr: Measure = set5
+) -> SeedTrend | None:
+    """C3's reported figure: per seed, the ISS-P − IHT gap averaged over ``cells``; None
+    until every one of them is complete."""
+    if not cells or not all(complete(results, cell, ("issp", "iht"), psnr) for cell in cells):
+        return None
+    gaps = [compare(results, cell, "issp", "iht", psnr).differences for cell in cells]
+    return SeedTrend(tuple(float(np.mean(per_seed)) for per_seed in zip(*gaps, strict=True)))
 
 
-def _status(done: int, planned: int) -> str:
-    if done == 0:
-        return "pending"
-    return "final" if done == planned else f"interim ({done} of {planned} cells)"
-
-
-def _cells_figure(tests: Sequence[CellTest], unit: str = "dB") -> str:
-    parts = []
-    for test in tests:
-        low, high = test.comparison.interval
-        parts.append(
-            f"{test.cell.label} vs {test.rival}: {test.comparison.mean:+.3f} {unit} "
-            f"[{low:+.3f}, {high:+.3f}], {test.call}"
-        )
-    return "; ".join(parts) or "-"
-
-
-def _tested_row(
-    claim: str,
-    words: str,
-    test: str,
-    tests: Sequence[CellTest],
-    planned: int,
-    majority: int = 1,
-    unit: str = "dB",
-) -> ClaimRow:
-    done = len({t.cell for t in tests})
-    verdict = overall([t.call for t in tests], majority) if tests else "pending"
-    return ClaimRow(
-        claim,
-        words,
-        test,
-        _cells_figure(tests, unit),
-        verdict,
-        _status(done, planned),
-        [t.to_json() for t in tests],
-    )
-
-
-def claim_rows(results: Sequence[dict]) -> list[ClaimRow]:
-    """C1-C6 as registered in ``analysis/claims-protocol.md``, from the study's run files."""
-    rows = [
-        _tested_row(
-            "C1",
-            "better PSNR than IHT",
-            "ISS-P − IHT, Set5, paired by seed, Holm over the 8 cells",
-            cell_tests(results, CELLS, ("iht",), set5),
-            len(CELLS),
-        )
-    ]
-    trends = amplification(results)
-    if trends is None:
-        rows.append(
-            ClaimRow(
-                "C2",
-                "advantages amplified at higher pruning ratios and scales",
-                "per seed: slope of the ISS-P − IHT gap against the ratio (x 0.09) and x4 minus x2",
-                "-",
-                "pending",
-                "pending",
-                [],
-            )
-        )
-    else:
-        ratio, scale = trends
-        verdicts = {ratio.verdict, scale.verdict}
-        verdict = (
-            "supported"
-            if verdicts == {"supported"}
-            else "contradicted"
-            if "contradicted" in verdicts and "supported" not in verdicts
-            else f"ratio: {ratio.verdict}; scale: {scale.verdict}"
-        )
-        figure = "; ".join(
-            f"{name} {np.mean(t.values):+.3f} dB [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}]"
-            for name, t in (("0.9→0.99", ratio), ("x4 − x2", scale))
-        )
-        rows.append(
-            ClaimRow(
-                "C2",
-                "advantages amplified at higher pruning ratios and scales",
-                "per seed: slope of the ISS-P − IHT gap against the ratio (x 0.09) and x4 minus x2",
-                figure,
-                verdict,
-                "final",
-                [ratio.to_json() | {"part": "ratio"}, scale.to_json() | {"part": "scale"}],
-            )
-        )
-    rows += [
-        _tested_row(
-            "C3",
-            "generalizes to transformers",
-            "ISS-P − IHT, Set5, swinir-tiny, Holm over 2",
-            cell_tests(results, SWINIR_CELLS, ("iht",), set5),
-            len(SWINIR_CELLS),
-        ),
-        _tested_row(
-            "C4",
-            "more active sparse-structure dynamics (mask flips)",
-            "log10(flips before Kp + 1), ISS-P − IHT, Holm over 8; supported if more in ≥ 5",
-            cell_tests(results, CELLS, ("iht",), log_flips),
-            len(CELLS),
-            C4_MAJORITY,
-            "log10",
-        ),
-        _tested_row(
-            "C5",
-            "more regularized gradient flow",
-            "CV of the global gradient norm over the pruning stage, ISS-P − IHT, Holm over 8",
-            cell_tests(results, CELLS, ("iht",), grad_cv, lower_is_better=True),
-            len(CELLS),
-            unit="",
-        ),
-    ]
-    rows.append(_c6(results))
-    return rows
-
-
-def rank(results: Sequence[dict], cell: Cell) -> int:
-    """ISS-P's place (1 = best) among the sparse methods by mean Set5 PSNR in ``cell``."""
-    means = {m: np.mean([set5(r) for r in by_seed(results, cell, m).values()]) for m in SPARSE}
-    return 1 + sum(means[m] > means["issp"] for m in SPARSE if m != "issp")
-
-
-def _c6(results: Sequence[dict]) -> ClaimRow:
-    """C6: ISS-P against IHT, GMP and RigL in each cell, Holm over all comparisons."""
-    tests = cell_tests(results, CELLS, RIVALS, set5)
-    outcomes, statements = [], []
-    for cell in sorted({t.cell for t in tests}):
-        mine = [t for t in tests if t.cell == cell]
-        if len(mine) < len(RIVALS):
-            continue
-        behind = [t.rival for t in mine if t.call == "behind"]
-        if all(t.call == "ahead" for t in mine):
-            outcome = "ISS-P best"
-        elif behind:
-            outcome = "ISS-P behind " + ", ".join(behind)
-        else:
-            outcome = "ISS-P tied with the best"
-        outcomes.append("behind" if behind else outcome)
-        statements.append(f"{cell.label}: {outcome} (rank {rank(results, cell)} of 4)")
-    counts = {
-        "ISS-P best": outcomes.count("ISS-P best"),
-        "ISS-P behind a baseline": outcomes.count("behind"),
-        "ISS-P tied with the best": outcomes.count("ISS-P tied with the best"),
-    }
-    verdict = "; ".join(f"{words} in {n}" for words, n in counts.items()) if outcomes else "pending"
-    return ClaimRow(
-        "C6",
-        "ISS-P against the strongest sparse-training baselines",
-        "ISS-P − each of IHT, GMP, RigL, Set5, Holm over all 24 comparisons",
-        "; ".join(statements) or "-",
-        verdict,
-        _status(len(statements), len(CELLS)),
-        [t.to_json() for t in tests],
-    )
-
-
-def claims_markdown(rows: Sequence[ClaimRow], runs: int, command: str) -> str:
-    """The claims table: one row per claim, its test, figure, verdict and status."""
-    lines = [
-        "# Study v2: the paper's claims, each by its registered test",
-        "",
-        f"Made by `{command}` from {runs} run files in `analysis/study_runs/claims/`. The tests "
-        "and decision rules are those of `analysis/claims-protocol.md`, committed before the "
-        "first run; a cell is called only where ISS-P and the method it is compared with finished "
-        f"all {len(SEEDS)} seeds. Intervals are 95% t-intervals over seeds; Holm-adjusted "
-        f"p < {LEVEL} calls a cell.",
-        "",
-        "| claim | the paper says | test | figure | verdict | status |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cells = (row.claim, row.words, row.test, row.figure, f"**{row.verdict}**", row.status)
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def claims_json(rows: Sequence[ClaimRow]) -> list[dict]:
-    """The rows with their evidence, for ``analysis/claims.json``."""
-    return [
-        {
-            "claim": r.claim,
-            "words": r.words,
-            "test": r.test,
-            "figure": r.figure,
-            "verdict": r.verdict,
-            "status": r.status,
-            "evidence": r.evidence,
-        }
-        for r in rows
-    ]
+def ranks(results: Sequence[dict], cell: Cell, psnr: Measure = set5) -> dict[str, int]:
+    """C6: each sparse method's place (1 = best) by mean ``psnr`` over seeds in ``cell``."""
+    means = {m: np.mean([psnr(r) for r in by_seed(results, cell, m).values()]) for m in SPARSE}
+    return {m: 1 + sum(means[o] > means[m] for o in SPARSE if o != m) for m in SPARSE}

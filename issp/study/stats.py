@@ -45,9 +45,12 @@ class PairedDifferences:
 
     @property
     def p_value(self) -> float:
-        """Two-sided paired t-test of a zero mean difference (NaN with fewer than two)."""
+        """Two-sided paired t-test of a zero mean difference (NaN with fewer than two).
+        Identical differences are the t-test's limit: p 1 if all are zero, else 0."""
         if self.n < 2:
             return math.nan
+        if np.ptp(self.differences) == 0:
+            return 1.0 if self.differences[0] == 0 else 0.0
         return float(stats.ttest_1samp(self.differences, 0.0).pvalue)
 
     @property
@@ -258,7 +261,10 @@ def summary_json(summary: dict[str, SummaryRow]) -> dict[str, dict]:
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of ``p_values`` (family-wise error across them), in
-    their order: the k-th smallest is multiplied by (m - k + 1), kept monotone, capped at 1."""
+    their order: the k-th smallest is multiplied by (m - k + 1), kept monotone, capped at 1.
+    IsspError for a NaN, which has no rank and would silently push every later p to 1."""
+    if any(math.isnan(p) for p in p_values):
+        raise IsspError("Holm's adjustment got a NaN p-value: leave its comparison out")
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
     adjusted, running = [0.0] * len(p_values), 0.0
     for rank, i in enumerate(order):

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from issp import IsspError
-from issp.study.claims import ClaimRow, claim_rows, claims_json, claims_markdown
+from issp.study.claims import diverged
+from issp.study.claims_report import (
+    ClaimRow,
+    claim_rows,
+    claims_json,
+    claims_markdown,
+    secondary_rows,
+)
 from issp.study.plan import REPORT_DIR, RunFolders, StudyRun, run_name
 from issp.study.runner import execute, test_folders
 from issp.train import DEFAULT_PROTOCOL, PRECISIONS, TrainConfig
@@ -290,7 +297,8 @@ def run(
             time.sleep(WAIT_SECONDS)
         log(f"[{time.strftime('%H:%M:%S')}] {step.what}: {len(step.runs)} runs to go")
         tests = test_folders(test) if step.scored else {}
-        execute(step.runs, step.folders, tests, jobs, log, threads)
+        # The protocol registers one torch thread per run, whatever the machine's cores.
+        execute(step.runs, step.folders, tests, jobs, log, 1 if threads is None else threads)
         waited = names
 
 
@@ -354,13 +362,30 @@ def _runs_markdown(arch: str, done: dict[str, dict]) -> list[str]:
     return [*lines, "", "</details>", ""]
 
 
+def planned_names(grid_done: dict[str, dict]) -> set[str]:
+    """The names of the study runs the grid's choices so far call for: a run file by any
+    other name (another rate, alpha or arithmetic) is no part of the study."""
+    names = set()
+    for arch in CELLS:
+        alpha = None if arch == EDSR else edsr_alpha(grid_done, None)
+        try:
+            grid = Grid(arch, grid_done, None, precision_of(arch), alpha)
+        except IsspError:  # its grid cannot start yet (swinir before edsr's alpha)
+            continue
+        chosen = {m: setting for m in METHODS if (setting := grid.method(m)[1]) is not None}
+        names |= {run.name for run in study_runs(arch, chosen, None, precision_of(arch))}
+    return names
+
+
 def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     """Write ``claims.md`` and ``claims.json`` into ``out`` from the finished runs: the
     claims table, then each method's grid and choice."""
-    results = list(finished(study_folders()).values())
-    rows = claim_rows(results)
-    grid_done = finished(grid_folders())
-    text = claims_markdown(rows, len(results), command)
+    done, grid_done = finished(study_folders()), finished(grid_folders())
+    planned = planned_names(grid_done)
+    results = [result for name, result in done.items() if name in planned]
+    unplanned = sorted(set(done) - planned)
+    rows, secondary = claim_rows(results), secondary_rows(results)
+    text = claims_markdown(rows, len(results), command, secondary, diverged(results), unplanned)
     text += "\n## Each method's setting, chosen on validation\n\n"
     text += (
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
@@ -368,6 +393,13 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     text += "\n".join(grid_markdown(grid_done, None))
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.md").write_text(text)
-    summary = {"command": command, "runs": len(results), "claims": claims_json(rows)}
+    summary = {
+        "command": command,
+        "runs": len(results),
+        "claims": claims_json(rows),
+        "set14": claims_json(secondary),
+        "diverged": diverged(results),
+        "unplanned": unplanned,
+    }
     (out / "claims.json").write_text(json.dumps(summary, indent=1) + "\n")
     return rows
