@@ -370,7 +370,7 @@ def planned_names(grid_done: dict[str, dict]) -> set[str]:
         alpha = None if arch == EDSR else edsr_alpha(grid_done, None)
         try:
             grid = Grid(arch, grid_done, None, precision_of(arch), alpha)
-        except IsspError:  # its grid cannot start yet (swinir before edsr's alpha)
+        except IsspError:  # its arithmetic is not decided yet: no run of it can count
             continue
         chosen = {m: setting for m in METHODS if (setting := grid.method(m)[1]) is not None}
         names |= {run.name for run in study_runs(arch, chosen, None, precision_of(arch))}
