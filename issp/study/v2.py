@@ -367,8 +367,8 @@ def planned_names(grid_done: dict[str, dict]) -> set[str]:
     other name (another rate, alpha or arithmetic) is no part of the study."""
     names = set()
     for arch in CELLS:
-        alpha = None if arch == EDSR else edsr_alpha(grid_done, None)
         try:
+            alpha = None if arch == EDSR else edsr_alpha(grid_done, None)
             grid = Grid(arch, grid_done, None, precision_of(arch), alpha)
         except IsspError:  # its arithmetic is not decided yet: no run of it can count
             continue
