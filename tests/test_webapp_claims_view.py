@@ -1,12 +1,15 @@
 import json
 
-from issp.study.claims_report import claim_rows, claims_json
+from issp.study.claims_report import claim_rows, claims_json, notes
 from webapp.claims_view import NO_CLAIMS, claims_page
 
 
 def test_the_claims_table_has_every_claim_and_its_verdict_in_words(tmp_path):
-    (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(claim_rows([]))}))
+    rows = claim_rows([])
+    report = {"claims": claims_json(rows), "notes": notes(rows)}
+    (tmp_path / "claims.json").write_text(json.dumps(report))
     page = claims_page(tmp_path / "study.json")
+    assert "- C6 is pending: it waits for GMP and RigL on edsr-tiny (phase 2)." in page.text
     for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
         assert f"| {claim} |" in page.text
     assert "**pending**" in page.text and set(page.evidence) == {f"C{k}" for k in range(1, 7)}

@@ -2,7 +2,8 @@
 
 Read from ``claims.json`` (written by ``python -m issp study claims``) beside the study's
 ``study.json``: one row per claim with the paper's words, the verdict in words and how
-complete it is, and each claim's per-cell evidence for an expandable panel. The figures
+complete it is, the report's notes (what a pending claim waits for, runs left out), and
+each claim's per-cell evidence for an expandable panel. The figures
 are the report's, shown as stored; a missing or damaged file says so instead.
 """
 
@@ -33,7 +34,8 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
     if path is None or not path.is_file():
         return ClaimsPage(NO_CLAIMS)
     try:
-        rows = json.loads(path.read_text())["claims"]
+        report = json.loads(path.read_text())
+        rows, remarks = report["claims"], report.get("notes", [])
         lines = [
             f"| {row['claim']} | {row['words']} | **{row['verdict']}** | {row['status']} "
             f"| {row['figure']} |"
@@ -49,4 +51,5 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
         "interval) |",
         "|---|---|---|---|---|",
     ]
-    return ClaimsPage("\n".join(header + lines), evidence)
+    remarks = ["", *(f"- {remark}" for remark in remarks)] if remarks else []
+    return ClaimsPage("\n".join(header + lines + remarks), evidence)

@@ -256,6 +256,28 @@ def _table(rows: Sequence[ClaimRow]) -> list[str]:
     return lines
 
 
+def notes(
+    rows: Sequence[ClaimRow], uncalled: Sequence[str] = (), unplanned: Sequence[str] = ()
+) -> list[str]:
+    """What the table alone does not say: what each pending claim waits for, the runs left
+    out and why, and RigL's registered limitation."""
+    lines = [
+        f"{row.claim} is pending: it waits for {WAITS[row.claim]}."
+        for row in rows
+        if row.status == "pending"
+    ]
+    if uncalled:
+        lines.append(f"Diverged (not finite), their cells not called: {', '.join(uncalled)}.")
+    if unplanned:
+        lines.append(f"Run files outside the plan, left out: {', '.join(unplanned)}.")
+    lines.append(
+        f"RigL's limitation, as registered: its mask freezes at Kp like every method's, so it "
+        f"makes one update every {RIGL_INTERVAL} steps before Kp (7 on edsr-tiny, 4 on "
+        "swinir-tiny), where its paper updates until 75% of training."
+    )
+    return lines
+
+
 def claims_markdown(
     rows: Sequence[ClaimRow],
     runs: int,
@@ -278,18 +300,7 @@ def claims_markdown(
         *_table(rows),
         "",
     ]
-    pending = [row.claim for row in rows if row.status == "pending"]
-    lines += [f"- {claim} is pending: it waits for {WAITS[claim]}." for claim in pending]
-    if uncalled:
-        lines.append(f"- Diverged (not finite), their cells not called: {', '.join(uncalled)}.")
-    if unplanned:
-        lines.append(f"- Run files outside the plan, left out: {', '.join(unplanned)}.")
-    lines += [
-        f"- RigL's limitation, as registered: its mask freezes at Kp like every method's, so "
-        f"it makes one update every {RIGL_INTERVAL} steps before Kp (7 on edsr-tiny, 4 on "
-        "swinir-tiny), where its paper updates until 75% of training.",
-        "",
-    ]
+    lines += [f"- {note}" for note in notes(rows, uncalled, unplanned)] + [""]
     if secondary:
         lines += ["## Set14 (secondary: computed the same way, deciding nothing)", ""]
         lines += [*_table(secondary), ""]

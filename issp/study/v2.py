@@ -28,6 +28,7 @@ from issp.study.claims_report import (
     claim_rows,
     claims_json,
     claims_markdown,
+    notes,
     secondary_rows,
 )
 from issp.study.plan import REPORT_DIR, RunFolders, StudyRun, run_name
@@ -397,6 +398,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
         "command": command,
         "runs": len(results),
         "claims": claims_json(rows),
+        "notes": notes(rows, diverged(results), unplanned),
         "set14": claims_json(secondary),
         "diverged": diverged(results),
         "unplanned": unplanned,
