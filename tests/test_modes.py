@@ -4,6 +4,9 @@ import json
 import pytest
 
 from issp import modes
+from issp.models import build_model
+from issp.pruning import prunable_weights
+from issp.selection import nm_groups
 
 
 def test_each_pair_differs_only_in_what_it_compares():
@@ -15,8 +18,8 @@ def test_each_pair_differs_only_in_what_it_compares():
     for configs in by_seed.values():
         nm, layer, greg, iht = configs
         assert nm.pattern == "19:20" and layer.pattern is None
-        assert nm.ratio == layer.ratio == pytest.approx(23 / 24)
-        assert dataclasses.replace(nm, pattern=None) == layer
+        assert nm.ratio == 0.95 and layer.ratio == pytest.approx(23 / 24)
+        assert dataclasses.replace(nm, pattern=None, ratio=layer.ratio) == layer
         assert dataclasses.replace(greg, method="iht") == iht and iht.ratio == 0.95
         assert {c.arch for c in configs} == {"swinir-tiny"} and nm.steps == 2000
 
@@ -36,3 +39,12 @@ def test_report_pairs_arms_by_seed_and_keeps_the_registered_text(tmp_path):
     assert row["differences"] == pytest.approx([0.10, 0.12, 0.08]) and row["wins"] == 3
     text = (tmp_path / "modes.md").read_text()
     assert text.startswith("# Registered\n\nrule\n") and "| difference |" in text
+
+
+def test_every_arm_is_a_run_the_trainer_accepts_and_19_20_prunes_what_the_other_asks():
+    plan = modes.modes_plan(None)
+    for run in plan:
+        run.config.validate()  # the 19:20 arm once failed here, at its start
+    weights = prunable_weights(build_model("swinir-tiny", scale=2))
+    groups = {nm_groups(w.numel(), 19, 20) for w in weights.values()}
+    assert groups == {(23, 24)} and len(weights) == 19 and modes.SAME_SPARSITY == 23 / 24
