@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from issp import study
+from issp import IsspError, study
 from issp.cli import main
 from issp.study import (
     PRECISION,
@@ -366,3 +366,16 @@ def test_rescore_refuses_a_folder_with_no_scorable_image(tmp_path, photos):
     tiny.mkdir()
     Image.open(next(photos.iterdir())).resize((12, 12)).save(tiny / "small.png")
     assert main(["study", "rescore", "--test", str(tiny), *plan, *out]) == 2
+
+
+def test_a_failing_run_is_logged_when_it_fails_and_the_others_still_finish(tmp_path):
+    good = study.seed_run(2, "iht", 0.9, None)
+    good = study.StudyRun(good.name, dataclasses.replace(good.config, steps=4, val_every=4))
+    bad_config = dataclasses.replace(good.config, method="issp", pattern="19:20")
+    bad = study.StudyRun("refused_at_start", bad_config)  # ratio 0.9 is not 19/20
+    folders = study.RunFolders(tmp_path / "work", tmp_path / "results")
+    lines = []
+    with pytest.raises(IsspError, match="1 of 2 runs failed: refused_at_start"):
+        study.execute([bad, good], folders, {}, jobs=1, log=lines.append, threads=1)
+    assert any("refused_at_start: FAILED: IsspError: pattern 19:20" in line for line in lines)
+    assert good.result_path(folders.results).is_file()

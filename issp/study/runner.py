@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
+from issp import IsspError
 from issp.catalogue import TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
 from issp.dynamics import gradient_flow, mask_dynamics, thin_telemetry
@@ -46,7 +47,8 @@ def execute(
 ) -> list[dict]:
     """Train and score every run without a result yet, ``jobs`` at a time with ``threads``
     torch threads each (default: the usable cores split between the jobs); return all
-    results (those finished by other processes included)."""
+    results (those finished by other processes included). A run that fails is logged as it
+    fails and the others go on; IsspError at the end names every failed run."""
     folders.work.mkdir(parents=True, exist_ok=True)
     folders.results.mkdir(parents=True, exist_ok=True)
     pending = [run for run in runs if not run.result_path(folders.results).exists()]
@@ -55,10 +57,17 @@ def execute(
     with ProcessPoolExecutor(jobs) as pool:
         futures = {pool.submit(_execute_one, run, folders, tests, threads): run for run in pending}
         # As they finish, not in plan order: a short x4 run is logged while an x2 one trains.
+        failed = []
         for done, future in enumerate(as_completed(futures), start=1):
-            message = future.result()
+            try:
+                message = future.result()
+            except Exception as err:  # said now, raised below: the other runs go on
+                failed.append(futures[future].name)
+                message = f"FAILED: {type(err).__name__}: {err}"
             count = f"{len(runs) - len(pending) + done} of {len(runs)}"
             log(f"[{time.strftime('%H:%M:%S')}] ({count}) {futures[future].name}: {message}")
+    if failed:
+        raise IsspError(f"{len(failed)} of {len(pending)} runs failed: {', '.join(failed)}")
     return load_results(runs, folders.results)
 
 
