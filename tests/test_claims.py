@@ -3,7 +3,13 @@ import pytest
 
 from issp import IsspError
 from issp.study.claims import CELLS, SEEDS, diverged
-from issp.study.claims_report import claim_rows, claims_json, claims_markdown, secondary_rows
+from issp.study.claims_report import (
+    cell_means,
+    claim_rows,
+    claims_json,
+    claims_markdown,
+    secondary_rows,
+)
 from issp.study.stats import holm
 
 
@@ -105,7 +111,7 @@ def test_unfinished_cells_make_an_interim_report_and_missing_ones_a_pending_clai
     )
     assert rows["C1"].status == "interim (5 of 8 cells)"
     assert rows["C2"].verdict == "pending" and rows["C3"].verdict == "pending"
-    text = claims_markdown(claim_rows(results), len(results), "python -m issp study claims")
+    text = claims_markdown(claim_rows(results), results, "python -m issp study claims")
     assert text.count("\n| C") == 6 and "**pending**" in text
     assert {row["claim"] for row in claims_json(claim_rows(results))} == {
         f"C{k}" for k in range(1, 7)
@@ -157,5 +163,9 @@ def test_set14_is_reported_beside_set5_and_c3_c5_carry_their_reported_figures():
     assert "both cells, per seed: +0.49" in rows["C3"].figure
     reported = {e["reported"] for e in rows["C5"].evidence if "reported" in e}
     assert reported == {"loss at the end of pruning", "layer spread"}
-    text = claims_markdown(claim_rows(results), len(results), "cmd", list(secondary.values()))
+    text = claims_markdown(claim_rows(results), results, "cmd", list(secondary.values()))
     assert "## Set14 (secondary" in text and "RigL's limitation" in text
+    # Dense, in no test, is the context of every cell of its architecture and scale.
+    dense = [r | {"config": r["config"] | {"method": "dense", "ratio": 0.0}} for r in results[:1]]
+    table = "\n".join(cell_means(results + dense))
+    assert "| edsr-tiny x2 0.99 | 30.500 (n=1) |" in table and "| edsr-tiny x4 0.9 | - |" in table

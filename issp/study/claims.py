@@ -83,8 +83,9 @@ def loss_end(result: dict) -> float:
 
 
 def by_seed(results: Sequence[dict], cell: Cell, method: str) -> dict[int, dict]:
-    """The runs of ``method`` in ``cell``, by seed; IsspError for two runs of one seed,
-    which a report must not choose between silently."""
+    """The runs of ``method`` in ``cell``, by seed (dense, which runs once per architecture
+    and scale, in every cell of them); IsspError for two runs of one seed, which a report
+    must not choose between silently."""
     found = {}
     for result in results:
         config = result["config"]
@@ -92,7 +93,7 @@ def by_seed(results: Sequence[dict], cell: Cell, method: str) -> dict[int, dict]
             config["arch"] == cell.arch
             and config["scale"] == cell.scale
             and config["method"] == method
-            and math.isclose(config["ratio"], cell.ratio)
+            and (method == "dense" or math.isclose(config["ratio"], cell.ratio))
         ):
             if config["seed"] in found:
                 raise IsspError(f"two {method} runs of seed {config['seed']} in {cell.label}")
@@ -120,8 +121,10 @@ def diverged(results: Sequence[dict], measure: Measure = set5) -> list[str]:
     for cell in CELLS:
         for method in (*SPARSE, "dense"):
             for seed, result in sorted(by_seed(results, cell, method).items()):
-                if not math.isfinite(measure(result)):
-                    names.append(f"{cell.label} {method} seed {seed}")
+                label = f"{cell.arch} x{cell.scale}" if method == "dense" else cell.label
+                name = f"{label} {method} seed {seed}"
+                if not math.isfinite(measure(result)) and name not in names:
+                    names.append(name)
     return names
 
 

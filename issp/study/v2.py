@@ -386,7 +386,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     results = [result for name, result in done.items() if name in planned]
     unplanned = sorted(set(done) - planned)
     rows, secondary = claim_rows(results), secondary_rows(results)
-    text = claims_markdown(rows, len(results), command, secondary, diverged(results), unplanned)
+    text = claims_markdown(rows, results, command, secondary, diverged(results), unplanned)
     text += "\n## Each method's setting, chosen on validation\n\n"
     text += (
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
