@@ -136,13 +136,38 @@ def results_markdown(summary: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def arms_markdown(results: Path) -> list[str]:
+    """Every finished run: its arm, seed, PSNR on each test set and training seconds (the
+    absolute figures behind the paired differences)."""
+    lines = [
+        "| arm | seed | Set5 | Set14 | validation | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in PAIRS:
+        for arm in (pair.first, pair.second):
+            for seed in SEEDS:
+                run = arm_run(arm, seed, None)
+                path = run.result_path(results)
+                if not path.is_file():
+                    continue
+                result = json.loads(path.read_text())
+                lines.append(
+                    f"| {run.name} | {seed} | {result['set5']['psnr']:.3f} "
+                    f"| {result['set14']['psnr']:.3f} | {result['val_psnr']:.3f} "
+                    f"| {result['train_seconds']:.0f} |"
+                )
+    return lines if len(lines) > 2 else []
+
+
 def write_modes(results: Path, command: str, out: Path) -> dict:
     """Replace the results section of ``out/modes.md`` (the registered part above it is
     kept) and write ``out/modes.json``; returns the summary."""
     report = out / "modes.md"
     registered = study.registered_text(report)
     summary = modes_summary(results)
-    report.write_text(registered + results_markdown(summary, command))
+    runs = arms_markdown(results)
+    table = "\n".join(["", "Every finished run:", "", *runs, ""]) if runs else ""
+    report.write_text(registered + results_markdown(summary, command) + table)
     (out / "modes.json").write_text(
         json.dumps({"command": command, "pairs": summary}, indent=1) + "\n"
     )

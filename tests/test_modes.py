@@ -32,6 +32,7 @@ def test_report_pairs_arms_by_seed_and_keeps_the_registered_text(tmp_path):
             for arm, psnr in ((pair.first, 30.0 + gap), (pair.second, 30.0)):
                 run = modes.arm_run(arm, seed, None)
                 scores = {"set5": {"psnr": psnr}, "set14": {"psnr": psnr - 3}, "val_psnr": psnr}
+                scores["train_seconds"] = 600.0
                 run.result_path(results).write_text(json.dumps(scores))
     (tmp_path / "modes.md").write_text("# Registered\n\nrule\n\n## Results\n\nNot yet run.\n")
     summary = modes.write_modes(results, "cmd", tmp_path)
@@ -39,6 +40,8 @@ def test_report_pairs_arms_by_seed_and_keeps_the_registered_text(tmp_path):
     assert row["differences"] == pytest.approx([0.10, 0.12, 0.08]) and row["wins"] == 3
     text = (tmp_path / "modes.md").read_text()
     assert text.startswith("# Registered\n\nrule\n") and "| difference |" in text
+    nm_run = modes.arm_run(modes.PAIRS[0].first, 1, None).name
+    assert f"| {nm_run} | 1 | 30.120 | 27.120 | 30.120 | 600 |" in text
 
 
 def test_every_arm_is_a_run_the_trainer_accepts_and_19_20_prunes_what_the_other_asks():
