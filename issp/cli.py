@@ -392,12 +392,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit
     except IsspError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) stopped reading: stop quietly, as other command-line tools
+        # do, with stdout pointed at devnull so that Python's own flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code or 0
 
 

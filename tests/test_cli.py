@@ -1,6 +1,7 @@
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,22 @@ def test_cli_plot_rejects_a_file_that_is_not_a_result(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "bad.json"), "--out", str(tmp_path)]) == 2
     (tmp_path / "other.json").write_text('{"a": 1}')
     assert main(["plot", str(tmp_path / "other.json"), "--out", str(tmp_path)]) == 2
+
+
+def test_output_into_a_closed_pipe_ends_quietly_without_a_traceback():
+    # `issp info ... | head -1`: the reader has gone before issp writes.
+    read, write = os.pipe()
+    os.close(read)
+    shipped = sorted((ROOT / "checkpoints").glob("swinir-tiny_*.safetensors"))[0]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "issp", "info", str(shipped)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr.decode()[-500:]
+    assert done.stderr == b""
