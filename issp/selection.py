@@ -44,8 +44,8 @@ def nm_groups(numel: int, n: int, m: int) -> tuple[int, int]:
     They raise them until M divides the gcd of every layer's size, so that all layers share
     one N:M (only their SwinIR runs use N:M; on EDSR-L x4, gcd 2304, 19:20 would become
     23:24, as it does per layer there); here each layer keeps the asked N:M wherever it
-    can. Either way M - N weights survive per group. IsspError for an M
-    larger than the layer, which no raise would make divide it."""
+    can. Either way M - N weights survive per group. IsspError for an M larger than the
+    layer, which no raise would make divide it."""
     if m > numel:
         raise IsspError(f"an N:M group of {m} weights is larger than a layer of {numel}")
     while numel % m:

@@ -20,3 +20,6 @@ def test_no_claims_file_or_a_damaged_one_says_so(tmp_path):
     assert claims_page(tmp_path / "study.json").text == NO_CLAIMS
     (tmp_path / "claims.json").write_text('{"claims": [{"claim": "C1"}]}')
     assert "cannot be read" in claims_page(tmp_path / "study.json").text
+    rows = claims_json(claim_rows([]))
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": rows, "notes": 3}))
+    assert "cannot be read" in claims_page(tmp_path / "study.json").text

@@ -3,8 +3,8 @@
 Read from ``claims.json`` (written by ``python -m issp study claims``) beside the study's
 ``study.json``: one row per claim with the paper's words, the verdict in words and how
 complete it is, the report's notes (what a pending claim waits for, runs left out), and
-each claim's per-cell evidence for an expandable panel. The figures
-are the report's, shown as stored; a missing or damaged file says so instead.
+each claim's per-cell evidence for an expandable panel. The figures are the report's,
+shown as stored; a missing or damaged file says so instead.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
             for row in rows
         ]
         evidence = {row["claim"]: row["evidence"] for row in rows}
+        notes = ["", *(f"- {remark}" for remark in remarks)] if remarks else []
     except (OSError, ValueError, KeyError, TypeError) as err:
         return ClaimsPage(f"*The claims file {path.name} cannot be read ({type(err).__name__}).*")
     header = [
@@ -51,5 +52,4 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
         "interval) |",
         "|---|---|---|---|---|",
     ]
-    remarks = ["", *(f"- {remark}" for remark in remarks)] if remarks else []
-    return ClaimsPage("\n".join(header + lines + remarks), evidence)
+    return ClaimsPage("\n".join(header + lines + notes), evidence)
