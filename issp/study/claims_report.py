@@ -304,13 +304,16 @@ def claims_markdown(
     secondary: Sequence[ClaimRow] = (),
     uncalled: Sequence[str] = (),
     unplanned: Sequence[str] = (),
+    planned: int | None = None,
 ) -> str:
     """The claims table (Set5, deciding), what pending claims wait for, the runs left out,
     RigL's limitation, every method's Set5 PSNR per cell and the Set14 table."""
     lines = [
         "# Study v2: the paper's claims, each by its registered test",
         "",
-        f"Made by `{command}` from {len(results)} run files in `analysis/study_runs/claims/`. "
+        f"Made by `{command}` from {len(results)} run files in `analysis/study_runs/claims/`"
+        + ("" if planned is None else f" (of the {planned} the grid's choices so far call for)")
+        + ". "
         "The tests and decision rules are those of `analysis/claims-protocol.md`, committed "
         "before the first run; a cell is called only where ISS-P and the method it is compared "
         f"with finished all {len(SEEDS)} seeds. Intervals are 95% t-intervals over seeds; "

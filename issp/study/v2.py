@@ -387,7 +387,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     unplanned = sorted(set(done) - planned)
     rows, secondary = claim_rows(results), secondary_rows(results)
     uncalled = diverged(results)
-    text = claims_markdown(rows, results, command, secondary, uncalled, unplanned)
+    text = claims_markdown(rows, results, command, secondary, uncalled, unplanned, len(planned))
     text += "\n## Each method's setting, chosen on validation\n\n"
     text += (
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
@@ -398,6 +398,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     summary = {
         "command": command,
         "runs": len(results),
+        "planned": len(planned),
         "claims": claims_json(rows),
         "notes": notes(rows, uncalled, unplanned),
         "set14": claims_json(secondary),
