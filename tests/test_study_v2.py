@@ -2,9 +2,11 @@ import json
 import math
 
 import pytest
+from filelock import FileLock
 
 from issp import IsspError
 from issp.study import v2
+from issp.study.plan import RunFolders
 from issp.study.v2 import EDSR, GRID_SEEDS, SWINIR, Grid, Setting
 
 
@@ -115,3 +117,45 @@ def test_only_the_runs_the_grid_chose_count_in_the_claims():
     assert len(planned) == 5 * 2 * (1 + 3 * 4)  # the edsr-tiny study; swinir's grid not run
     assert "edsr-tiny_x2_iht_r0.9_lr0.01_edges-dense_bf16_s0" in planned
     assert "edsr-tiny_x2_iht_r0.9_lr0.003_edges-dense_bf16_s0" not in planned
+
+
+def alpha_step_left() -> dict:
+    """Finished edsr-tiny grid runs of phase 1, every choice made but ISS-P's alpha."""
+    done: dict = {}
+    grid, first = Grid(EDSR, done, None, "bf16"), ("dense", "iht", "issp")
+    alphas = ("_a0.9_", "_a0.99_")
+    while runs := [r for r in grid.next_runs(first) if not any(a in r.name for a in alphas)]:
+        for run in runs:
+            done[run.name] = {"val_psnr": score(run.config)}
+    return done
+
+
+def test_steps_follow_the_protocol_s_order_and_wait_only_for_what_they_need():
+    steps = v2.steps_from(alpha_step_left(), {}, None)
+    assert [s.what for s in steps] == [
+        "edsr-tiny grid (dense, iht, issp)",  # ISS-P's alpha step
+        "edsr-tiny study (dense, iht)",  # chosen already: they need not wait for it
+        "edsr-tiny grid (gmp, rigl)",
+        "swinir-tiny grid (dense, iht, gmp, rigl)",  # its ISS-P waits for edsr-tiny's alpha
+    ]
+    assert all("_a0.9_" in r.name or "_a0.99_" in r.name for r in steps[0].runs)
+    assert len(steps[1].runs) == 5 * 2 * (1 + 3)
+    assert not any("issp" in r.name for r in steps[3].runs)
+
+
+def test_a_process_goes_on_to_the_next_step_while_the_other_holds_the_first(tmp_path):
+    folders = RunFolders(tmp_path / "work", tmp_path / "results")
+    steps = v2.steps_from(alpha_step_left(), {}, None)
+    steps = [v2.Step(s.what, s.runs, folders, s.scored) for s in steps]
+    assert v2.next_batch(steps, jobs=2) == (steps[0], steps[0].runs)  # all of the first
+    held = [FileLock(folders.work / f"{r.name}.lock", timeout=0) for r in steps[0].runs]
+    for lock in held:  # the other process trains every run of the alpha step
+        lock.acquire()
+    step, runs = v2.next_batch(steps, jobs=2)
+    assert step is steps[1] and runs == steps[1].runs[:2]  # a few at a time, then look again
+    for run in steps[1].runs + steps[2].runs + steps[3].runs:
+        folders.results.mkdir(exist_ok=True)
+        run.result_path(folders.results).write_text("{}")
+    assert v2.next_batch(steps, jobs=2) is None  # every run left is in other hands: wait
+    for lock in held:
+        lock.release()

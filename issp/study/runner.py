@@ -111,6 +111,18 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
         return "skipped: another process is training it"
 
 
+def claimable(run: StudyRun, folders: RunFolders) -> bool:
+    """Whether ``run`` has no result and no process holds its lock: a look, not a claim
+    (``execute`` claims it, and skips it if another process came first)."""
+    if run.result_path(folders.results).exists():
+        return False
+    try:
+        with FileLock(folders.work / f"{run.name}.lock", timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
 def load_results(runs: Sequence[StudyRun], results: Path) -> list[dict]:
     """The results of ``runs`` that have finished, in plan order."""
     paths = [run.result_path(results) for run in runs]

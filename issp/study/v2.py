@@ -3,11 +3,12 @@
 The protocol is ``analysis/claims-protocol.md``, committed before any of these runs; this
 module is its plan, step by step. The grid is sequential (a screen at the first grid seed
 decides which rates the others run; an edge rate is added where the best lies at the
-grid's edge; ISS-P's alpha is chosen at its chosen rate), so ``grid_next`` is a pure
+grid's edge; ISS-P's alpha is chosen at its chosen rate), so ``Grid.next_runs`` is a pure
 function of the finished runs: it names the runs the grid needs next, and an empty list
-means the grid is complete and ``grid_choice`` holds. Every process that runs it computes
-the same list from the committed files, so two of them side by side split the work
-through the runner's file locks, and a later session resumes where one stopped.
+means the grid is complete and ``Grid.choice`` holds. Every process that runs it computes
+the same steps from the committed files, so two of them side by side split the work
+through the runner's file locks (one that finds every run of a step in the other's hands
+goes on to the next step rather than wait), and a later session resumes where one stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from issp.study.claims_report import (
     secondary_rows,
 )
 from issp.study.plan import REPORT_DIR, RunFolders, StudyRun, run_name
-from issp.study.runner import execute, test_folders
+from issp.study.runner import claimable, execute, test_folders
 from issp.train import DEFAULT_PROTOCOL, PRECISIONS, TrainConfig
 
 EDSR, SWINIR = "edsr-tiny", "swinir-tiny"
@@ -262,21 +263,45 @@ def edsr_alpha(done: dict[str, dict], data: str | None) -> float | None:
     return None if chosen is None else chosen["issp"].alpha
 
 
-def next_step(data: str | None) -> Step | None:
-    """The runs study v2 needs next, from the committed run files; None when it is done."""
+def steps_from(
+    done_grid: dict[str, dict], done_study: dict[str, dict], data: str | None
+) -> list[Step]:
+    """Every step study v2 can train now, in the protocol's order of priority: per phase,
+    the grid runs it needs next, then the study runs of each method whose setting its grid
+    has chosen. swinir-tiny's ISS-P waits for the alpha edsr-tiny's grid chooses."""
     grid, study = grid_folders(), study_folders()
-    done_grid, done_study = finished(grid), finished(study)
+    steps = []
     for arch, methods in PHASES:
         precision = precision_of(arch)
         alpha = None if arch == EDSR else edsr_alpha(done_grid, data)
+        if arch != EDSR and alpha is None:
+            methods = tuple(m for m in methods if m != "issp")
         state = Grid(arch, done_grid, data, precision, alpha)
         runs = state.next_runs(methods)
         if runs:
-            return Step(f"{arch} grid ({', '.join(methods)})", runs, grid, scored=False)
-        chosen = state.choice(methods)
+            steps.append(Step(f"{arch} grid ({', '.join(methods)})", runs, grid, scored=False))
+        chosen = {m: setting for m in methods if (setting := state.method(m)[1]) is not None}
         runs = [r for r in study_runs(arch, chosen, data, precision) if r.name not in done_study]
         if runs:
-            return Step(f"{arch} study ({', '.join(methods)})", runs, study, scored=True)
+            steps.append(Step(f"{arch} study ({', '.join(chosen)})", runs, study, scored=True))
+    return steps
+
+
+def next_steps(data: str | None) -> list[Step]:
+    """The steps study v2 can train now, from the committed run files; none when done."""
+    return steps_from(finished(grid_folders()), finished(study_folders()), data)
+
+
+def next_batch(steps: Sequence[Step], jobs: int) -> tuple[Step, list[StudyRun]] | None:
+    """What a process trains next: the first step's runs, or where another process holds
+    every run of it, the next ``jobs`` free runs further down (a few at a time, so the
+    process comes back to the first step as soon as it has work again). None when every
+    run left is in other hands."""
+    for place, step in enumerate(steps):
+        step.folders.work.mkdir(parents=True, exist_ok=True)
+        free = [run for run in step.runs if claimable(run, step.folders)]
+        if free:
+            return step, (step.runs if place == 0 else free[:jobs])
     return None
 
 
@@ -287,20 +312,20 @@ def run(
     threads: int | None,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Train study v2 to its end, phase by phase, resuming from the committed run files.
-    Where every run left is another process's, wait for it rather than spin."""
+    """Train study v2 to its end, resuming from the committed run files; where every run
+    left is another process's, wait for them rather than spin."""
     if test is None:
         raise IsspError("study v2 scores its runs on Set5 and Set14: give --test")
-    waited: tuple[str, ...] = ()
-    while (step := next_step(data)) is not None:
-        names = tuple(run.name for run in step.runs)
-        if names == waited:
+    while steps := next_steps(data):
+        batch = next_batch(steps, jobs)
+        if batch is None:
             time.sleep(WAIT_SECONDS)
+            continue
+        step, runs = batch
         log(f"[{time.strftime('%H:%M:%S')}] {step.what}: {len(step.runs)} runs to go")
         tests = test_folders(test) if step.scored else {}
         # The protocol registers one torch thread per run, whatever the machine's cores.
-        execute(step.runs, step.folders, tests, jobs, log, 1 if threads is None else threads)
-        waited = names
+        execute(runs, step.folders, tests, jobs, log, 1 if threads is None else threads)
 
 
 def grid_markdown(done: dict[str, dict], data: str | None) -> list[str]:
