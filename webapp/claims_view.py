@@ -2,8 +2,9 @@
 
 Read from ``claims.json`` (written by ``python -m issp study claims``) beside the study's
 ``study.json``: one row per claim with the paper's words, the verdict in words and how
-complete it is, the report's notes (what a pending claim waits for, runs left out), and
-each claim's per-cell evidence for an expandable panel. The figures are the report's,
+complete it is, the report's notes (what a pending claim waits for, runs left out), how
+many of the study's planned runs have finished, and each claim's per-cell evidence for an
+expandable panel. The figures are the report's,
 shown as stored; a missing or damaged file says so instead.
 """
 
@@ -43,6 +44,12 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
         ]
         evidence = {row["claim"]: row["evidence"] for row in rows}
         notes = ["", *(f"- {remark}" for remark in remarks)] if remarks else []
+        if "planned" in report:  # how far the study is: the grid's choices so far
+            notes += [
+                "",
+                f"{int(report['runs'])} study runs finished, of the {int(report['planned'])} "
+                "that the grid's choices so far call for.",
+            ]
     except (OSError, ValueError, KeyError, TypeError) as err:
         return ClaimsPage(f"*The claims file {path.name} cannot be read ({type(err).__name__}).*")
     header = [
