@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from issp.methods import label
 from issp.pruning import RIGL_INTERVAL
 from issp.study.claims import (
     C4_MAJORITY,
@@ -40,7 +41,6 @@ from issp.study.claims import (
     set14,
 )
 
-NAMES = {"issp": "ISS-P", "iht": "IHT", "gmp": "GMP", "rigl": "RigL"}
 # What a pending claim waits for, in the protocol's order of phases.
 WAITS = {
     "C1": "the edsr-tiny study of dense, IHT and ISS-P (phase 1)",
@@ -177,13 +177,13 @@ def _c6(results: Sequence[dict], psnr: Measure, test_set: str) -> ClaimRow:
     cells = [cell for cell in CELLS if complete(results, cell, SPARSE, psnr)]
     tests = cell_tests(results, cells, RIVALS, psnr)
     counts = dict.fromkeys(
-        ["ISS-P best", *(f"ISS-P behind {NAMES[r]}" for r in RIVALS), "ISS-P tied with the best"],
+        ["ISS-P best", *(f"ISS-P behind {label(r)}" for r in RIVALS), "ISS-P tied with the best"],
         0,
     )
     statements = []
     for cell in cells:
         mine = [t for t in tests if t.cell == cell]
-        behind = [NAMES[t.rival] for t in mine if t.call == "behind"]
+        behind = [label(t.rival) for t in mine if t.call == "behind"]
         if all(t.call == "ahead" for t in mine):
             outcomes = ["ISS-P best"]
         elif behind:
@@ -193,7 +193,7 @@ def _c6(results: Sequence[dict], psnr: Measure, test_set: str) -> ClaimRow:
         for outcome in outcomes:
             counts[outcome] += 1
         places = ranks(results, cell, psnr)
-        order = ", ".join(f"{NAMES[m]} {places[m]}" for m in sorted(SPARSE, key=places.get))
+        order = ", ".join(f"{label(m)} {places[m]}" for m in sorted(SPARSE, key=places.get))
         statements.append(f"{cell.label}: {'; '.join(outcomes)} (ranks: {order})")
     verdict = "; ".join(f"{words} in {n}" for words, n in counts.items()) if cells else "pending"
     return ClaimRow(
@@ -284,7 +284,7 @@ def cell_means(results: Sequence[dict], psnr: Measure = set5) -> list[str]:
     included (it is in none of them)."""
     methods = ("dense", *SPARSE)
     lines = [
-        "| cell | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
+        "| cell | " + " | ".join(label(m) for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
     for cell in CELLS:
