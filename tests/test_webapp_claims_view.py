@@ -1,5 +1,8 @@
 import json
 
+import pytest
+
+from issp.study.claims import CELLS
 from issp.study.claims_report import claim_rows, claims_json, notes
 from webapp.claims_view import NO_CLAIMS, claims_page
 
@@ -24,3 +27,26 @@ def test_no_claims_file_or_a_damaged_one_says_so(tmp_path):
     rows = claims_json(claim_rows([]))
     (tmp_path / "claims.json").write_text(json.dumps({"claims": rows, "notes": 3}))
     assert "cannot be read" in claims_page(tmp_path / "study.json").text
+
+
+def test_the_forest_plot_draws_each_cell_s_interval_and_its_call(tmp_path):
+    from test_claims import make_results  # the claims tests' synthetic run files
+
+    first = CELLS[0]
+    results = make_results(lambda cell: 0.3, rivals={(first, "rigl"): 0.6})
+    rows = claim_rows(results)
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(rows)}))
+    figure = claims_page(tmp_path / "study.json").figure
+    titles = [a.text for a in figure.layout.annotations]
+    assert [t.split(":")[0] for t in titles] == ["C1", "C4", "C5", "C6"]
+    c6 = [trace for trace in figure.data if trace.xaxis == "x4"]
+    assert [trace.name for trace in c6] == ["vs IHT", "vs GMP", "vs RigL"]
+    rigl = c6[2]
+    assert rigl.customdata[0][0] == first.label and rigl.marker.symbol[0] == "x"  # RigL ahead
+    assert all(symbol == "circle" for symbol in c6[0].marker.symbol)  # ahead of IHT everywhere
+    test = next(t for t in rows[0].evidence if t["cell"] == first.label)
+    c1 = figure.data[0]
+    assert c1.x[0] == test["mean"]
+    assert c1.x[0] + c1.error_x.array[0] == pytest.approx(test["interval95"][1])
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(claim_rows([]))}))
+    assert claims_page(tmp_path / "study.json").figure is None  # nothing called yet

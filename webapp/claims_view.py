@@ -14,6 +14,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from issp.methods import colour, label
+
 CLAIMS_JSON = "claims.json"  # beside study.json
 NO_CLAIMS = (
     "*Study v2 has not reported yet: its protocol is `analysis/claims-protocol.md`, and "
@@ -27,6 +32,84 @@ class ClaimsPage:
 
     text: str
     evidence: dict[str, list] = field(default_factory=dict)
+    figure: go.Figure | None = None
+
+
+# The claims whose evidence is one paired comparison per cell, drawn as a forest plot, and
+# each one's panel title.
+FOREST = {
+    "C1": "C1: Set5 PSNR, ISS-P − IHT (dB)",
+    "C4": "C4: log10 mask flips before Kp, ISS-P − IHT",
+    "C5": "C5: CV of the gradient norm, ISS-P − IHT (lower: smoother)",
+    "C6": "C6: Set5 PSNR, ISS-P − each baseline (dB)",
+}
+MARKERS = {"ahead": "circle", "behind": "x", "tie": "circle-open"}
+
+
+def _cell_tests(entries: list) -> list[dict]:
+    """The per-cell comparisons of one claim's evidence; the figures reported beside the
+    deciding one (C5's) and summaries over cells carry other keys and are left out."""
+    return [e for e in entries if "cell" in e and "reported" not in e and "part" not in e]
+
+
+def _forest_trace(tests: list[dict], rival: str, cells: list[str], offset: float) -> go.Scatter:
+    """One rival's comparisons: a marker per cell at the mean, its 95% interval as error
+    bars, nudged by ``offset`` so rivals of one cell sit side by side."""
+    mine = [t for t in tests if t["rival"] == rival]
+    return go.Scatter(
+        x=[t["mean"] for t in mine],
+        y=[cells.index(t["cell"]) + offset for t in mine],
+        error_x={
+            "type": "data",
+            "symmetric": False,
+            "array": [t["interval95"][1] - t["mean"] for t in mine],
+            "arrayminus": [t["mean"] - t["interval95"][0] for t in mine],
+        },
+        mode="markers",
+        marker={"color": colour(rival), "size": 10, "symbol": [MARKERS[t["call"]] for t in mine]},
+        name=f"vs {label(rival)}",
+        legendgroup=rival,
+        customdata=[[t["cell"], t["call"], t["p_holm"]] for t in mine],
+        hovertemplate="%{customdata[0]}: %{x:+.3f}, %{customdata[1]} (Holm p %{customdata[2]:.3f})",
+    )
+
+
+def claims_figure(evidence: dict[str, list]) -> go.Figure | None:
+    """A forest plot per claim with per-cell evidence: ISS-P minus the other method's mean
+    over seeds with its 95% interval, one row per cell (rivals side by side), the marker
+    saying the Holm-corrected call. None while no cell has been called."""
+    panels = [(claim, _cell_tests(evidence.get(claim, []))) for claim in FOREST]
+    panels = [(claim, tests) for claim, tests in panels if tests]
+    if not panels:
+        return None
+    figure = make_subplots(
+        rows=len(panels),
+        cols=1,
+        subplot_titles=[FOREST[claim] for claim, _ in panels],
+        vertical_spacing=0.3 / len(panels),
+    )
+    shown: set[str] = set()
+    for row, (_, tests) in enumerate(panels, start=1):
+        cells = list(dict.fromkeys(t["cell"] for t in tests))
+        rivals = list(dict.fromkeys(t["rival"] for t in tests))
+        for place, rival in enumerate(rivals):
+            offset = (place - (len(rivals) - 1) / 2) * 0.25
+            trace = _forest_trace(tests, rival, cells, offset)
+            trace.showlegend = rival not in shown
+            figure.add_trace(trace, row=row, col=1)
+            shown.add(rival)
+        figure.add_vline(x=0, line_dash="dot", line_color="#555", row=row, col=1)
+        figure.update_yaxes(
+            tickvals=list(range(len(cells))), ticktext=cells, autorange="reversed", row=row, col=1
+        )
+    figure.update_layout(
+        height=160 + 200 * len(panels),
+        template="plotly_white",
+        margin={"l": 140, "r": 20, "t": 60, "b": 40},
+        title="Paired differences per cell: mean over seeds, 95% interval (marker: the call; "
+        "filled ahead, open tie, x behind)",
+    )
+    return figure
 
 
 def claims_page(study_json: Path | None) -> ClaimsPage:
@@ -43,6 +126,7 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
             for row in rows
         ]
         evidence = {row["claim"]: row["evidence"] for row in rows}
+        figure = claims_figure(evidence)
         notes = ["", *(f"- {remark}" for remark in remarks)] if remarks else []
         if "planned" in report:  # how far the study is: the grid's choices so far
             notes += [
@@ -50,7 +134,7 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
                 f"{int(report['runs'])} study runs finished, of the {int(report['planned'])} "
                 "that the grid's choices so far call for.",
             ]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         return ClaimsPage(f"*The claims file {path.name} cannot be read ({type(err).__name__}).*")
     header = [
         "### The paper's claims, each by the test registered before study v2's runs",
@@ -59,4 +143,4 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
         "interval) |",
         "|---|---|---|---|---|",
     ]
-    return ClaimsPage("\n".join(header + lines + notes), evidence)
+    return ClaimsPage("\n".join(header + lines + notes), evidence, figure)

@@ -44,14 +44,15 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         return page.text, page.figure, gr.Dropdown(choices=page.choices, value=page.metric)
 
     @shown_to_user
-    def claims() -> tuple[str, dict]:
-        """Study v2's claims table and each claim's evidence."""
+    def claims() -> tuple[str, Figure | None, dict]:
+        """Study v2's claims table, its forest plot and each claim's evidence."""
         page = claims_page(server.study_path)
-        return page.text, page.evidence
+        return page.text, page.figure, page.evidence
 
     with gr.Tab("Results"), gr.Tabs():
         with gr.Tab("Claims"):
             claims_text = gr.Markdown(label="claims", elem_id="claims-table")
+            claims_plot = gr.Plot(label="Paired differences per cell")
             with gr.Accordion(
                 "Evidence per cell (paired differences, Holm-adjusted p)", open=False
             ):
@@ -81,7 +82,7 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
     demo.load(results, [x_axis, test_set], shown, api_name="results", **RAW)
     for trigger in (x_axis.input, test_set.input):
         trigger(results, [x_axis, test_set], shown, api_visibility="private", **RAW)
-    demo.load(claims, [], [claims_text, claims_evidence], api_name="claims", **RAW)
+    demo.load(claims, [], [claims_text, claims_plot, claims_evidence], api_name="claims", **RAW)
     study_shown = [study_text, study_plot, study_metric]
     demo.load(study, [study_metric], study_shown, api_name="study", **RAW)
     study_metric.input(study, [study_metric], study_shown, api_visibility="private", **RAW)
