@@ -3,16 +3,19 @@ import json
 import pytest
 
 from issp.study.claims import CELLS
-from issp.study.claims_report import claim_rows, claims_json, notes
+from issp.study.claims_report import cell_means, claim_rows, claims_json, notes
 from webapp.claims_view import NO_CLAIMS, claims_page
 
 
 def test_the_claims_table_has_every_claim_and_its_verdict_in_words(tmp_path):
     rows = claim_rows([])
+    means = cell_means([])
     report = {"claims": claims_json(rows), "notes": notes(rows), "runs": 12, "planned": 70}
+    report["cell_means"] = means
     (tmp_path / "claims.json").write_text(json.dumps(report))
     page = claims_page(tmp_path / "study.json")
     assert "12 study runs finished, of the 70 that the grid's choices so far call for" in page.text
+    assert "\n".join(means) in page.text and "| edsr-tiny x2 0.9 | - |" in page.text
     assert "- C6 is pending: it waits for GMP and RigL on edsr-tiny (phase 2)." in page.text
     for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
         assert f"| {claim} |" in page.text

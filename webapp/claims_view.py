@@ -3,8 +3,8 @@
 Read from ``claims.json`` (written by ``python -m issp study claims``) beside the study's
 ``study.json``: one row per claim with the paper's words, the verdict in words and how
 complete it is, the report's notes (what a pending claim waits for, runs left out), how
-many of the study's planned runs have finished, and each claim's per-cell evidence for an
-expandable panel. The figures are the report's,
+many of the study's planned runs have finished, each method's Set5 PSNR per cell, and each
+claim's per-cell evidence for a forest plot and an expandable panel. The figures are the report's,
 shown as stored; a missing or damaged file says so instead.
 """
 
@@ -134,6 +134,10 @@ def claims_page(study_json: Path | None) -> ClaimsPage:
                 f"{int(report['runs'])} study runs finished, of the {int(report['planned'])} "
                 "that the grid's choices so far call for.",
             ]
+        means = [str(line) for line in report.get("cell_means", [])]
+        if means:  # the absolute figures behind the differences, dense included
+            notes += ["", "#### Each method's Set5 PSNR per cell (mean ± SD over seeds)", ""]
+            notes += means
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         return ClaimsPage(f"*The claims file {path.name} cannot be read ({type(err).__name__}).*")
     header = [

@@ -26,6 +26,7 @@ from issp import IsspError
 from issp.study.claims import diverged
 from issp.study.claims_report import (
     ClaimRow,
+    cell_means,
     claim_rows,
     claims_json,
     claims_markdown,
@@ -424,6 +425,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
         "command": command,
         "runs": len(results),
         "planned": len(planned),
+        "cell_means": cell_means(results),
         "claims": claims_json(rows),
         "notes": notes(rows, uncalled, unplanned),
         "set14": claims_json(secondary),
