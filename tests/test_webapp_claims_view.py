@@ -41,8 +41,8 @@ def test_the_forest_plot_draws_each_cell_s_interval_and_its_call(tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(rows)}))
     figure = claims_page(tmp_path / "study.json").figure
     titles = [a.text for a in figure.layout.annotations]
-    assert [t.split(":")[0] for t in titles] == ["C1", "C4", "C5", "C6"]
-    c6 = [trace for trace in figure.data if trace.xaxis == "x4"]
+    assert [t.split(":")[0] for t in titles] == ["C1", "C3", "C4", "C5", "C6"]
+    c6 = [trace for trace in figure.data if trace.xaxis == "x5"]
     assert [trace.name for trace in c6] == ["vs IHT", "vs GMP", "vs RigL"]
     rigl = c6[2]
     assert rigl.customdata[0][0] == first.label and rigl.marker.symbol[0] == "x"  # RigL ahead
@@ -53,3 +53,14 @@ def test_the_forest_plot_draws_each_cell_s_interval_and_its_call(tmp_path):
     assert c1.x[0] + c1.error_x.array[0] == pytest.approx(test["interval95"][1])
     (tmp_path / "claims.json").write_text(json.dumps({"claims": claims_json(claim_rows([]))}))
     assert claims_page(tmp_path / "study.json").figure is None  # nothing called yet
+
+
+def test_damaged_evidence_costs_the_plot_not_the_table(tmp_path):
+    from test_claims import make_results
+
+    rows = claims_json(claim_rows(make_results(lambda cell: 0.3)))
+    del rows[0]["evidence"][0]["interval95"]
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": rows}))
+    page = claims_page(tmp_path / "study.json")
+    assert page.figure is None and "evidence cannot be plotted (KeyError)" in page.text
+    assert "| C1 | better PSNR than IHT | **supported** |" in page.text

@@ -113,7 +113,9 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
 
 def claimable(run: StudyRun, folders: RunFolders) -> bool:
     """Whether ``run`` has no result and no process holds its lock: a look, not a claim
-    (``execute`` claims it, and skips it if another process came first)."""
+    (``execute`` claims it, and skips it if another process came first). The look holds
+    the lock for an instant, so another process trying the run then skips it; nothing is
+    lost, since this process goes on to claim it or the next plan lists it again."""
     if run.result_path(folders.results).exists():
         return False
     try:

@@ -399,7 +399,8 @@ def planned_names(grid_done: dict[str, dict]) -> set[str]:
             grid = Grid(arch, grid_done, None, precision_of(arch), alpha)
         except IsspError:  # its arithmetic is not decided yet: no run of it can count
             continue
-        chosen = {m: setting for m in METHODS if (setting := grid.method(m)[1]) is not None}
+        methods = [m for m in METHODS if not (m == "issp" and arch != EDSR and alpha is None)]
+        chosen = {m: setting for m in methods if (setting := grid.method(m)[1]) is not None}
         names |= {run.name for run in study_runs(arch, chosen, None, precision_of(arch))}
     return names
 
