@@ -44,10 +44,11 @@ def results_tab(server: Server, demo: gr.Blocks) -> None:
         return page.text, page.figure, gr.Dropdown(choices=page.choices, value=page.metric)
 
     @shown_to_user
-    def claims() -> tuple[str, Figure | None, dict]:
-        """Study v2's claims table, its forest plot and each claim's evidence."""
+    def claims() -> tuple[str, gr.Plot, dict]:
+        """Study v2's claims table, its forest plot (hidden until a cell is called) and each
+        claim's evidence."""
         page = claims_page(server.study_path)
-        return page.text, page.figure, page.evidence
+        return page.text, gr.Plot(page.figure, visible=page.figure is not None), page.evidence
 
     with gr.Tab("Results"), gr.Tabs():
         with gr.Tab("Claims"):
