@@ -38,7 +38,7 @@ class ClaimsPage:
 # The claims whose evidence is one paired comparison per cell, drawn as a forest plot, and
 # each one's panel title.
 FOREST = {
-    "C1": "C1: Set5 PSNR, ISS-P − IHT (dB; Holm over the 8 cells)",
+    "C1": "C1: Set5 PSNR, ISS-P − IHT (dB; Holm over its cells so far, 8 at the end)",
     "C3": "C3: Set5 PSNR on swinir-tiny, ISS-P − IHT (dB; Holm over its 2 cells)",
     "C4": "C4: log10 mask flips before Kp, ISS-P − IHT",
     "C5": "C5: CV of the gradient norm, ISS-P − IHT (lower: smoother)",
