@@ -4,8 +4,8 @@ Read from ``claims.json`` (written by ``python -m issp study claims``) beside th
 ``study.json``: one row per claim with the paper's words, the verdict in words and how
 complete it is, the report's notes (what a pending claim waits for, runs left out), how
 many of the study's planned runs have finished, each method's Set5 PSNR per cell, and each
-claim's per-cell evidence for a forest plot and an expandable panel. The figures are the report's,
-shown as stored; a missing or damaged file says so instead.
+claim's per-cell evidence for a forest plot and an expandable panel. The figures are the
+report's, shown as stored; a missing or damaged file says so instead.
 """
 
 from __future__ import annotations
