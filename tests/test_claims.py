@@ -169,3 +169,25 @@ def test_set14_is_reported_beside_set5_and_c3_c5_carry_their_reported_figures():
     dense = [r | {"config": r["config"] | {"method": "dense", "ratio": 0.0}} for r in results[:1]]
     table = "\n".join(cell_means(results + dense))
     assert "| edsr-tiny x2 0.99 | 30.500 (n=1) |" in table and "| edsr-tiny x4 0.9 | - |" in table
+
+
+def test_a_diverged_run_is_counted_in_its_cell_s_context_not_averaged():
+    results = make_results(lambda cell: 0.5)
+    first = CELLS[0]
+    seeds = [
+        r
+        for r in results
+        if r["config"]["method"] == "iht"
+        and r["config"]["ratio"] == first.ratio
+        and r["config"]["arch"] == first.arch
+        and r["config"]["scale"] == first.scale
+    ]
+    finite = [r["set5"]["psnr"] for r in seeds[1:]]
+    seeds[0]["set5"]["psnr"] = float("nan")
+    row = next(line for line in cell_means(results) if line.startswith(f"| {first.label} |"))
+    iht = row.split(" | ")[3]  # cell, dense, ISS-P, IHT, ...
+    assert iht.startswith(f"{np.mean(finite):.3f} ± ") and iht.endswith("(n=4, 1 diverged)")
+    for seed in seeds:
+        seed["set5"]["psnr"] = float("inf")
+    row = next(line for line in cell_means(results) if line.startswith(f"| {first.label} |"))
+    assert row.split(" | ")[3] == "- (n=0, 5 diverged)"

@@ -44,6 +44,17 @@ def test_the_forest_plot_draws_each_cell_s_interval_and_its_call(tmp_path):
     assert [t.split(":")[0] for t in titles] == ["C1", "C3", "C4", "C5", "C6"]
     c6 = [trace for trace in figure.data if trace.xaxis == "x5"]
     assert [trace.name for trace in c6] == ["vs IHT", "vs GMP", "vs RigL"]
+    # the legend names each rival by its colour and each call by its shape, whatever the
+    # first cell's call (a data trace's legend would show its first marker)
+    legend = {t.name: t.marker.symbol for t in figure.data if t.showlegend is not False}
+    assert legend == {
+        "vs IHT": "square",
+        "vs GMP": "square",
+        "vs RigL": "square",
+        "ISS-P ahead": "circle",
+        "tie": "circle-open",
+        "ISS-P behind": "x",
+    }
     rigl = c6[2]
     assert rigl.customdata[0][0] == first.label and rigl.marker.symbol[0] == "x"  # RigL ahead
     assert all(symbol == "circle" for symbol in c6[0].marker.symbol)  # ahead of IHT everywhere

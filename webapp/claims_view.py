@@ -45,6 +45,22 @@ FOREST = {
     "C6": "C6: Set5 PSNR, ISS-P − each baseline (dB; Holm over the 24)",
 }
 MARKERS = {"ahead": "circle", "behind": "x", "tie": "circle-open"}
+CALLS = {"ahead": "ISS-P ahead", "tie": "tie", "behind": "ISS-P behind"}  # legend, by marker
+
+
+def _legend_entry(name: str, colour_: str, symbol: str, group: str) -> go.Scatter:
+    """A legend-only entry: a data trace's legend shows its first point's marker, which is
+    a call, not the rival; so rivals (by colour) and calls (by shape) get entries of their
+    own and the data traces none."""
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="markers",
+        marker={"color": colour_, "size": 10, "symbol": symbol},
+        name=name,
+        legendgroup=group,
+        hoverinfo="skip",
+    )
 
 
 def _cell_tests(entries: list) -> list[dict]:
@@ -89,26 +105,30 @@ def claims_figure(evidence: dict[str, list]) -> go.Figure | None:
         subplot_titles=[FOREST[claim] for claim, _ in panels],
         vertical_spacing=0.3 / len(panels),
     )
-    shown: set[str] = set()
+    shown: dict[str, None] = {}  # the rivals drawn, in order, for the legend
     for row, (_, tests) in enumerate(panels, start=1):
         cells = list(dict.fromkeys(t["cell"] for t in tests))
         rivals = list(dict.fromkeys(t["rival"] for t in tests))
         for place, rival in enumerate(rivals):
             offset = (place - (len(rivals) - 1) / 2) * 0.25
             trace = _forest_trace(tests, rival, cells, offset)
-            trace.showlegend = rival not in shown
+            trace.showlegend = False
             figure.add_trace(trace, row=row, col=1)
-            shown.add(rival)
+            shown[rival] = None
         figure.add_vline(x=0, line_dash="dot", line_color="#555", row=row, col=1)
         figure.update_yaxes(
             tickvals=list(range(len(cells))), ticktext=cells, autorange="reversed", row=row, col=1
         )
+    for rival in shown:
+        figure.add_trace(_legend_entry(f"vs {label(rival)}", colour(rival), "square", rival))
+    for call, words in CALLS.items():
+        figure.add_trace(_legend_entry(words, "#555", MARKERS[call], "calls"))
     figure.update_layout(
         height=160 + 200 * len(panels),
         template="plotly_white",
         margin={"l": 140, "r": 20, "t": 60, "b": 40},
-        title="Paired differences per cell: mean over seeds, 95% interval (marker: the call; "
-        "filled ahead, open tie, x behind)",
+        title="Paired differences per cell: mean over seeds, 95% interval; colour: the "
+        "other method, shape: the Holm-corrected call",
     )
     return figure
 

@@ -288,13 +288,25 @@ def cell_means(results: Sequence[dict], psnr: Measure = set5) -> list[str]:
         "|---|" + "---|" * len(methods),
     ]
     for cell in CELLS:
-        parts = []
-        for method in methods:
-            values = [psnr(r) for r in by_seed(results, cell, method).values()]
-            sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-            parts.append(f"{np.mean(values):.3f}{sd} (n={len(values)})" if values else "-")
+        parts = [
+            _mean_sd([psnr(r) for r in by_seed(results, cell, method).values()])
+            for method in methods
+        ]
         lines.append(f"| {cell.label} | " + " | ".join(parts) + " |")
     return lines
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    """Mean ± SD (n) of the finite values; a diverged run (amendment 1) is counted, not
+    averaged, so one nan does not blank its cell's context."""
+    if not values:
+        return "-"
+    finite = [v for v in values if np.isfinite(v)]
+    diverged = f", {len(values) - len(finite)} diverged" if len(finite) < len(values) else ""
+    if not finite:
+        return f"- (n=0{diverged})"
+    sd = f" ± {np.std(finite, ddof=1):.3f}" if len(finite) > 1 else ""
+    return f"{np.mean(finite):.3f}{sd} (n={len(finite)}{diverged})"
 
 
 def claims_markdown(
