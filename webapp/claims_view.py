@@ -86,6 +86,7 @@ def _forest_trace(tests: list[dict], rival: str, cells: list[str], offset: float
         marker={"color": colour(rival), "size": 10, "symbol": [MARKERS[t["call"]] for t in mine]},
         name=f"vs {label(rival)}",
         legendgroup=rival,
+        showlegend=False,  # the legend's entries are _legend_entry's
         customdata=[[t["cell"], t["call"], t["p_holm"]] for t in mine],
         hovertemplate="%{customdata[0]}: %{x:+.3f}, %{customdata[1]} (Holm p %{customdata[2]:.3f})",
     )
@@ -111,9 +112,7 @@ def claims_figure(evidence: dict[str, list]) -> go.Figure | None:
         rivals = list(dict.fromkeys(t["rival"] for t in tests))
         for place, rival in enumerate(rivals):
             offset = (place - (len(rivals) - 1) / 2) * 0.25
-            trace = _forest_trace(tests, rival, cells, offset)
-            trace.showlegend = False
-            figure.add_trace(trace, row=row, col=1)
+            figure.add_trace(_forest_trace(tests, rival, cells, offset), row=row, col=1)
             shown[rival] = None
         figure.add_vline(x=0, line_dash="dot", line_color="#555", row=row, col=1)
         figure.update_yaxes(
