@@ -78,12 +78,12 @@ def _interval(trend: SeedTrend) -> str:
     return f"{np.mean(trend.values):+.3f} dB [{low:+.3f}, {high:+.3f}]"
 
 
-def _cells_figure(tests: Sequence[CellTest], unit: str = "dB") -> str:
+def _cells_figure(tests: Sequence[CellTest], unit: str = " dB") -> str:
     parts = []
     for test in tests:
         low, high = test.comparison.interval
         parts.append(
-            f"{test.cell.label} vs {test.rival}: {test.comparison.mean:+.3f} {unit} "
+            f"{test.cell.label} vs {test.rival}: {test.comparison.mean:+.3f}{unit} "
             f"[{low:+.3f}, {high:+.3f}], {test.call}"
         )
     return "; ".join(parts) or "-"
@@ -96,7 +96,7 @@ def _tested_row(
     tests: Sequence[CellTest],
     planned: int,
     majority: int = 1,
-    unit: str = "dB",
+    unit: str = " dB",
 ) -> ClaimRow:
     done = len({t.cell for t in tests})
     verdict = overall([t.call for t in tests], majority) if tests else "pending"
@@ -227,7 +227,7 @@ def claim_rows(results: Sequence[dict]) -> list[ClaimRow]:
             cell_tests(results, CELLS, ("iht",), log_flips),
             len(CELLS),
             C4_MAJORITY,
-            "log10",
+            " log10",
         ),
         _c5(results),
         _c6(results, set5, "Set5"),

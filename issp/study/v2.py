@@ -363,7 +363,7 @@ def _arch_grid_markdown(arch: str, done: dict[str, dict], data: str | None) -> l
         if grid.screened.get(method):
             rates = ", ".join(f"{lr:g}" for lr in grid.screened[method])
             screen = f"cut by the screen at seed {GRID_SEEDS[0]}"
-            lines.append(f"| {method} | {rates} | | {screen} | |")
+            lines.append(f"| {method} | {rates} |  | {screen} |  |")
         if chosen is None:
             lines.append(f"| {method} | | | {len(left)} runs to go | |")
     return [*lines, "", *_runs_markdown(arch, done)]
