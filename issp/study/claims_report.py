@@ -195,16 +195,25 @@ def _c6(results: Sequence[dict], psnr: Measure, test_set: str) -> ClaimRow:
         places = ranks(results, cell, psnr)
         order = ", ".join(f"{label(m)} {places[m]}" for m in sorted(SPARSE, key=places.get))
         statements.append(f"{cell.label}: {'; '.join(outcomes)} (ranks: {order})")
-    verdict = "; ".join(f"{words} in {n}" for words, n in counts.items()) if cells else "pending"
     return ClaimRow(
         "C6",
         "ISS-P against the strongest sparse-training baselines",
         f"ISS-P − each of IHT, GMP, RigL, {test_set}, Holm over all 24 comparisons",
         "; ".join(statements) or "-",
-        verdict,
+        _c6_verdict(counts, len(cells)),
         _status(len(cells), len(CELLS)),
         [t.to_json() for t in tests],
     )
+
+
+def _c6_verdict(counts: dict[str, int], cells: int) -> str:
+    """The outcomes that held, each with its count of cells, then those that held in none:
+    "ISS-P tied with the best in 6 of 6 cells; in no cell: ISS-P best, ..."."""
+    if not cells:
+        return "pending"
+    held = [f"{words} in {n} of {cells} cells" for words, n in counts.items() if n]
+    never = [words for words, n in counts.items() if not n]
+    return "; ".join(held + ([f"in no cell: {', '.join(never)}"] if never else []))
 
 
 def claim_rows(results: Sequence[dict]) -> list[ClaimRow]:
