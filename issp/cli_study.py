@@ -269,7 +269,11 @@ def _study_claims(args: argparse.Namespace, command: str) -> None:
     if not args.report:
         v2.run(str(args.data) if args.data else None, args.test, args.jobs, args.threads)
     rows = v2.write_claims(command)
-    print("; ".join(f"{row.claim} {row.verdict} ({row.status})" for row in rows))
+    for row in rows:
+        print(
+            f"{row.claim}: {row.verdict}"
+            + ("" if row.status == row.verdict else f" [{row.status}]")
+        )
 
 
 def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
