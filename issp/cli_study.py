@@ -50,7 +50,11 @@ def add_study(commands: argparse._SubParsersAction) -> None:
         "claims",
         help="study v2 (analysis/claims-protocol.md): each method's grid, 5 seeds, the claims",
     )
-    for sub in (precision, zoo_precision, modes, claims):
+    alpha_edge = study_commands.add_parser(
+        "alpha-edge",
+        help="ISS-P's alpha beyond study v2's grid (analysis/alpha-edge.md): train, then report",
+    )
+    for sub in (precision, zoo_precision, modes, claims, alpha_edge):
         _add_registered_test_options(sub)
     for sub in (grid, run, report, rescore):
         _add_plan_options(sub)
@@ -137,6 +141,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         "zoo-precision": _study_zoo_precision,
         "modes": _study_modes,
         "claims": _study_claims,
+        "alpha-edge": _study_alpha_edge,
     }
     if args.study_command in registered:
         registered[args.study_command](args, command)
@@ -274,6 +279,15 @@ def _study_claims(args: argparse.Namespace, command: str) -> None:
             f"{row.claim}: {row.verdict}"
             + ("" if row.status == row.verdict else f" [{row.status}]")
         )
+
+
+def _study_alpha_edge(args: argparse.Namespace, command: str) -> None:
+    from issp.study import alpha_edge
+
+    if not args.report:
+        data = str(args.data) if args.data else None
+        alpha_edge.run(data, args.jobs, args.threads)
+    print(alpha_edge.write(command)["reading"])
 
 
 def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
