@@ -93,7 +93,7 @@ def per_seed(
     found = grid_done | done
     differences = []
     for seed in v2.GRID_SEEDS:
-        pairs = [
+        by_alpha = [
             [
                 found.get(run.name, {}).get("val_psnr")
                 for run in alpha_runs(setting.lr, a, data)
@@ -101,8 +101,8 @@ def per_seed(
             ]
             for a in (alpha, setting.alpha)
         ]
-        if None not in pairs[0] + pairs[1]:
-            differences.append(float(np.mean(pairs[0]) - np.mean(pairs[1])))
+        if None not in by_alpha[0] + by_alpha[1]:
+            differences.append(float(np.mean(by_alpha[0]) - np.mean(by_alpha[1])))
     return PairedDifferences(tuple(differences))
 
 
