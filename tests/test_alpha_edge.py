@@ -4,6 +4,7 @@ import pytest
 
 from issp import IsspError
 from issp.study import alpha_edge, v2
+from issp.study.claims_report import checks_markdown
 from issp.study.v2 import GRID_RATIOS, GRID_SEEDS, Grid
 
 
@@ -94,3 +95,10 @@ def test_the_report_keeps_its_registered_part(tmp_path, grid_done, monkeypatch):
     assert f"**{result['reading']}**" in text
     assert "| 0.995 | 30.000 | this check |" in text
     assert json.loads((tmp_path / "alpha-edge.json").read_text())["scores"]["0.995"] == 30.0
+
+
+def test_the_claims_report_points_to_the_checks_reading(tmp_path):
+    assert checks_markdown(tmp_path) == ""  # no check has run: nothing to point to
+    reading = "the registered choice is the best of the extended grid; its edge did not bind"
+    (tmp_path / "alpha-edge.json").write_text(json.dumps({"reading": reading}))
+    assert f"(`analysis/alpha-edge.md`): {reading}." in checks_markdown(tmp_path)

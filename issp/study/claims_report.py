@@ -8,8 +8,10 @@ secondary test set, which decides nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -370,3 +372,16 @@ def claims_json(rows: Sequence[ClaimRow]) -> list[dict]:
         }
         for r in rows
     ]
+
+
+def checks_markdown(out: Path) -> str:
+    """A pointer to the reading of each exploratory check registered beside the study: none
+    decides anything here, but a reader of the verdicts should know of them."""
+    path = out / "alpha-edge.json"
+    if not path.is_file():
+        return ""
+    reading = json.loads(path.read_text())["reading"]
+    return (
+        "\n## Checks beside the study (exploratory, deciding nothing)\n\n"
+        f"- ISS-P's alpha beyond the grid's edge (`analysis/alpha-edge.md`): {reading}.\n"
+    )

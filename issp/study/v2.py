@@ -27,6 +27,7 @@ from issp.study.claims import diverged
 from issp.study.claims_report import (
     ClaimRow,
     cell_means,
+    checks_markdown,
     claim_rows,
     claims_json,
     claims_markdown,
@@ -420,6 +421,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
     )
     text += "\n".join(grid_markdown(grid_done, None))
+    text += checks_markdown(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.md").write_text(text)
     summary = {
