@@ -47,18 +47,13 @@ def alpha_runs(lr: float, alpha: float, data: str | None) -> list[StudyRun]:
 def scores(
     grid_done: dict[str, dict], done: dict[str, dict], data: str | None
 ) -> dict[float, float | None]:
-    """Each alpha's grid score (None until all its runs finished): study v2's alphas from
-    its grid's runs, those beyond from this check's."""
+    """Each alpha's score by study v2's grid (``Grid.score``: None until all its runs
+    finished, minus infinity for a diverged one): v2's alphas from its grid's runs, those
+    beyond from this check's."""
     setting = chosen(grid_done, data)
+    grid = v2.Grid(v2.EDSR, grid_done | done, data, v2.precision_of(v2.EDSR))
     alphas = (*sorted({v2.ALPHA, *v2.OTHER_ALPHAS}), *BEYOND)
-    found = grid_done | done
-    result = {}
-    for alpha in alphas:
-        values = [
-            found.get(run.name, {}).get("val_psnr") for run in alpha_runs(setting.lr, alpha, data)
-        ]
-        result[alpha] = None if None in values else float(np.mean(values))
-    return result
+    return {a: grid.score(v2.Setting("issp", setting.lr, a), v2.GRID_SEEDS) for a in alphas}
 
 
 def next_runs(
@@ -110,7 +105,7 @@ def reading(score: dict[float, float | None], registered: float, complete: bool)
     """The registered reading of ``analysis/alpha-edge.md`` once the check is complete."""
     if not complete:
         return "not complete yet"
-    finished = {a: s if math.isfinite(s) else -math.inf for a, s in score.items() if s is not None}
+    finished = {a: s for a, s in score.items() if s is not None}
     best = max(finished, key=finished.get)
     if best == registered:
         return "the registered choice is the best of the extended grid; its edge did not bind"
@@ -162,7 +157,7 @@ def results_markdown(result: dict, done: dict[str, dict], command: str) -> str:
         "|---|---|---|",
     ]
     for alpha, score in result["scores"].items():
-        shown = "-" if score is None else f"{score:.3f}"
+        shown = "-" if score is None else f"{score:.3f}" if math.isfinite(score) else "diverged"
         if score is None and result["complete"]:
             shown = "not run: the alpha before it scored below an alpha under it"
         mark = " (registered choice)" if alpha == result["registered_alpha"] else ""

@@ -150,7 +150,9 @@ class Grid:
         self.scores: dict[Setting, float] = {}
         self.screened: dict[str, list[float]] = {}
 
-    def _score(self, setting: Setting, seeds: Sequence[int]) -> float | None:
+    def score(self, setting: Setting, seeds: Sequence[int]) -> float | None:
+        """``setting``'s mean validation PSNR over its runs at ``seeds`` (both ratios),
+        None until they all finished."""
         runs = setting_runs(self.arch, setting, seeds, self.data, self.precision)
         if any(run.name not in self.done for run in runs):
             return None
@@ -174,20 +176,20 @@ class Grid:
         missing = self._missing(list(at.values()), GRID_SEEDS[:1])
         if missing:
             return missing, None
-        first = {lr: self._score(s, GRID_SEEDS[:1]) for lr, s in at.items()}
+        first = {lr: self.score(s, GRID_SEEDS[:1]) for lr, s in at.items()}
         kept = [lr for lr in LRS if first[lr] >= max(first.values()) - SCREEN_DB]
         self.screened[method] = [lr for lr in LRS if lr not in kept]
         missing = self._missing([at[lr] for lr in kept], GRID_SEEDS)
         if missing:
             return missing, None
-        scores = {lr: self._score(at[lr], GRID_SEEDS) for lr in kept}
+        scores = {lr: self.score(at[lr], GRID_SEEDS) for lr in kept}
         best = max(scores, key=scores.get)
         if best in EDGE:
             edge = Setting(method, EDGE[best], alpha)
             missing = self._missing([edge], GRID_SEEDS)
             if missing:
                 return missing, None
-            scores[edge.lr] = self._score(edge, GRID_SEEDS)
+            scores[edge.lr] = self.score(edge, GRID_SEEDS)
             best = max(scores, key=scores.get)
         self.scores |= {Setting(method, lr, alpha): score for lr, score in scores.items()}
         chosen = Setting(method, best, alpha)
@@ -197,7 +199,7 @@ class Grid:
         missing = self._missing(others, GRID_SEEDS)
         if missing:
             return missing, None
-        alphas = {s: self._score(s, GRID_SEEDS) for s in others} | {chosen: scores[best]}
+        alphas = {s: self.score(s, GRID_SEEDS) for s in others} | {chosen: scores[best]}
         self.scores |= alphas
         return [], max(alphas, key=alphas.get)
 
