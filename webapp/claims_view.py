@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from issp.methods import colour, label
+from issp.study.claims_figure import CALLS, FOREST, forest_panels, rival_offset
 
 CLAIMS_JSON = "claims.json"  # beside study.json
 NO_CLAIMS = (
@@ -35,17 +36,7 @@ class ClaimsPage:
     figure: go.Figure | None = None
 
 
-# The claims whose evidence is one paired comparison per cell, drawn as a forest plot, and
-# each one's panel title.
-FOREST = {
-    "C1": "C1: Set5 PSNR, ISS-P − IHT (dB; Holm over its cells so far, 8 at the end)",
-    "C3": "C3: Set5 PSNR on swinir-tiny, ISS-P − IHT (dB; Holm over its 2 cells)",
-    "C4": "C4: log10 mask flips before Kp, ISS-P − IHT",
-    "C5": "C5: CV of the gradient norm, ISS-P − IHT (lower: smoother)",
-    "C6": "C6: Set5 PSNR, ISS-P − each baseline (dB; Holm over the 24)",
-}
 MARKERS = {"ahead": "circle", "behind": "x", "tie": "circle-open"}
-CALLS = {"ahead": "ISS-P ahead", "tie": "tie", "behind": "ISS-P behind"}  # legend, by marker
 
 
 def _legend_entry(name: str, colour_: str, symbol: str, group: str) -> go.Scatter:
@@ -61,12 +52,6 @@ def _legend_entry(name: str, colour_: str, symbol: str, group: str) -> go.Scatte
         legendgroup=group,
         hoverinfo="skip",
     )
-
-
-def _cell_tests(entries: list) -> list[dict]:
-    """The per-cell comparisons of one claim's evidence; the figures reported beside the
-    deciding one (C5's) and summaries over cells carry other keys and are left out."""
-    return [e for e in entries if "cell" in e and "reported" not in e and "part" not in e]
 
 
 def _forest_trace(tests: list[dict], rival: str, cells: list[str], offset: float) -> go.Scatter:
@@ -96,8 +81,7 @@ def claims_figure(evidence: dict[str, list]) -> go.Figure | None:
     """A forest plot per claim with per-cell evidence: ISS-P minus the other method's mean
     over seeds with its 95% interval, one row per cell (rivals side by side), the marker
     saying the Holm-corrected call. None while no cell has been called."""
-    panels = [(claim, _cell_tests(evidence.get(claim, []))) for claim in FOREST]
-    panels = [(claim, tests) for claim, tests in panels if tests]
+    panels = forest_panels(evidence)
     if not panels:
         return None
     figure = make_subplots(
@@ -111,7 +95,7 @@ def claims_figure(evidence: dict[str, list]) -> go.Figure | None:
         cells = list(dict.fromkeys(t["cell"] for t in tests))
         rivals = list(dict.fromkeys(t["rival"] for t in tests))
         for place, rival in enumerate(rivals):
-            offset = (place - (len(rivals) - 1) / 2) * 0.25
+            offset = rival_offset(place, len(rivals))
             figure.add_trace(_forest_trace(tests, rival, cells, offset), row=row, col=1)
             shown[rival] = None
         figure.add_vline(x=0, line_dash="dot", line_color="#555", row=row, col=1)

@@ -328,9 +328,11 @@ def claims_markdown(
     uncalled: Sequence[str] = (),
     unplanned: Sequence[str] = (),
     planned: int | None = None,
+    figure: Path | None = None,
 ) -> str:
     """The claims table (Set5, deciding), what pending claims wait for, the runs left out,
-    RigL's limitation, every method's Set5 PSNR per cell and the Set14 table."""
+    RigL's limitation, the forest plot ``figure`` (a file beside the report) where there
+    is one, every method's Set5 PSNR per cell and the Set14 table."""
     lines = [
         "# Study v2: the paper's claims, each by its registered test",
         "",
@@ -346,6 +348,11 @@ def claims_markdown(
         "",
     ]
     lines += [f"- {note}" for note in notes(rows, uncalled, unplanned)] + [""]
+    if figure is not None:
+        lines += [
+            f"![Paired differences per cell, Set5: mean, 95% interval, seeds]({figure.name})",
+            "",
+        ]
     lines += [
         "## Each method's Set5 PSNR per cell (context: mean ± SD over seeds)",
         "",

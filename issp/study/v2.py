@@ -24,6 +24,7 @@ import numpy as np
 
 from issp import IsspError
 from issp.study.claims import diverged
+from issp.study.claims_figure import claims_png
 from issp.study.claims_report import (
     ClaimRow,
     cell_means,
@@ -409,15 +410,18 @@ def planned_names(grid_done: dict[str, dict]) -> set[str]:
 
 
 def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
-    """Write ``claims.md`` and ``claims.json`` into ``out`` from the finished runs: the
-    claims table, then each method's grid and choice."""
+    """Write ``claims.md``, its forest plot ``claims.png`` and ``claims.json`` into ``out``
+    from the finished runs: the claims table, then each method's grid and choice."""
     done, grid_done = finished(study_folders()), finished(grid_folders())
     planned = planned_names(grid_done)
     results = [result for name, result in done.items() if name in planned]
     unplanned = sorted(set(done) - planned)
     rows, secondary = claim_rows(results), secondary_rows(results)
     uncalled = diverged(results)
-    text = claims_markdown(rows, results, command, secondary, uncalled, unplanned, len(planned))
+    figure = claims_png({row.claim: row.evidence for row in rows}, out / "claims.png")
+    text = claims_markdown(
+        rows, results, command, secondary, uncalled, unplanned, len(planned), figure
+    )
     text += "\n## Each method's setting, chosen on validation\n\n"
     text += (
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
