@@ -59,6 +59,8 @@ def test_a_clear_lead_everywhere_supports_c1_c3_c4_c5_and_ranks_issp_first():
     rows = verdicts(make_results(lambda cell: 0.5))
     for claim in ("C1", "C3", "C4", "C5"):
         assert rows[claim].verdict == "supported" and rows[claim].status == "final"
+    assert rows["C1"].test.endswith("Holm over the 8 cells")
+    assert rows["C6"].test.endswith("Holm over the 24 comparisons")
     assert rows["C6"].verdict.startswith("ISS-P best in 8 of 8 cells; in no cell: ")
     # A constant gap is not amplified: neither slope excludes zero.
     assert rows["C2"].verdict == "ratio: not shown; scale: not shown"
@@ -110,6 +112,7 @@ def test_unfinished_cells_make_an_interim_report_and_missing_ones_a_pending_clai
         ]
     )
     assert rows["C1"].status == "interim (5 of 8 cells)"
+    assert rows["C1"].test.endswith("Holm over the 5 cells in so far (8 at the end)")
     assert rows["C2"].verdict == "pending" and rows["C3"].verdict == "pending"
     text = claims_markdown(claim_rows(results), results, "python -m issp study claims")
     assert text.count("\n| C") == 6 and "**pending**" in text
@@ -138,8 +141,9 @@ def test_a_diverged_run_leaves_only_its_cell_uncalled_and_is_named():
     rows = verdicts(results)
     assert rows["C1"].verdict == "supported" and rows["C1"].status == "interim (7 of 8 cells)"
     assert all(e["call"] == "ahead" for e in rows["C1"].evidence)
-    assert diverged(results) == [f"{CELLS[0].label} iht seed 2"]
+    assert diverged(results) == [f"{CELLS[0].label} iht seed 2 (Set5)"]
     assert rows["C6"].status == "interim (7 of 8 cells)"
+    assert rows["C6"].test.endswith("Holm over the 21 comparisons in so far (24 at the end)")
 
 
 def test_two_runs_of_one_seed_are_refused_not_chosen_between():

@@ -22,7 +22,7 @@ FOREST = {
     "C3": "C3: Set5 PSNR on swinir-tiny, ISS-P − IHT (dB; Holm over its 2 cells)",
     "C4": "C4: log10 mask flips before Kp, ISS-P − IHT",
     "C5": "C5: CV of the gradient norm, ISS-P − IHT (lower: smoother)",
-    "C6": "C6: Set5 PSNR, ISS-P − each baseline (dB; Holm over the 24)",
+    "C6": "C6: Set5 PSNR, ISS-P − each baseline (dB; Holm over those so far, 24 at the end)",
 }
 CALLS = {"ahead": "ISS-P ahead", "tie": "tie", "behind": "ISS-P behind"}  # by marker shape
 RIVAL_STEP = 0.25  # rows apart, rivals of one cell side by side
