@@ -176,6 +176,10 @@ def serve(work: Path) -> None:
     try:
         demo.launch(
             max_file_size=f"{LIMITS.max_upload_mb}mb",
+            # Gradio serves what a handler returns only from its own folder, the working
+            # folder or the system's temp folder; a GRADIO_TEMP_DIR elsewhere puts results
+            # outside all three. This folder holds nothing but what the app wrote.
+            allowed_paths=[str(work / "results")],
             app_kwargs={"middleware": [gate], "lifespan": lifespan},
         )
     finally:

@@ -15,6 +15,8 @@ from matplotlib.figure import Figure as MplFigure
 
 from analysis.lockstep import Dynamics, summarize
 from analysis.plots import FIGURES, PNG_WIDTH
+from issp import IsspError
+from issp.files import replacing, write_text
 
 
 def save_figures(dynamics: Dynamics, out_dir: str | Path) -> list[Path]:
@@ -22,23 +24,25 @@ def save_figures(dynamics: Dynamics, out_dir: str | Path) -> list[Path]:
     summary, as one self-contained ``dynamics.html`` (plotly.js inlined once, so it
     opens offline). Returns the written paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise IsspError(f"{out} is a file; give a folder for the figures")
     written, parts = [], []
     for i, (name, build) in enumerate(FIGURES.items()):
         fig = build(dynamics)
         path = out / f"{name}.png"
-        to_matplotlib(fig).savefig(path)
+        with replacing(path) as tmp:
+            to_matplotlib(fig).savefig(tmp, format="png")
         written.append(path)
         parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0))
     page = out / "dynamics.html"
-    page.write_text(
+    write_text(
+        page,
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>issp dynamics</title>"
         "</head><body>\n<pre>"
         + html.escape(summarize(dynamics))
         + "</pre>\n"
         + "\n".join(parts)
         + "\n</body></html>\n",
-        encoding="utf-8",
     )
     return [*written, page]
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from issp import IsspError
 from issp.checkpoint import load_checkpoint, sha256
+from issp.files import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 # The source checkout's zoo; an installed wheel has none (see zoo_folder).
@@ -266,6 +267,14 @@ def load_manifest(
     return Manifest.from_json(json.loads(path.read_text()), malformed)
 
 
+def read_manifest(path: Path) -> Manifest:
+    """:func:`load_manifest` for a command: IsspError naming the file if it cannot be read."""
+    try:
+        return load_manifest(path)
+    except (OSError, ValueError) as error:
+        raise IsspError(f"{path} could not be read ({error})") from None
+
+
 @contextlib.contextmanager
 def updating_manifest(path: Path | None = None) -> Iterator[Manifest]:
     """Yield the manifest at ``path`` (default: the zoo's) and write it back, holding a
@@ -276,11 +285,9 @@ def updating_manifest(path: Path | None = None) -> Iterator[Manifest]:
     """
     path = path or MANIFEST
     with FileLock(path.with_suffix(".lock")):
-        manifest = load_manifest(path)
+        manifest = read_manifest(path)
         yield manifest
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
 def load_zoo_model(
@@ -301,7 +308,7 @@ def load_zoo_model(
         path = zoo_dir / MANIFEST_NAME
         if not path.is_file():
             raise IsspError(f"{NO_ZOO}; {path} does not exist")
-        manifest = load_manifest(path)
+        manifest = read_manifest(path)
     record = manifest.find(arch, scale, method.lower(), ratio)
     path = zoo_dir / record.file
     if not path.exists():

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from torch import nn
 
 import issp
 from issp import IsspError
+from issp.files import replacing
 from issp.models import build_from_args, build_model, model_summary
 from issp.selection import PER_LAYER
 
@@ -53,18 +52,8 @@ def save_checkpoint(
     meta["pruned_layers"] = list(pruned_layers)
     meta["shapes"] = shapes
     strings = {k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in meta.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted save never leaves a half-written checkpoint.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, tmp, metadata=strings)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -79,7 +68,41 @@ def read_metadata(path: str | Path) -> dict:
         raise IsspError(f"{path} is not a safetensors checkpoint ({error})") from None
     if raw.get("format") != FORMAT:
         raise IsspError(f"{path} is a safetensors file but not an issp checkpoint")
-    return {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
+    try:
+        meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
+    except ValueError as error:
+        raise IsspError(f"{path}: corrupt metadata ({error})") from None
+    _check_metadata(path, meta)
+    return meta
+
+
+def _check_metadata(path: Path, meta: dict) -> None:
+    """IsspError unless the fields every reader relies on are there and well formed."""
+    missing = [key for key in ("preset", "scale", "shapes", "pruned_layers") if key not in meta]
+    if missing:
+        raise IsspError(f"{path}: metadata lacks {', '.join(missing)}")
+    shapes, layers = meta["shapes"], meta["pruned_layers"]
+    if not (
+        isinstance(shapes, dict)
+        and all(
+            isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+            for shape in shapes.values()
+        )
+        and isinstance(layers, list)
+        and all(isinstance(name, str) for name in layers)
+    ):
+        raise IsspError(f"{path}: corrupt metadata (shapes or pruned_layers)")
+    _number(path, meta, "scale", int)
+
+
+def _number(path: Path, meta: dict, key: str, kind: type = float) -> float:
+    """``meta[key]`` as ``kind``; IsspError naming the field if it is missing or not one."""
+    try:
+        return kind(meta[key])
+    except (KeyError, ValueError) as error:
+        raise IsspError(
+            f"{path}: metadata field {key} is missing or not a number ({error})"
+        ) from None
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,7 +141,7 @@ def load_checkpoint(
     mismatch between the stored tensors and the model gets a one-line IsspError.
     """
     state, meta = load_state(path)
-    preset, stored_scale = meta.get("preset"), int(meta.get("scale", 0))
+    preset, stored_scale = meta["preset"], int(meta["scale"])
     if arch is not None and arch != preset:
         raise IsspError(f"{path} holds a {preset} model, not {arch}")
     if scale is not None and scale != stored_scale:
@@ -176,11 +199,11 @@ def checkpoint_info(path: str | Path, size: int = 256) -> dict:
         "checkpoint": str(path),
         "preset": meta["preset"],
         "scale": int(meta["scale"]),
-        "method": meta["method"],
-        "ratio": float(meta["ratio"]),
+        "method": meta.get("method", "?"),
+        "ratio": _number(Path(path), meta, "ratio"),
         # Checkpoints from before N:M selection chose per layer.
         "pattern": meta.get("pattern", PER_LAYER),
-        "alpha": float(meta["alpha"]),
+        "alpha": _number(Path(path), meta, "alpha"),
         "input_size": [size, size],
         **summary,
         "layers": layers,

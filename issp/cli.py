@@ -27,6 +27,7 @@ from issp.cli_arguments import (
 )
 from issp.cli_study import add_study, cmd_study
 from issp.cli_zoo import add_zoo, cmd_zoo
+from issp.files import replacing, writable, write_text
 
 
 def build_parser() -> Parser:
@@ -226,13 +227,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from issp.checkpoint import load_checkpoint
     from issp.evaluate import evaluate_folder, format_table
 
+    if args.json:
+        writable(args.json)  # before the evaluation, not after it
     model = None
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint, scale=args.scale)
     result = evaluate_folder(model, args.data, args.scale, tile=args.tile, progress=True)
     print(format_table(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
 def cmd_upscale(args: argparse.Namespace) -> None:
@@ -258,18 +261,12 @@ def cmd_upscale(args: argparse.Namespace) -> None:
             raise IsspError("upscale needs --checkpoint, or --scale and --ratio (and --method)")
         model, _ = load_zoo_model(args.arch, args.scale, args.method, args.ratio)
         scale = args.scale
-    output = args.output or Path(f"{args.input.stem}_x{scale}.png")
+    output = writable(args.output or Path(f"{args.input.stem}_x{scale}.png"))
     SUFFIX_FORMATS[output.suffix.lower()].check_fits(image.width * scale, image.height * scale)
     tile = args.tile or fast_tile(scale)
     result = upscale_image(inference_model(model), image, scale, tile=tile)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Save beside the target, then rename: a failed save never leaves a broken output.
-    partial = output.with_name(f".{output.name}.partial{output.suffix}")
-    try:
+    with replacing(output) as partial:
         SUFFIX_FORMATS[output.suffix.lower()].save(result, partial)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
     print(f"wrote {output} ({result.width}x{result.height})")
 
 
@@ -331,12 +328,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     }
     config = LockstepConfig(**{key: value for key, value in given.items() if value is not None})
     config.validate()
+    writable(args.json)
     with tqdm(total=config.steps, desc=" vs ".join(config.methods), file=sys.stderr) as bar:
         for last in run_lockstep(config, every=10):
             bar.update(last.step - bar.n)
     result = to_json(last)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, allow_nan=False) + "\n")
+    write_text(args.json, json.dumps(result, allow_nan=False) + "\n")
     print(result["summary"])
     print(f"wrote {args.json}")
 

@@ -190,6 +190,9 @@ def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
     }
     if args.study_command != "grid":
         scales = args.scales or tuple(study.STEPS)
+        if not set(scales) <= study.PATCH.keys():
+            known = ", ".join(map(str, study.PATCH))
+            raise IsspError(f"--scales must be among {known}, got {','.join(map(str, scales))}")
         unknown = [f"x{scale}" for scale in scales if scale not in study.STEPS]
         if args.steps is None and unknown:
             known = ", ".join(f"x{scale}" for scale in study.STEPS)
@@ -197,6 +200,8 @@ def _study_defaults(args: argparse.Namespace) -> argparse.Namespace:
         steps = args.steps or tuple(study.STEPS[scale] for scale in scales)
         if len(steps) != len(scales):
             raise IsspError(f"give one --steps value per scale ({len(scales)})")
+        if min(steps) < 1:
+            raise IsspError(f"--steps must be positive, got {','.join(map(str, steps))}")
         defaults |= {"scales": scales, "steps": steps}
     missing = {key: value for key, value in defaults.items() if getattr(args, key) is None}
     return argparse.Namespace(**(vars(args) | missing))

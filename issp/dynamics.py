@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from issp.files import replacing
+
 # Per-step series of a telemetry file (``issp.run_files.save_telemetry``), one row per step.
 SERIES = ("loss", "grad_norm", "flips", "sparsity", "kept_abs", "selected_abs")
 THIN_EVERY = 10  # steps per row of a thinned telemetry file
@@ -77,7 +79,8 @@ def thin_telemetry(source: str | Path, target: str | Path, every: int = THIN_EVE
             thinned[key] = windows.sum(axis=1).astype(np.float32)
         else:
             thinned[key] = windows.mean(axis=1).astype(np.float16)
-    np.savez_compressed(target, every=np.int64(every), **arrays, **thinned)
+    with replacing(target) as tmp, open(tmp, "wb") as file:  # a file object: no suffix added
+        np.savez_compressed(file, every=np.int64(every), **arrays, **thinned)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from issp import study
+from issp.files import write_text
 from issp.train import TrainConfig
 from issp.zoo import OWN_SETTINGS
 
@@ -167,9 +168,9 @@ def write_modes(results: Path, command: str, out: Path) -> dict:
     summary = modes_summary(results)
     runs = arms_markdown(results)
     table = "\n".join(["", "Every finished run:", "", *runs, ""]) if runs else ""
-    report.write_text(registered + results_markdown(summary, command) + table)
-    (out / "modes.json").write_text(
-        json.dumps({"command": command, "pairs": summary}, indent=1) + "\n"
+    write_text(report, registered + results_markdown(summary, command) + table)
+    write_text(
+        (out / "modes.json"), json.dumps({"command": command, "pairs": summary}, indent=1) + "\n"
     )
     return summary
 

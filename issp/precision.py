@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from issp import study
+from issp.files import write_text
 from issp.methods import COMPARED
 
 FAST = "bf16"  # the precision under test, a key of issp.train.PRECISIONS
@@ -324,7 +325,7 @@ def write_precision(
     report = out / "precision.md"
     registered = study.registered_text(report)
     summary = precision_summary(pairs, reruns)
-    report.write_text(registered + results_markdown(summary, command))
+    write_text(report, registered + results_markdown(summary, command))
     data = {"command": command, **summary}
-    (out / "precision.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_text(out / "precision.json", json.dumps(data, indent=1) + "\n")
     return summary

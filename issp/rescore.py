@@ -22,6 +22,7 @@ from issp import IsspError, study
 from issp.checkpoint import load_checkpoint
 from issp.data import find_images
 from issp.evaluate import Pair, evaluate_arrays, load_pair
+from issp.files import write_text
 from issp.machine import machine_description
 from issp.methods import COMPARED
 
@@ -171,10 +172,9 @@ def write_rescore(
 ) -> Path:
     """Write ``<name>.md`` and ``<name>.json`` (every run's per-image scores) into ``out``;
     ``name`` defaults to ``key``, the scores' key."""
-    out.mkdir(parents=True, exist_ok=True)
     name = name or key
     report = out / f"{name}.md"
-    report.write_text(rescore_markdown(rescored, key, folder, command))
+    write_text(report, rescore_markdown(rescored, key, folder, command))
     data = {
         "command": command,
         "folder": str(folder),
@@ -182,5 +182,5 @@ def write_rescore(
         "largest_gap_to_committed": reproduction(rescored, key),
         "runs": [{"name": r["name"], "config": r["config"], key: r[key]} for r in rescored],
     }
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_text(out / f"{name}.json", json.dumps(data, indent=1) + "\n")
     return report

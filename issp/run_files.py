@@ -9,7 +9,7 @@ the same thing (another device or worker count is fine, another ratio is not).
 from __future__ import annotations
 
 import dataclasses
-import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
+from issp.files import replacing
 from issp.pruning import Pruner
 
 if TYPE_CHECKING:  # issp.train imports this module
@@ -35,17 +36,34 @@ def telemetry_path(out: str | Path) -> Path:
 
 def resume_state(saved: Path, run: TrainingState, device: torch.device) -> tuple[dict, int, float]:
     """Load the state ``saved`` into ``run``; returns its history, step and seconds so far.
-    IsspError if it was made with settings that change what the run computes."""
-    state = torch.load(saved, map_location=device, weights_only=True)
-    if _result_settings(state["config"], run.config) != _result_settings(
+    IsspError if it was made with settings that change what the run computes, or cannot be
+    read or loaded (a damaged file: the message says to remove it)."""
+    try:
+        state = torch.load(saved, map_location=device, weights_only=True)
+        settings = state["config"]
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as error:
+        raise IsspError(
+            f"{saved} is not a readable training state ({_gist(error)}); remove it"
+        ) from None
+    if _result_settings(settings, run.config) != _result_settings(
         dataclasses.asdict(run.config), run.config
     ):
         raise IsspError(f"{saved} was made with other settings; remove it or drop --resume")
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.pruner.load_state_dict(state["pruner"])
-    history = {k: list(v) for k, v in state["history"].items()}
-    return history, state["step"], state.get("seconds", 0.0)
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.pruner.load_state_dict(state["pruner"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        return history, int(state["step"]), float(state.get("seconds", 0.0))
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise IsspError(
+            f"{saved} is a damaged training state ({_gist(error)}); remove it"
+        ) from None
+
+
+def _gist(error: Exception) -> str:
+    """The first line of ``error``: torch's loading errors run to a page."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _result_settings(settings: dict, config: object) -> dict:
@@ -77,19 +95,19 @@ def save_state(
         "step": step,
         "seconds": seconds,
     }
-    tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def save_telemetry(path: str | Path, pruner: Pruner, history: dict) -> None:
     """Per-step pruner telemetry and the loss/validation history as one ``.npz``."""
     arrays = {key: value.astype(np.float32) for key, value in pruner.telemetry().items()}
-    np.savez_compressed(
-        path,
-        layers=np.array(pruner.names),
-        loss=np.asarray(history["loss"], np.float32),
-        val_steps=np.asarray(history["val_steps"], np.int64),
-        val_psnr=np.asarray(history["val_psnr"], np.float32),
-        **arrays,
-    )
+    with replacing(path) as tmp, open(tmp, "wb") as file:  # a file object: no suffix added
+        np.savez_compressed(
+            file,
+            layers=np.array(pruner.names),
+            loss=np.asarray(history["loss"], np.float32),
+            val_steps=np.asarray(history["val_steps"], np.int64),
+            val_psnr=np.asarray(history["val_psnr"], np.float32),
+            **arrays,
+        )

@@ -48,6 +48,7 @@ from issp import IsspError
 from issp.checkpoint import save_checkpoint
 from issp.data import PatchDataset, default_image_paths, find_images, split_train_val
 from issp.evaluate import evaluate_arrays, validation_crops
+from issp.files import writable
 from issp.machine import available_cpus
 from issp.models import PRESETS, SCALES, build_model, prefers_channels_last, preset_args
 from issp.pruning import Pruner, check_alpha, check_arguments
@@ -176,8 +177,18 @@ class TrainConfig:
             raise IsspError("batch size must be >= 1 and patch >= 8")
         # What the pruner itself refuses (the ratio, N:M against method and scope), here.
         check_arguments(self.method, self.ratio, self.kp, self.alpha, self.scope, self.pattern)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise IsspError("--device cuda was asked for, but no CUDA device is available")
+        _check_device(self.device)
+        if self.workers < 0 or self.seed < 0:
+            raise IsspError(f"workers and seed must be >= 0, got {self.workers} and {self.seed}")
+
+
+def _check_device(device: str) -> None:
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise IsspError(f"unknown device {device!r}; use cpu or cuda") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IsspError("--device cuda was asked for, but no CUDA device is available")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -346,13 +357,13 @@ def train(
     Returns the run's history: ``loss`` per step, ``val_steps`` and ``val_psnr``.
     """
     config.validate()
+    writable(out)  # before the first step, not after the last
     rank, world = _distributed()
     device = torch.device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     run = setup_run(config, device=device, world=world)
     model, optimizer, pruner = run.model, run.optimizer, run.pruner
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     saved = state_path(out)
     history, start, seconds_before = {"loss": [], "val_steps": [], "val_psnr": []}, 0, 0.0
     if resume and saved.exists():

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch import nn
 
 from issp import IsspError
 from issp.data import bicubic_resize, to_array, to_tensor
+from issp.files import write_text
 from issp.machine import cache_folder, machine_description
 from issp.models import EDSR
 from issp.sparse import KERNEL_DIGEST, SparseConv2d, kernel_error, sparsify
@@ -211,11 +211,9 @@ def _timed_paths(model: nn.Module, candidates: dict[str, InferenceModel]) -> dic
             cached = _read_paths(file)
             if set(cached.get(key, {})) != set(candidates):
                 cached[key] = measure_paths(candidates, tile)
-                tmp = file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(cached, indent=1))
-                os.replace(tmp, file)
+                write_text(file, json.dumps(cached, indent=1))
             return cached[key]
-    except OSError as err:  # a read-only home, say: time the paths, keep nothing
+    except (OSError, IsspError) as err:  # a read-only home, say: time the paths, keep nothing
         log.warning("inference paths timed but not kept in %s: %s", file, err)
         return measure_paths(candidates, tile)
 

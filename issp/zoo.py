@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from torch import nn
 
-from issp import catalogue, study
+from issp import IsspError, catalogue, study
 from issp.catalogue import (
     FLOPS_INPUT,
     TEST_SETS,
@@ -35,6 +34,7 @@ from issp.catalogue import (
 )
 from issp.checkpoint import checkpoint_info, load_checkpoint, read_metadata, sha256
 from issp.evaluate import evaluate_arrays, evaluate_folder, validation_crops
+from issp.files import copy_file, write_text
 from issp.machine import machine_description
 from issp.methods import COMPARED
 from issp.models import model_summary
@@ -232,7 +232,7 @@ def build(
 
 def _is_built(entry: ZooEntry, folders: ZooFolders) -> bool:
     final = folders.zoo / entry.file
-    records = catalogue.load_manifest(folders.manifest).checkpoints
+    records = catalogue.read_manifest(folders.manifest).checkpoints
     done = [r for r in records if r.file == entry.file]
     return bool(done) and final.exists() and sha256(final) == done[0].sha256
 
@@ -278,9 +278,9 @@ def _make_entry(
     started = time.time()
     if copy is not None:
         log(f"[{time.strftime('%H:%M:%S')}] reusing {entry.name}: the study's {copy}")
-        shutil.copyfile(copy, work)
+        copy_file(copy, work)
         if telemetry_path(copy).is_file():
-            shutil.copyfile(telemetry_path(copy), telemetry_path(work))
+            copy_file(telemetry_path(copy), telemetry_path(work))
     else:
         log(f"[{time.strftime('%H:%M:%S')}] training {entry.name}")
         train(config, work, resume=True)
@@ -343,7 +343,7 @@ def sweep_alpha(
     lines.append(f"| bicubic (reference) | {bicubic:.3f} | |")
     lines += [f"| {label} | {psnr:.3f} | {flips:,.0f} |" for label, psnr, flips in rows]
     table = "\n".join(lines) + "\n"
-    SWEEP.write_text(table)
+    write_text(SWEEP, table)
     return table
 
 
@@ -359,7 +359,7 @@ def evaluate_zoo(test: Path, zoo_dir: Path | None = None) -> ZooScores:
     """Re-evaluate every checkpoint (and bicubic) of the zoo in ``zoo_dir`` (default: the
     checkout's) and refresh its manifest."""
     folders = ZooFolders.of(zoo_dir)
-    manifest = catalogue.load_manifest(folders.manifest)
+    manifest = catalogue.read_manifest(folders.manifest)
     bicubic, records = {}, []
     for arch, scale in sorted({(r.arch, r.scale) for r in manifest.checkpoints}):
         bicubic[(arch, scale)] = evaluate_checkpoint(None, test, scale)
@@ -404,7 +404,9 @@ def verify_zoo(
     manifest's.
     """
     folders = ZooFolders.of(zoo_dir)
-    records = catalogue.load_manifest(folders.manifest).checkpoints
+    if not folders.manifest.is_file():
+        raise IsspError(f"no zoo to verify: {folders.manifest} does not exist")
+    records = catalogue.read_manifest(folders.manifest).checkpoints
     return [_verify(record, folders.zoo, test, tolerance_db) for record in records]
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from issp import IsspError, study
+from issp.files import write_text
 
 PLAN = "zoo-precision"  # the runs' folder under analysis/study_runs/
 SCALES = (2, 4)
@@ -167,7 +168,7 @@ def write_zoo_precision(runs: list[study.StudyRun], results: Path, command: str,
     rows, differences = pair_differences(runs, results)
     shift = study.PairedDifferences(tuple(differences))
     verdict = decision(shift, len(runs) // len(ARMS))
-    report.write_text(registered + results_markdown(rows, shift, verdict, command))
+    write_text(report, registered + results_markdown(rows, shift, verdict, command))
     low, high = shift.interval
     summary = {
         "command": command,
@@ -176,5 +177,5 @@ def write_zoo_precision(runs: list[study.StudyRun], results: Path, command: str,
         "mean": shift.mean if shift.n else None,
         "interval95": [low, high] if shift.n >= 2 else None,
     }
-    (out / "zoo-precision.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(out / "zoo-precision.json", json.dumps(summary, indent=1) + "\n")
     return summary

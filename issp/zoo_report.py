@@ -14,6 +14,7 @@ from pathlib import Path
 from issp import catalogue
 from issp.catalogue import FLOPS_INPUT, SCORE_KEYS, Record, Score
 from issp.dynamics import mask_dynamics
+from issp.files import write_text
 from issp.machine import machine_description
 from issp.methods import COMPARED
 
@@ -165,8 +166,7 @@ def write_results(table: str, zoo_dir: Path | None = None) -> Path:
     markers of ``docs/zoo.md``. Returns the file written."""
     zoo_dir = zoo_dir or catalogue.ZOO_DIR
     path = catalogue.results_file(zoo_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Zoo results\n\n" + table)
+    write_text(path, "# Zoo results\n\n" + table)
     if catalogue.is_checkout_zoo(zoo_dir):
         write_doc_section(DOCS / "zoo.md", "zoo-table", table)
     return path
@@ -181,5 +181,5 @@ def write_doc_section(doc: Path, name: str, text: str) -> bool:
     if start not in content or end not in content:
         return False
     head, rest = content.split(start, 1)
-    doc.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
+    write_text(doc, head + start + "\n" + text + end + rest.split(end, 1)[1])
     return True

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from analysis.lockstep import MAX_STEPS
 from issp import catalogue
@@ -120,6 +121,12 @@ def test_upscale_writes_webp_lossless_and_jpeg_at_quality_95_by_suffix(checkpoin
         (["train", "--steps", "10", "--prune-steps", "20", "--out", "x"], "prune-steps"),
         (["eval", "--bicubic", "--data", "/no/such/dir", "--scale", "2"], "no such file"),
         (["upscale", "/no/such.png", "-o", "o.png", "--scale", "2", "--ratio", "0.9"], "no such"),
+        (["train", "--device", "gpu0", "--out", "x"], "unknown device 'gpu0'"),
+        (["train", "--workers", "-1", "--out", "x"], "workers and seed must be >= 0"),
+        (["train", "--seed", "-1", "--out", "x"], "workers and seed must be >= 0"),
+        (["study", "report", "--scales", "8", "--steps", "100"], "--scales must be among"),
+        (["study", "report", "--scales", "2", "--steps", "0"], "--steps must be positive"),
+        (["zoo", "verify", "--zoo", "/no/such/zoo"], "no zoo to verify"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
@@ -144,6 +151,40 @@ def test_bad_files_and_mismatched_checkpoints_exit_2(checkpoint, tmp_path, capsy
         err = capsys.readouterr().err
         assert err.startswith("error:") and err.count("\n") == 1, err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_outputs_that_cannot_be_written_and_damaged_files_exit_2_before_the_work(
+    checkpoint, images, tmp_path, capsys
+):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "folder.png").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    header_only = {"format": "issp-sparse-v1", "preset": "edsr-tiny", "scale": "2"}
+    for name, extra in (("bad-json", {"shapes": "{bad", "pruned_layers": "[]"}), ("no-shapes", {})):
+        save_file({"x": torch.zeros(1)}, tmp_path / f"{name}.safetensors", header_only | extra)
+    run = tmp_path / "run.safetensors"
+    Path(f"{run}.state.pt").write_bytes(b"not a torch state")
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "manifest.json").write_text("{not json")
+    cases = {
+        "cannot write": ["eval", "--bicubic", "--data", str(images), "--scale", "2",
+                         "--json", str(tmp_path / "a-file" / "x.json")],
+        "is a folder": ["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "folder.png"),
+                        "--checkpoint", str(checkpoint)],
+        "corrupt metadata": ["info", str(tmp_path / "bad-json.safetensors")],
+        "metadata lacks shapes, pruned_layers": ["info", str(tmp_path / "no-shapes.safetensors")],
+        "not a readable training state": ["train", "--steps", "4", "--batch-size", "2",
+                                          "--patch", "16", "--workers", "0", "--data",
+                                          str(images), "--out", str(run), "--resume"],
+        "could not be read": ["zoo", "verify", "--zoo", str(tmp_path / "zoo")],
+    }  # fmt: skip
+    for message, args in cases.items():
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # Nothing half-written was left behind by the refused runs.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert not run.exists()
 
 
 def test_upscale_without_a_zoo_says_how_to_point_at_one(tmp_path, monkeypatch, capsys):

@@ -235,8 +235,11 @@ def folder_bytes(folder: Path) -> int:
 def test_disk_is_bounded_at_the_door_and_a_killed_server_s_files_are_removed_on_restart(
     fake_zoo, tmp_path
 ):
-    temp = tmp_path / "temp"
-    env = {"GRADIO_TEMP_DIR": str(temp), "ISSP_DISK_MB": "4"}  # a client's share: 1 MB
+    temp, system_temp = tmp_path / "temp", tmp_path / "system-temp"
+    system_temp.mkdir()
+    # A client's share: 1 MB. GRADIO_TEMP_DIR outside the system's temp folder, as on a
+    # server with its own disk: the results must still be served from there.
+    env = {"GRADIO_TEMP_DIR": str(temp), "TMPDIR": str(system_temp), "ISSP_DISK_MB": "4"}
     with app_process(fake_zoo, tmp_path / "first.log", env) as (url, process):
         (work,) = [p for p in (temp / "issp-app").iterdir() if p.is_dir()]
         # Noise does not compress: 0.75 MB a file, each different (Gradio stores a file

@@ -23,3 +23,11 @@ def test_scale_takes_the_numeric_strings_the_api_schema_shows():
     for bad in (2.5, "2.0", "x2", "5", None):
         with pytest.raises(IsspError, match="scale must be one of"):
             checks.check_scale(bad)
+
+
+def test_ratio_refuses_what_is_no_ratio_with_a_message_not_a_crash():
+    assert checks.check_ratio("0.9") == 0.9 and checks.check_ratio(0) == 0.0
+    # 10**400: a JSON integer past float's range raises OverflowError in float().
+    for bad in (10**400, "ninety", None, 1.0, -0.1, float("nan")):
+        with pytest.raises(IsspError, match="ratio"):
+            checks.check_ratio(bad)

@@ -65,7 +65,7 @@ def check_ratio(ratio: float) -> float:
     """``ratio`` as a float in [0, 1), else IsspError."""
     try:
         value = float(ratio)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         raise IsspError(f"pruning ratio must be a number in [0, 1), got {echo(ratio)}") from None
     return pruning.check_ratio(value)
 

@@ -29,6 +29,7 @@ from analysis.lockstep import (
 )
 from analysis.plots import FIGURES, alpha_sweep_figure
 from issp import IsspError
+from issp.files import write_text
 from issp.methods import COMPARED, REFERENCES, by_label, label
 from issp.selection import PER_LAYER, parse_pattern
 from webapp.checks import MAX_SEED, echo, number, whole
@@ -174,8 +175,7 @@ def write_json(dynamics: Dynamics, folder: str | Path) -> Path:
         f"_a{config['alpha']:g}_step{dynamics.step}.json"
     )
     path = Path(folder) / name
-    path.write_text(json.dumps(to_json(dynamics)), encoding="utf-8")
-    return path
+    return write_text(path, json.dumps(to_json(dynamics)))
 
 
 def bullets(text: str) -> str:

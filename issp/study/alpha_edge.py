@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from issp import IsspError
+from issp.files import write_text
 from issp.study import v2
 from issp.study.plan import REPORT_DIR, RunFolders, StudyRun
 from issp.study.report import RESULTS_HEADING, registered_text
@@ -199,11 +200,11 @@ def write(command: str, out: Path = REPORT_DIR) -> dict:
     registered = registered_text(report)
     grid_done, done = v2.finished(v2.grid_folders()), v2.finished(folders())
     result = summary(grid_done, done, None)
-    report.write_text(registered + results_markdown(result, done, command))
+    write_text(report, registered + results_markdown(result, done, command))
     as_json = result | {"scores": {f"{a:g}": s for a, s in result["scores"].items()}}
     as_json["per_seed"] = {f"{a:g}": row for a, row in result["per_seed"].items()}
-    (out / "alpha-edge.json").write_text(
-        json.dumps({"command": command} | as_json, indent=1) + "\n"
+    write_text(
+        (out / "alpha-edge.json"), json.dumps({"command": command} | as_json, indent=1) + "\n"
     )
     return result
 

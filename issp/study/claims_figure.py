@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from issp.files import replacing
 from issp.methods import colour, label
 
 # The claims whose evidence is one paired comparison per cell, and each one's panel title.
@@ -114,7 +115,7 @@ def claims_png(evidence: Mapping[str, Sequence[Mapping]], path: Path) -> Path | 
         x=0.02,
         ha="left",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     # No software version in the file, so it changes only when the figures do.
-    figure.savefig(path, metadata={"Software": None})
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png", metadata={"Software": None})
     return path

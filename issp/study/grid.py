@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from issp.evaluate import evaluate_arrays, validation_crops
+from issp.files import write_text
 from issp.study.plan import REPORT_DIR, RunFolders, grid_plan
 from issp.study.runner import execute
 from issp.study.stats import issp_minus_iht
@@ -237,9 +238,8 @@ def write_grid(
     out: Path = REPORT_DIR,
 ) -> GridChoice:
     """Write ``protocol_grid.md`` and ``protocol_grid.json`` into ``out``; return the choice."""
-    out.mkdir(parents=True, exist_ok=True)
     text = grid_markdown(results, command, reference_alpha, bicubic)
-    (out / "protocol_grid.md").write_text(text)
+    write_text(out / "protocol_grid.md", text)
     choice = choose_protocol(results, reference_alpha)
     data = {
         "command": command,
@@ -247,5 +247,5 @@ def write_grid(
         "bicubic_val_psnr": bicubic,
         "runs": list(results),
     }
-    (out / "protocol_grid.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_text(out / "protocol_grid.json", json.dumps(data, indent=1) + "\n")
     return choice

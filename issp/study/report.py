@@ -15,6 +15,7 @@ import numpy as np
 
 from issp import IsspError
 from issp.catalogue import TEST_SETS, score_key
+from issp.files import write_text
 from issp.machine import machine_description
 from issp.methods import COMPARED, label
 from issp.study.plan import REPORT_DIR
@@ -257,8 +258,7 @@ def write_study(
     """Write ``study.md`` and ``study.json`` into ``out`` (and, for the checkout's report,
     docs/study.md's verdict); ``planned`` is how many runs the plan has. Returns the Markdown."""
     text = study_markdown(results, metrics, command, planned)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.md").write_text(text)
+    write_text(out / "study.md", text)
     data = {
         "command": command,
         "planned_runs": planned,
@@ -266,7 +266,7 @@ def write_study(
         "goals": [dataclasses.asdict(goal) | {"met": goal.met} for goal in study_goals(results)],
         "runs": list(results),
     }
-    (out / STUDY_JSON).write_text(json.dumps(data, indent=1, default=_json_number) + "\n")
+    write_text(out / STUDY_JSON, json.dumps(data, indent=1, default=_json_number) + "\n")
     if out.resolve() == REPORT_DIR.resolve():  # the checkout's report: docs/study.md says it
         verdict = verdict_markdown(results, metrics, command, planned)
         write_doc_section(DOCS / "study.md", "study-verdict", verdict)

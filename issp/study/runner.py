@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,6 +23,7 @@ from issp.catalogue import TEST_SETS, score_key
 from issp.checkpoint import load_checkpoint
 from issp.dynamics import gradient_flow, mask_dynamics, thin_telemetry
 from issp.evaluate import evaluate_folder
+from issp.files import copy_file, write_text
 from issp.machine import available_cpus, machine_description
 from issp.run_files import state_path, telemetry_path
 from issp.study.plan import RunFolders, StudyRun
@@ -100,10 +99,8 @@ def _execute_one(run: StudyRun, folders: RunFolders, tests: dict[str, Path], thr
                 thin_telemetry(telemetry, run.telemetry_path(results))
             # The checkpoint is kept beside its scores (compact sparse storage, about 200
             # KB), so a later analysis can re-score it on any images (``study rescore``).
-            shutil.copyfile(out, run.checkpoint_path(results))
-            tmp = run.result_path(results).with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, run.result_path(results))
+            copy_file(out, run.checkpoint_path(results))
+            write_text(run.result_path(results), json.dumps(result, indent=1) + "\n")
             state_path(out).unlink(missing_ok=True)
             scores = ", ".join(f"{k} {result[k]['psnr']:.3f}" for k in tests)
             return f"val {result['val_psnr']:.3f} dB" + (f", {scores}" if scores else "")

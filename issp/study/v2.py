@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from issp import IsspError
+from issp.files import write_text
 from issp.study.claims import diverged
 from issp.study.claims_figure import claims_png
 from issp.study.claims_report import (
@@ -428,8 +429,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
     )
     text += "\n".join(grid_markdown(grid_done, None))
     text += checks_markdown(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claims.md").write_text(text)
+    write_text(out / "claims.md", text)
     summary = {
         "command": command,
         "runs": len(results),
@@ -441,5 +441,5 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
         "diverged": uncalled,
         "unplanned": unplanned,
     }
-    (out / "claims.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(out / "claims.json", json.dumps(summary, indent=1) + "\n")
     return rows
