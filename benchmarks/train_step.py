@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from issp.files import write_text
 from issp.machine import machine_description
 from issp.models import build_model
 from issp.train import (
@@ -172,7 +173,7 @@ def main() -> None:
             "load_average_at_start": list(load),
             "seconds_per_step": timings,
         }
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        write_text(args.json, json.dumps(record, indent=1) + "\n")
     if args.settings_only:
         return
     print("\nTwo cores, the fastest eager setting: runs per hour of the whole machine")
