@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from issp import IsspError
+from issp.files import replacing
 from issp.upscale import upscale_tensor
 
 INPUT_NAME = "lr"
@@ -68,28 +67,14 @@ def export_onnx(model: nn.Module, out: str | Path, metadata: dict[str, str]) -> 
     onnx = require("onnx")
     require("onnxscript")  # torch.onnx's exporter imports it
     out = Path(out)
-    if out.is_dir():
-        raise IsspError(f"{out} is a folder; give a file name such as model.onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Created first, so an unwritable destination fails before the slow export.
-        fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    except OSError as error:
-        raise IsspError(f"cannot write {out}: {error.strerror}") from None
-    os.close(fd)
-    try:
+    # The partial file is made first, so an unwritable destination fails before the export.
+    with replacing(out) as partial:
         program = _export(Clamped(model.eval()))
         proto = program.model_proto
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)
         onnx.save_model(proto, partial)
-        os.chmod(partial, 0o644)  # mkstemp makes it private; a model is meant to be shared
-        os.replace(partial, out)
-    except OSError as error:
-        raise IsspError(f"cannot write {out}: {error.strerror}") from None
-    finally:
-        Path(partial).unlink(missing_ok=True)
     return out
 
 
