@@ -1,5 +1,4 @@
 import math
-import time
 
 import numpy as np
 import pytest
@@ -80,12 +79,3 @@ def test_bad_inputs_are_user_errors():
         ssim(sr.astype(float), hr, 0)
     with pytest.raises(IsspError, match="SSIM needs"):
         ssim(sr, hr, 5)
-
-
-def test_metrics_are_fast_on_512px():
-    sr, hr = image_pair((512, 512, 3), 10)
-    start = time.perf_counter()
-    psnr(sr, hr, 4)
-    ssim(sr, hr, 4)
-    # Generous bound for slow CI; a per-pixel Python loop would take minutes.
-    assert time.perf_counter() - start < 2.0

@@ -11,6 +11,7 @@ from PIL import Image
 
 from issp import IsspError
 from issp.upscale import PATH_BF16, PATH_FP32, PATH_SPARSE, fast_tile
+from webapp import upscaling
 from webapp.files import ResultFolders
 from webapp.model_zoo import ModelZoo
 from webapp.upscaling import Limits, configure_threads, evaluate, upscale
@@ -236,13 +237,15 @@ def test_evaluate_has_its_own_pixel_limit(zoo, tmp_path):
         evaluate(zoo, str(path), 2, 0.9, None, LIMITS)
 
 
-def test_threads_are_split_between_concurrent_requests():
+@pytest.mark.parametrize(("cpus", "concurrency", "threads"), [(8, 2, 4), (8, 3, 2), (2, 4, 1)])
+def test_threads_are_split_between_concurrent_requests(monkeypatch, cpus, concurrency, threads):
     import torch
 
+    monkeypatch.setattr(upscaling, "available_cpus", lambda: cpus)
     before = torch.get_num_threads()
     try:
-        assert configure_threads(concurrency=64) == 1
-        assert torch.get_num_threads() == 1
+        assert configure_threads(concurrency=concurrency) == threads
+        assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
 
