@@ -35,7 +35,7 @@ from torch import nn
 from issp.catalogue import ZOO_DIR, ZooEntry
 from issp.checkpoint import load_checkpoint
 from issp.machine import machine_description
-from issp.pruning import prunable_weights
+from issp.prunable import prunable_weights
 from issp.selection import smallest_mask
 from issp.sparse import SparseWeight, sparse_conv3x3, sparsify
 

@@ -21,7 +21,7 @@ from torch import nn
 import issp
 from issp import IsspError
 from issp.files import replacing
-from issp.models import build_from_args, build_model, model_summary
+from issp.models import PRESETS, build_from_args, build_model, model_summary
 from issp.selection import PER_LAYER
 
 FORMAT = "issp-sparse-v1"
@@ -37,8 +37,15 @@ def save_checkpoint(
     ``metadata`` must hold at least ``preset`` and ``scale``; ``pruned_layers`` names the
     weights stored compactly (and listed in the metadata for ``info``).
     """
+    missing = [key for key in ("preset", "scale") if key not in metadata]
+    if missing:
+        raise IsspError(f"checkpoint metadata needs {' and '.join(missing)}: nothing written")
+    state = model.state_dict()
+    strays = [name for name in pruned_layers if name not in state]
+    if strays:
+        raise IsspError(f"pruned layer {strays[0]} is not in the model's state_dict")
     tensors, shapes = {}, {}
-    for name, value in model.state_dict().items():
+    for name, value in state.items():
         value = value.detach().cpu().contiguous()
         if name in pruned_layers:
             flat = value.flatten()
@@ -147,6 +154,11 @@ def load_checkpoint(
     if scale is not None and scale != stored_scale:
         raise IsspError(f"{path} is a x{stored_scale} model, but x{scale} was asked for")
     stored_args = meta.get("preset_args")
+    if not stored_args and preset not in PRESETS:
+        raise IsspError(
+            f"{path} holds a {preset!r} model, not one of issp's presets: load its weights "
+            "into your own model with issp.checkpoint.load_state"
+        )
     try:
         model = (
             build_from_args(stored_args, stored_scale)

@@ -7,7 +7,8 @@ nothing else about the method.
 Methods (``r`` = ``ratio``, ``Kp`` = ``prune_steps``, ``t`` = 1, 2, ... the step count):
 
 - ``issp``: Iterative Soft Shrinkage (Wang et al., ICCV 2023). For ``t < Kp`` the
-  ``ceil(r * n)`` smallest-magnitude weights of each layer are multiplied by ``alpha``;
+  ``ceil(r * n)`` smallest-magnitude weights of each layer (never all ``n``: see
+  ``pruned_count``) are multiplied by ``alpha``;
   at ``t = Kp`` the selection freezes into the mask and those weights are zeroed.
 - ``iht``: Iterative Hard Thresholding: the same selection, set to zero at every step.
 - ``l1``: dense training, one magnitude pruning at ``t = Kp``, then fine-tuning.
@@ -38,9 +39,9 @@ gradients and optimizer state are zeroed so that momentum cannot revive them.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +50,7 @@ import torch.distributed as dist
 from torch import nn
 
 from issp import IsspError
+from issp.prunable import prunable_weights, pruned_count
 from issp.selection import nm_groups, nm_mask, parse_pattern, rigl_exchange, smallest_mask
 
 METHODS = ("issp", "iht", "l1", "gmp", "greg", "rigl", "scratch", "dense")
@@ -71,7 +73,7 @@ TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
 def check_ratio(ratio: float) -> float:
     """``ratio`` if it is a pruning ratio, in [0, 1); IsspError otherwise. The one check
     the CLI, the app and the pruner share."""
-    if not 0 <= ratio < 1:
+    if not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
         raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
     return ratio
 
@@ -83,26 +85,15 @@ def check_alpha(alpha: float | None) -> float:
     return alpha
 
 
-def prunable_weights(
-    model: nn.Module, skip: Sequence[str] | None = None
-) -> dict[str, nn.Parameter]:
-    """The weights a pruner acts on, keyed by parameter name.
-
-    Every ``nn.Conv2d`` and ``nn.Linear`` weight, minus modules whose name matches one of
-    the fnmatch patterns in ``skip``. ``skip=None`` skips the first and the last conv of
-    the network (in registration order), which the SR pruning literature keeps dense.
-    """
-    layers = [
-        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    if skip is None:
-        convs = [name for name, m in layers if isinstance(m, nn.Conv2d)]
-        skip = [convs[0], convs[-1]] if convs else []
-    return {
-        f"{name}.weight" if name else "weight": m.weight
-        for name, m in layers
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
-    }
+def check_steps(method: str, prune_steps: int, gmp_interval: int) -> None:
+    """IsspError unless ``Kp`` and the GMP/GReg interval are whole numbers of steps the
+    method can use."""
+    if not isinstance(prune_steps, numbers.Integral):
+        raise IsspError(f"prune_steps must be a whole number of steps, got {prune_steps!r}")
+    if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):
+        raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
+    if not isinstance(gmp_interval, numbers.Integral) or gmp_interval < 1:
+        raise IsspError(f"gmp_interval must be a whole number of steps >= 1, got {gmp_interval!r}")
 
 
 def check_arguments(
@@ -112,6 +103,7 @@ def check_arguments(
     alpha: float | None,
     scope: str,
     pattern: str | None,
+    gmp_interval: int = 1,
 ) -> None:
     """IsspError for a ``Pruner`` no run could use."""
     if method not in METHODS:
@@ -123,8 +115,7 @@ def check_arguments(
         raise IsspError(f"scope must be 'local' or 'global', got {scope!r}")
     if scope != "local" and method in ("rigl", "scratch"):
         raise IsspError(f"{method} draws its random mask per layer: scope must be 'local'")
-    if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):
-        raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
+    check_steps(method, prune_steps, gmp_interval)
     if pattern is None:
         return
     n, m = parse_pattern(pattern)
@@ -174,7 +165,7 @@ class Pruner:
         telemetry: bool = True,
         pattern: str | None = None,
     ) -> None:
-        check_arguments(method, ratio, prune_steps, alpha, scope, pattern)
+        check_arguments(method, ratio, prune_steps, alpha, scope, pattern, gmp_interval)
         self.pattern = pattern
         self.method, self.ratio, self.alpha, self.scope = method, ratio, alpha, scope
         self.prune_steps, self.gmp_interval = prune_steps, gmp_interval
@@ -182,6 +173,11 @@ class Pruner:
         self.recording = telemetry
         self._model = model
         self.weights = prunable_weights(model, skip)
+        if not self.weights:
+            raise IsspError(
+                "the model has no layer to prune: no trainable conv or linear weight outside "
+                "skip (by default its first and last conv)"
+            )
         self.names = list(self.weights)
         if pattern is not None:  # refused now rather than at Kp, where it is first used
             for w in self.weights.values():
@@ -207,7 +203,7 @@ class Pruner:
             generator = torch.Generator().manual_seed(seed)
             masks = {
                 name: torch.randperm(w.numel(), generator=generator)
-                .lt(math.ceil(ratio * w.numel()))
+                .lt(pruned_count(w.numel(), ratio))
                 .view_as(w)
                 .to(w.device)
                 for name, w in self.weights.items()
@@ -324,7 +320,7 @@ class Pruner:
             return {name: nm_mask(w, n, m) for name, w in self.weights.items()}
         if self.scope == "local":
             return {
-                name: smallest_mask(w, math.ceil(fraction * w.numel()))
+                name: smallest_mask(w, pruned_count(w.numel(), fraction))
                 for name, w in self.weights.items()
             }
         flat = torch.cat([w.detach().flatten() for w in self.weights.values()])

@@ -23,7 +23,8 @@ from issp.catalogue import (
 )
 from issp.checkpoint import save_checkpoint, sha256
 from issp.models import build_model, model_summary
-from issp.pruning import Pruner, prunable_weights
+from issp.prunable import prunable_weights
+from issp.pruning import Pruner
 from issp.run_files import save_telemetry
 from issp.selection import smallest_mask
 from webapp.live import live_config

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from issp import IsspError
 from issp.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from issp.models import build_model
-from issp.pruning import prunable_weights
+from issp.prunable import prunable_weights
 from issp.selection import smallest_mask
 
 

@@ -17,7 +17,7 @@ from issp import catalogue
 from issp.checkpoint import read_metadata, save_checkpoint
 from issp.cli import main
 from issp.models import build_model
-from issp.pruning import prunable_weights
+from issp.prunable import prunable_weights
 from issp.selection import smallest_mask
 from issp.train import PROTOCOLS
 

@@ -5,7 +5,7 @@ import pytest
 
 from issp import modes
 from issp.models import build_model
-from issp.pruning import prunable_weights
+from issp.prunable import prunable_weights
 from issp.selection import nm_groups
 
 

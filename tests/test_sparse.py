@@ -9,7 +9,7 @@ from benchmarks.sparse_conv import SPARSE_PATHS
 from issp import IsspError
 from issp.models import build_model
 from issp.models.edsr import EDSR
-from issp.pruning import prunable_weights
+from issp.prunable import prunable_weights
 from issp.selection import nm_mask, smallest_mask
 from issp.sparse import SparseConv2d, SparseResBlock, SparseWeight, sparse_conv3x3, sparsify
 
