@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 from issp import IsspError
 from issp.cli_arguments import (
@@ -233,9 +236,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint, scale=args.scale)
     result = evaluate_folder(model, args.data, args.scale, tile=args.tile, progress=True)
+    for skipped in result.get("skipped", []):
+        print(f"skipped {skipped['name']}: {skipped['why']}", file=sys.stderr)
     print(format_table(result))
     if args.json:
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+        # JSON has no infinity: an image scored against itself (PSNR inf) is written null.
+        write_text(args.json, json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, NaN) in it replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
 
 
 def cmd_upscale(args: argparse.Namespace) -> None:
@@ -384,11 +401,18 @@ COMMANDS = {
 }
 
 
+def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
+    """Show a warning (a skipped image, say) as one line, without the library's source."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for user errors, 1 for a failed check)."""
     try:
         args = build_parser().parse_args(argv)
-        code = COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # puts showwarning back when the command ends
+            warnings.showwarning = one_line_warning
+            code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit
     except IsspError as error:
         print(f"error: {error}", file=sys.stderr)

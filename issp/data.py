@@ -7,6 +7,7 @@ bicubic downscaling (cubic coefficient a = -0.5, antialiased), which Pillow's BI
 resize implements.
 """
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,23 +40,39 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Return every image file under ``folder`` (recursive), sorted by path.
+    """Return every image file under ``folder``, subfolders and linked folders included,
+    sorted by path.
 
-    Hidden files are ignored: macOS leaves ``._name.png`` resource forks beside copied
-    images, and they are not images.
+    Hidden files and folders are ignored: macOS leaves ``._name.png`` resource forks beside
+    copied images, and NAS boxes and desktops keep thumbnails and trash in dot-folders.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise IsspError(f"not a folder: {folder} (give the folder that holds the images)")
     if not folder.is_dir():
         raise IsspError(f"image folder not found: {folder}")
-    paths = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
+    paths = []
+    seen = set()
+    # os.walk follows linked folders (Path.rglob does not before Python 3.13); ``seen``
+    # stops a link that points back up the tree.
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [
+            Path(root, name)
+            for name in files
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            and not name.startswith(".")
+            and Path(root, name).is_file()
+        ]
     if not paths:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise IsspError(f"no images ({extensions}) found in {folder}")
-    return paths
+    return sorted(paths)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -213,11 +230,13 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.hr_images: list[np.ndarray] = []
         self.lr_images: list[np.ndarray] = []
+        unreadable = small = 0
         for path in paths:
             try:
                 hr = modcrop(to_rgb_array(load_image(path, max_pixels)), scale)
             except IsspError as err:
                 warnings.warn(f"skipping an image: {err}", stacklevel=2)
+                unreadable += 1
                 continue
             height, width = hr.shape[:2]
             if height < hr_patch or width < hr_patch:
@@ -225,11 +244,15 @@ class PatchDataset(torch.utils.data.Dataset):
                     f"skipping {path}: {width}x{height} is smaller than the {hr_patch}px patch",
                     stacklevel=2,
                 )
+                small += 1
                 continue
             self.hr_images.append(hr)
             self.lr_images.append(make_lr(hr, scale))
         if not self.hr_images:
-            raise IsspError(f"no usable training images (need at least {hr_patch}x{hr_patch} px)")
+            raise IsspError(
+                f"no usable training images: of {len(paths)}, {unreadable} could not be read "
+                f"and {small} are smaller than the {hr_patch}x{hr_patch} px patch"
+            )
         self.epoch_size = len(self.hr_images) if epoch_size is None else epoch_size
         if self.epoch_size < 1:
             raise IsspError(f"epoch_size must be positive, got {epoch_size}")
@@ -303,7 +326,8 @@ def split_train_val(
     if val_fraction > 0:
         if len(ordered) < 2:
             raise IsspError(
-                f"need at least 2 images to split off a validation set, got {len(ordered)}"
+                f"need at least 2 images to split off a validation set, got {len(ordered)}; "
+                "give a separate validation folder (the CLI's --val)"
             )
         n_val = min(max(n_val, 1), len(ordered) - 1)
     order = np.random.default_rng(seed).permutation(len(ordered))

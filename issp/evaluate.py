@@ -7,7 +7,7 @@ and are scored on their grey values, as the published tables do.
 """
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,10 @@ from issp.upscale import upscale_array
 
 # (name, lr, hr): uint8 arrays, HxWx3 or HxW, with hr exactly scale x lr.
 Pair = tuple[str, np.ndarray, np.ndarray]
+
+
+class NoImages(IsspError):
+    """Nothing was left to score."""
 
 
 def load_pair(path: str | Path, scale: int) -> Pair:
@@ -50,7 +54,7 @@ def evaluate_arrays(
             }
         )
     if not rows:
-        raise IsspError("no images to evaluate")
+        raise NoImages("no images to evaluate")
     return {
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ssim": float(np.mean([r["ssim"] for r in rows])),
@@ -58,16 +62,24 @@ def evaluate_arrays(
     }
 
 
-def evaluate_images(
-    model: nn.Module | None,
-    paths: Sequence[str | Path],
-    scale: int,
-    tile: int | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score ``model`` (bicubic if ``None``) on HR image files; see :func:`evaluate_arrays`."""
-    bar = tqdm(paths, desc=f"evaluate x{scale}", disable=not progress)
-    return evaluate_arrays(model, (load_pair(p, scale) for p in bar), scale, tile=tile)
+def scoreable_pairs(
+    folder: Path, paths: Iterable[Path], scale: int, skip: Callable[[str, str], None]
+) -> Iterator[Pair]:
+    """``(name, lr, hr)`` of each of ``paths`` (images under ``folder``) that can be scored
+    at ``scale``, named by its path relative to ``folder``; ``skip(name, reason)`` is told of
+    each one that cannot: unreadable, or too small for the metrics."""
+    for path in paths:
+        name = path.relative_to(folder).as_posix()
+        try:
+            _, lr, hr = load_pair(path, scale)
+        except IsspError as error:
+            skip(name, str(error))
+            continue
+        # Both metrics crop `scale` px per border and SSIM needs an 11x11 window inside.
+        if min(hr.shape[:2]) < 2 * scale + 11:
+            skip(name, f"{hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale}")
+            continue
+        yield name, lr, hr
 
 
 def evaluate_folder(
@@ -77,8 +89,38 @@ def evaluate_folder(
     tile: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Score ``model`` (bicubic if ``None``) on every image in ``folder``, e.g. Set5."""
-    return evaluate_images(model, find_images(folder), scale, tile=tile, progress=progress)
+    """Score ``model`` (bicubic if ``None``) on every image under ``folder``, e.g. Set5.
+
+    Rows are named by their path under ``folder``. Images that cannot be scored are left
+    out and listed under ``skipped``; where the images lie in more than one folder (a
+    parent of Set5/ and Set14/, say), ``folders`` holds each folder's own means, as pooling
+    benchmarks into one mean is rarely what is wanted.
+    """
+    folder = Path(folder)
+    skipped: list[dict[str, str]] = []
+    with tqdm(find_images(folder), desc=f"evaluate x{scale}", disable=not progress) as bar:
+        pairs = scoreable_pairs(
+            folder, bar, scale, lambda name, reason: skipped.append({"name": name, "why": reason})
+        )
+        try:
+            result = evaluate_arrays(model, pairs, scale, tile=tile)
+        except NoImages:
+            raise IsspError(f"no image in {folder} can be scored at x{scale}") from None
+    if skipped:
+        result["skipped"] = skipped
+    groups: dict[str, list[dict]] = {}
+    for row in result["images"]:
+        groups.setdefault(Path(row["name"]).parent.as_posix(), []).append(row)
+    if len(groups) > 1:
+        result["folders"] = {
+            group: {
+                "psnr": float(np.mean([r["psnr"] for r in rows])),
+                "ssim": float(np.mean([r["ssim"] for r in rows])),
+                "images": len(rows),
+            }
+            for group, rows in sorted(groups.items())
+        }
+    return result
 
 
 def validation_crops(paths: Sequence[str | Path], scale: int, size: int = 256) -> list[Pair]:
@@ -104,16 +146,27 @@ def validation_crops(paths: Sequence[str | Path], scale: int, size: int = 256) -
             continue
         pairs.append((Path(path).name, make_lr(hr, scale), hr))
     if not pairs:
-        raise IsspError("no usable validation images")
+        raise IsspError(
+            f"no usable validation images: none of the {len(paths)} drawn for validation can be "
+            "scored (see the warnings above); give a separate validation folder (the CLI's --val)"
+        )
     return pairs
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Render an evaluation result as a plain-text table, one row per image plus the mean."""
-    rows = result["images"]
-    width = max(len("image"), *(len(r["name"]) for r in rows))
+    """Render an evaluation result as a plain-text table: one row per image, then each
+    folder's mean where the images lie in several, then the mean of all."""
+    means = [
+        (f"mean of {group}/ ({mean['images']})", mean)
+        for group, mean in result.get("folders", {}).items()
+    ]
+    means.append(("mean", result))
+    rows = [(r["name"], r) for r in result["images"]]
+    width = max(len("image"), *(len(label) for label, _ in rows + means))
     rule = "-" * (width + 17)
-    lines = [f"{'image':<{width}}  {'PSNR':>7}  {'SSIM':>6}", rule]
-    lines += [f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:.4f}" for r in rows]
-    lines += [rule, f"{'mean':<{width}}  {result['psnr']:7.2f}  {result['ssim']:.4f}"]
-    return "\n".join(lines)
+
+    def line(label: str, scores: dict) -> str:
+        return f"{label:<{width}}  {scores['psnr']:7.2f}  {scores['ssim']:.4f}"
+
+    head = [f"{'image':<{width}}  {'PSNR':>7}  {'SSIM':>6}", rule]
+    return "\n".join(head + [line(*row) for row in rows] + [rule] + [line(*m) for m in means])

@@ -21,7 +21,7 @@ import numpy as np
 from issp import IsspError, study
 from issp.checkpoint import load_checkpoint
 from issp.data import find_images
-from issp.evaluate import Pair, evaluate_arrays, load_pair
+from issp.evaluate import Pair, evaluate_arrays, scoreable_pairs
 from issp.files import write_text
 from issp.machine import machine_description
 from issp.methods import COMPARED
@@ -36,19 +36,11 @@ RESCORE_DIR = study.REPORT_DIR / "rescore"
 def usable_pairs(folder: Path, scale: int, log: Callable[[str], None] = print) -> list[Pair]:
     """``(name, lr, hr)`` of every image in ``folder`` that can be scored at ``scale``;
     unreadable images and those too small for the metrics are skipped with a line each."""
-    pairs = []
-    for path in find_images(folder):
-        try:
-            name, lr, hr = load_pair(path, scale)
-        except IsspError as error:
-            log(f"skipped {path.name}: {error}")
-            continue
-        # Both metrics crop `scale` px per border and SSIM needs an 11x11 window inside.
-        if min(hr.shape[:2]) < 2 * scale + 11:
-            size = f"{hr.shape[1]}x{hr.shape[0]}"
-            log(f"skipped {path.name}: {size} is too small to score at x{scale}")
-            continue
-        pairs.append((str(path.relative_to(folder)), lr, hr))
+    pairs = list(
+        scoreable_pairs(
+            folder, find_images(folder), scale, lambda name, why: log(f"skipped {name}: {why}")
+        )
+    )
     if not pairs:
         raise IsspError(f"no image in {folder} can be scored at x{scale}")
     return pairs

@@ -2,6 +2,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,33 @@ def test_eval_bicubic_and_checkpoint_write_json(images, checkpoint, tmp_path, ca
         main(["eval", "--checkpoint", str(checkpoint), "--data", str(images), "--scale", "2"]) == 0
     )
     assert "mean" in capsys.readouterr().out
+
+
+def test_eval_names_what_it_skips_and_writes_an_infinite_psnr_as_null(images, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    Image.new("RGB", (40, 36), (90, 120, 30)).save(folder / "flat.png")  # bicubic is exact
+    (folder / "text.png").write_text("not an image")
+    out = tmp_path / "r.json"
+    args = ["eval", "--bicubic", "--data", str(folder), "--scale", "2", "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines()[-1].startswith("skipped text.png: ")
+    result = json.loads(out.read_text())  # strict JSON: no Infinity
+    assert [r["psnr"] for r in result["images"] if r["name"] == "flat.png"] == [None]
+    assert result["psnr"] is None and result["skipped"][0]["name"] == "text.png"
+    assert "inf" in printed.out
+
+
+def test_train_warns_of_a_skipped_image_in_one_line(photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    (folder / "text.png").write_text("not an image")
+    args = ["train", "--steps", "2", "--batch-size", "2", "--patch", "16", "--workers", "0"]
+    out = tmp_path / "run.safetensors"
+    assert main([*args, "--data", str(folder), "--val", str(photos), "--out", str(out)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "text.png" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: skipping an image: ")
 
 
 def test_upscale_writes_an_image_twice_the_size_and_keeps_alpha(checkpoint, tmp_path):

@@ -55,6 +55,20 @@ def test_find_images_rejects_missing_or_empty_folder(tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(IsspError, match="no images"):
         find_images(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(IsspError, match="not a folder: .*a.png .give the folder that holds"):
+        find_images(tmp_path / "a.png")
+
+
+def test_find_images_leaves_out_hidden_folders_and_follows_linked_ones(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for name in ("data/a.png", "data/.thumbnails/a.png", "data/.Trash-1000/files/b.png",
+                 "elsewhere/c.png"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # met once, not forever
+    assert find_images(data) == [data / "a.png", data / "linked" / "c.png"]
 
 
 def test_load_image_rejects_text_file_named_png(tmp_path):
@@ -216,10 +230,12 @@ def test_patch_dataset_skips_small_and_unreadable_files_with_one_warning_each(
     assert len(dataset) == 2
 
 
-def test_patch_dataset_with_nothing_usable_is_an_error(tmp_path):
+def test_patch_dataset_with_nothing_usable_says_why(tmp_path):
     small = save_png(tmp_path / "small.png", noise_image(20, 20))
-    with pytest.warns(UserWarning), pytest.raises(IsspError, match="no usable"):
-        PatchDataset([small], scale=2, hr_patch=32)
+    (tmp_path / "text.png").write_text("nope")
+    message = "of 2, 1 could not be read and 1 are smaller than the 32x32 px patch"
+    with pytest.warns(UserWarning), pytest.raises(IsspError, match=message):
+        PatchDataset([small, tmp_path / "text.png"], scale=2, hr_patch=32)
 
 
 def test_patch_dataset_rejects_patch_not_multiple_of_scale(photo_paths):
@@ -243,3 +259,5 @@ def test_split_train_val_is_deterministic_and_disjoint(tmp_path):
     assert split_train_val(paths[:3], val_fraction=0.01)[1] != []
     with pytest.raises(IsspError):
         split_train_val(paths, val_fraction=1.0)
+    with pytest.raises(IsspError, match="got 1; give a separate validation folder"):
+        split_train_val(paths[:1], val_fraction=0.1)
