@@ -236,11 +236,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint, scale=args.scale)
     result = evaluate_folder(model, args.data, args.scale, tile=args.tile, progress=True)
-    for skipped in result.get("skipped", []):
-        print(f"skipped {skipped['name']}: {skipped['why']}", file=sys.stderr)
     print(format_table(result))
     if args.json:
-        # JSON has no infinity: an image scored against itself (PSNR inf) is written null.
+        # JSON has no infinity: an exact upscale (PSNR inf), and so the mean, is written null.
         write_text(args.json, json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
 
 
@@ -402,8 +400,11 @@ COMMANDS = {
 
 
 def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
-    """Show a warning (a skipped image, say) as one line, without the library's source."""
-    print(f"warning: {message}", file=sys.stderr)
+    """Show a warning (a skipped image, say) as one line, without the library's source,
+    above any progress bar rather than glued to its end."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

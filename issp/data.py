@@ -53,15 +53,16 @@ def find_images(folder: str | Path) -> list[Path]:
         raise IsspError(f"image folder not found: {folder}")
     paths = []
     seen = set()
-    # os.walk follows linked folders (Path.rglob does not before Python 3.13); ``seen``
-    # stops a link that points back up the tree.
+    # os.walk can follow linked folders (Path.rglob does not by default); ``seen`` stops a
+    # link that points back up the tree, and walking in sorted order makes the copy kept
+    # of a folder reached twice the same on every disk.
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         paths += [
             Path(root, name)
             for name in files

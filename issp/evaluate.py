@@ -73,13 +73,18 @@ def scoreable_pairs(
         try:
             _, lr, hr = load_pair(path, scale)
         except IsspError as error:
-            skip(name, str(error))
+            skip(name, str(error).removeprefix(f"{path}: "))
             continue
-        # Both metrics crop `scale` px per border and SSIM needs an 11x11 window inside.
-        if min(hr.shape[:2]) < 2 * scale + 11:
+        if not scoreable(hr, scale):
             skip(name, f"{hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale}")
             continue
         yield name, lr, hr
+
+
+def scoreable(hr: np.ndarray, scale: int) -> bool:
+    """Whether PSNR and SSIM can score ``hr`` at ``scale``: both crop ``scale`` px per
+    border, and SSIM needs an 11x11 window inside."""
+    return min(hr.shape[:2]) >= 2 * scale + 11
 
 
 def evaluate_folder(
@@ -92,35 +97,44 @@ def evaluate_folder(
     """Score ``model`` (bicubic if ``None``) on every image under ``folder``, e.g. Set5.
 
     Rows are named by their path under ``folder``. Images that cannot be scored are left
-    out and listed under ``skipped``; where the images lie in more than one folder (a
-    parent of Set5/ and Set14/, say), ``folders`` holds each folder's own means, as pooling
-    benchmarks into one mean is rarely what is wanted.
+    out with a warning each and listed under ``skipped``; where the images lie in more
+    than one folder (a parent of Set5/ and Set14/, say), ``folders`` holds each folder's
+    own means and ``count``, as pooling benchmarks into one mean is rarely what is wanted.
     """
     folder = Path(folder)
     skipped: list[dict[str, str]] = []
+
+    def skip(name: str, reason: str) -> None:
+        warnings.warn(f"skipping {name}: {reason}", stacklevel=2)
+        skipped.append({"name": name, "why": reason})
+
     with tqdm(find_images(folder), desc=f"evaluate x{scale}", disable=not progress) as bar:
-        pairs = scoreable_pairs(
-            folder, bar, scale, lambda name, reason: skipped.append({"name": name, "why": reason})
-        )
         try:
-            result = evaluate_arrays(model, pairs, scale, tile=tile)
+            result = evaluate_arrays(model, scoreable_pairs(folder, bar, scale, skip), scale, tile)
         except NoImages:
-            raise IsspError(f"no image in {folder} can be scored at x{scale}") from None
+            first = f"{skipped[0]['name']}: {skipped[0]['why']}" if skipped else "none found"
+            raise IsspError(f"no image in {folder} can be scored at x{scale} ({first})") from None
     if skipped:
         result["skipped"] = skipped
-    groups: dict[str, list[dict]] = {}
-    for row in result["images"]:
-        groups.setdefault(Path(row["name"]).parent.as_posix(), []).append(row)
-    if len(groups) > 1:
-        result["folders"] = {
-            group: {
-                "psnr": float(np.mean([r["psnr"] for r in rows])),
-                "ssim": float(np.mean([r["ssim"] for r in rows])),
-                "images": len(rows),
-            }
-            for group, rows in sorted(groups.items())
-        }
+    folders = folder_means(result["images"])
+    if len(folders) > 1:
+        result["folders"] = folders
     return result
+
+
+def folder_means(rows: list[dict]) -> dict[str, dict]:
+    """Mean PSNR and SSIM and the ``count`` of the rows in each folder (``.``: the top)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(Path(row["name"]).parent.as_posix(), []).append(row)
+    return {
+        group: {
+            "psnr": float(np.mean([r["psnr"] for r in rows])),
+            "ssim": float(np.mean([r["ssim"] for r in rows])),
+            "count": len(rows),
+        }
+        for group, rows in sorted(groups.items())
+    }
 
 
 def validation_crops(paths: Sequence[str | Path], scale: int, size: int = 256) -> list[Pair]:
@@ -140,15 +154,14 @@ def validation_crops(paths: Sequence[str | Path], scale: int, size: int = 256) -
         height, width = hr.shape[:2]
         top, left = max((height - side) // 2, 0), max((width - side) // 2, 0)
         hr = modcrop(hr[top : top + side, left : left + side], scale)
-        # Both metrics crop `scale` px per border and SSIM needs an 11x11 window inside.
-        if min(hr.shape[:2]) < 2 * scale + 11:
+        if not scoreable(hr, scale):
             warnings.warn(f"skipping a validation image: {path} is too small", stacklevel=2)
             continue
         pairs.append((Path(path).name, make_lr(hr, scale), hr))
     if not pairs:
         raise IsspError(
-            f"no usable validation images: none of the {len(paths)} drawn for validation can be "
-            "scored (see the warnings above); give a separate validation folder (the CLI's --val)"
+            f"no usable validation images: none of the {len(paths)} can be scored (see the "
+            "warnings above)"
         )
     return pairs
 
@@ -157,7 +170,7 @@ def format_table(result: dict[str, Any]) -> str:
     """Render an evaluation result as a plain-text table: one row per image, then each
     folder's mean where the images lie in several, then the mean of all."""
     means = [
-        (f"mean of {group}/ ({mean['images']})", mean)
+        (f"mean of {'the top level' if group == '.' else group + '/'} ({mean['count']})", mean)
         for group, mean in result.get("folders", {}).items()
     ]
     means.append(("mean", result))

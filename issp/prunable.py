@@ -25,7 +25,7 @@ def pruned_count(n: int, fraction: float) -> int:
     """How many of a layer's ``n`` weights a ``fraction`` prunes: ``ceil(fraction * n)``,
     but never all ``n``; a layer with no weight left would cut the network off its input
     (at ratio 0.99 that is any layer of 100 weights or fewer)."""
-    return min(math.ceil(fraction * n), n - 1)
+    return max(0, min(math.ceil(fraction * n), n - 1))
 
 
 def prunable_weights(
@@ -50,27 +50,38 @@ def prunable_weights(
         skip = [convs[0], convs[-1]] if convs else []
     for pattern in skip:
         if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in layers):
-            raise IsspError(f"skip pattern {pattern!r} matches no conv or linear layer")
+            hint = _hint(model, pattern)
+            raise IsspError(f"skip pattern {pattern!r} matches no conv or linear layer{hint}")
     weights: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
     for name, module in layers:
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):
             continue
         weight = _maskable(name, module)
-        if weight.requires_grad and id(weight) not in seen:
+        if weight is not None and id(weight) not in seen:
             seen.add(id(weight))
             weights[f"{name}.weight" if name else "weight"] = weight
     return weights
 
 
-def _maskable(name: str, module: nn.Module) -> nn.Parameter:
-    """``module.weight`` if a mask written into it holds; IsspError naming the layer if not."""
+def _hint(model: nn.Module, pattern: str) -> str:
+    """Where ``pattern`` names a block rather than its layers, how to name the layers."""
+    if any(fnmatch.fnmatchcase(name, pattern) for name, _ in model.named_modules()):
+        return f" (patterns match whole layer names: {pattern + '.*'!r} for the layers inside)"
+    return ""
+
+
+def _maskable(name: str, module: nn.Module) -> nn.Parameter | None:
+    """``module.weight`` if a mask written into it holds, ``None`` if it is frozen, and
+    IsspError naming the layer if no mask could hold."""
     weight = module.weight
     if isinstance(weight, nn.parameter.UninitializedParameter):
         raise IsspError(
             f"layer {name or 'model'} is a lazy module not made yet: run one forward pass "
             "before building the pruner"
         )
+    if not weight.requires_grad:
+        return None
     if not isinstance(weight, nn.Parameter):
         raise IsspError(
             f"layer {name or 'model'}'s weight is recomputed on every forward pass (weight "

@@ -73,7 +73,9 @@ TELEMETRY_KEYS = ("flips", "grad_norm", "sparsity", "kept_abs", "selected_abs")
 def check_ratio(ratio: float) -> float:
     """``ratio`` if it is a pruning ratio, in [0, 1); IsspError otherwise. The one check
     the CLI, the app and the pruner share."""
-    if not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
+    if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool):
+        raise IsspError(f"pruning ratio must be a number in [0, 1), got {ratio!r}")
+    if not 0 <= ratio < 1:
         raise IsspError(f"pruning ratio must be in [0, 1), got {ratio}")
     return ratio
 
@@ -85,15 +87,17 @@ def check_alpha(alpha: float | None) -> float:
     return alpha
 
 
-def check_steps(method: str, prune_steps: int, gmp_interval: int) -> None:
-    """IsspError unless ``Kp`` and the GMP/GReg interval are whole numbers of steps the
-    method can use."""
-    if not isinstance(prune_steps, numbers.Integral):
-        raise IsspError(f"prune_steps must be a whole number of steps, got {prune_steps!r}")
+def check_steps(method: str, prune_steps: int, gmp_interval: int | None = None) -> None:
+    """IsspError unless ``Kp`` (and the GMP/GReg interval, if given) are whole numbers of
+    steps the method can use."""
+    for label, steps in (("prune_steps", prune_steps), ("gmp_interval", gmp_interval)):
+        whole = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+        if steps is not None and not whole:
+            raise IsspError(f"{label} must be a whole number of steps, got {steps!r}")
     if prune_steps < 1 and method in (*MAGNITUDE, "rigl"):
         raise IsspError(f"prune_steps must be at least 1, got {prune_steps}")
-    if not isinstance(gmp_interval, numbers.Integral) or gmp_interval < 1:
-        raise IsspError(f"gmp_interval must be a whole number of steps >= 1, got {gmp_interval!r}")
+    if gmp_interval is not None and gmp_interval < 1:
+        raise IsspError(f"gmp_interval must be at least 1, got {gmp_interval}")
 
 
 def check_arguments(
@@ -103,7 +107,8 @@ def check_arguments(
     alpha: float | None,
     scope: str,
     pattern: str | None,
-    gmp_interval: int = 1,
+    *,
+    gmp_interval: int | None = None,
 ) -> None:
     """IsspError for a ``Pruner`` no run could use."""
     if method not in METHODS:
@@ -165,7 +170,9 @@ class Pruner:
         telemetry: bool = True,
         pattern: str | None = None,
     ) -> None:
-        check_arguments(method, ratio, prune_steps, alpha, scope, pattern, gmp_interval)
+        check_arguments(
+            method, ratio, prune_steps, alpha, scope, pattern, gmp_interval=gmp_interval
+        )
         self.pattern = pattern
         self.method, self.ratio, self.alpha, self.scope = method, ratio, alpha, scope
         self.prune_steps, self.gmp_interval = prune_steps, gmp_interval

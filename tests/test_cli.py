@@ -80,7 +80,8 @@ def test_eval_names_what_it_skips_and_writes_an_infinite_psnr_as_null(images, tm
     args = ["eval", "--bicubic", "--data", str(folder), "--scale", "2", "--json", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr()
-    assert printed.err.splitlines()[-1].startswith("skipped text.png: ")
+    warned = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and warned[0].startswith("warning: skipping text.png: not a readable")
     result = json.loads(out.read_text())  # strict JSON: no Infinity
     assert [r["psnr"] for r in result["images"] if r["name"] == "flat.png"] == [None]
     assert result["psnr"] is None and result["skipped"][0]["name"] == "text.png"

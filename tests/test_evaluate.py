@@ -80,14 +80,19 @@ def test_empty_evaluation_is_an_error():
 def test_images_that_cannot_be_scored_are_left_out_and_named(image_folder):
     Image.new("RGB", (12, 12)).save(image_folder / "tiny.png")
     (image_folder / "text.png").write_text("not an image")
-    result = evaluate_folder(None, image_folder, 4)
+    with pytest.warns(UserWarning) as warned:
+        result = evaluate_folder(None, image_folder, 4)
     assert [r["name"] for r in result["images"]] == ["colour.png", "grey.png"]
     text, tiny = result["skipped"]
-    assert text["name"] == "text.png" and "text.png: not a readable image" in text["why"]
+    assert text["name"] == "text.png" and text["why"].startswith("not a readable image (")
     assert tiny == {"name": "tiny.png", "why": "12x12 is too small to score at x4"}
+    assert str(warned[1].message) == "skipping tiny.png: 12x12 is too small to score at x4"
     for name in ("colour.png", "grey.png"):
         (image_folder / name).unlink()
-    with pytest.raises(IsspError, match="no image in .* can be scored at x4"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(IsspError, match=r"can be scored at x4 \(text.png: not a readable image"),
+    ):
         evaluate_folder(None, image_folder, 4)
 
 
@@ -102,14 +107,14 @@ def test_benchmarks_in_subfolders_get_their_own_means(image_folder):
     assert names == ["Set14/grey.png", "Set5/colour.png", "Set5/grey.png", "colour.png", "grey.png"]
     scores = {r["name"]: r["psnr"] for r in result["images"]}
     assert set(result["folders"]) == {".", "Set14", "Set5"}
-    assert result["folders"]["Set5"]["images"] == 2
+    assert result["folders"]["Set5"]["count"] == 2
     assert result["folders"]["Set5"]["psnr"] == pytest.approx(
         (scores["Set5/colour.png"] + scores["Set5/grey.png"]) / 2
     )
     assert result["folders"]["Set14"]["psnr"] == scores["Set14/grey.png"]
     lines = format_table(result).splitlines()
     assert [line.split("  ")[0].strip() for line in lines[-4:]] == [
-        "mean of ./ (2)",
+        "mean of the top level (2)",
         "mean of Set14/ (1)",
         "mean of Set5/ (2)",
         "mean",

@@ -128,21 +128,25 @@ def test_a_model_with_nothing_to_prune_is_refused_at_once():
     ("skip", "message"),
     [
         ("up", "skip takes a list of layer-name patterns, not the string 'up'"),
-        (["0", "taill"], "skip pattern 'taill' matches no conv or linear layer"),
+        (["0", "taill"], "skip pattern 'taill' matches no conv or linear layer$"),
+        (["1"], r"matches no conv or linear layer \(patterns match whole layer names: '1\.\*'"),
     ],
 )
 def test_a_skip_that_would_be_misread_is_refused(skip, message):
+    block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())  # its conv is "1.0"
     with pytest.raises(IsspError, match=message):
-        prunable_weights(own_net(a=nn.Conv2d(8, 8, 3, padding=1)), skip=skip)
+        prunable_weights(own_net(a=block), skip=skip)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ratio": "0.5"}, r"pruning ratio must be in \[0, 1\), got 0.5"),
+        ({"ratio": "0.5"}, r"pruning ratio must be a number in \[0, 1\), got '0.5'"),
+        ({"ratio": True}, r"pruning ratio must be a number in \[0, 1\), got True"),
         ({"prune_steps": float("nan")}, "prune_steps must be a whole number of steps, got nan"),
         ({"prune_steps": 2.5}, "prune_steps must be a whole number of steps, got 2.5"),
-        ({"gmp_interval": 0}, "gmp_interval must be a whole number of steps >= 1, got 0"),
+        ({"gmp_interval": 0}, "gmp_interval must be at least 1, got 0"),
+        ({"gmp_interval": 2.0}, "gmp_interval must be a whole number of steps, got 2.0"),
     ],
 )
 def test_arguments_no_run_could_use_are_one_line_errors(kwargs, message):

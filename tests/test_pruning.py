@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from issp import IsspError, pruning
-from issp.pruning import GREG_CEILING, Pruner, prunable_weights
+from issp.prunable import prunable_weights
+from issp.pruning import GREG_CEILING, Pruner
 from issp.selection import nm_groups, nm_mask, rigl_exchange, smallest_mask
 
 
