@@ -1,12 +1,15 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
 from issp import IsspError
+from issp.checkpoint import load_checkpoint
+from issp.evaluate import evaluate_folder
 from issp.study import v2
-from issp.study.plan import RunFolders
+from issp.study.plan import REPORT_DIR, RunFolders
 from issp.study.v2 import EDSR, GRID_SEEDS, SWINIR, Grid, Setting
 
 
@@ -159,3 +162,26 @@ def test_a_process_goes_on_to_the_next_step_while_the_other_holds_the_first(tmp_
     assert v2.next_batch(steps, jobs=2) is None  # every run left is in other hands: wait
     for lock in held:
         lock.release()
+
+
+CLAIMS_RUNS = REPORT_DIR / "study_runs" / "claims"
+TEST_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "test"
+
+
+@pytest.mark.skipif(not TEST_DATA.is_dir(), reason=f"benchmark images not found at {TEST_DATA}")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "edsr-tiny_x4_issp_r0.95_a0.99_lr0.003_edges-dense_bf16_s3",
+        "edsr-tiny_x2_rigl_r0.99_lr0.003_edges-dense_bf16_s4",
+    ],
+)
+def test_a_committed_study_score_is_recomputed_from_its_checkpoint(name):
+    committed = json.loads((CLAIMS_RUNS / f"{name}.json").read_text())
+    model, meta = load_checkpoint(CLAIMS_RUNS / f"{name}.safetensors")
+    for key, folder in (("set5", "Set5"), ("set14", "Set14")):
+        again = evaluate_folder(model, TEST_DATA / folder, int(meta["scale"]))["images"]
+        rows = committed[key]["images"]
+        assert [(r["name"], r["psnr"]) for r in again] == [(r["name"], r["psnr"]) for r in rows]
+        # SSIM's filter is a BLAS matrix product, whose last bit varies with its threads.
+        assert [r["ssim"] for r in again] == pytest.approx([r["ssim"] for r in rows], abs=1e-12)

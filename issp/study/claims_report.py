@@ -9,6 +9,7 @@ secondary test set, which decides nothing.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,3 +408,25 @@ def checks_markdown(out: Path) -> str:
         "\n## Checks beside the study (exploratory, deciding nothing)\n\n"
         f"- ISS-P's alpha beyond the grid's edge (`analysis/alpha-edge.md`): {reading}.\n"
     )
+
+
+def machines_markdown(study: Sequence[dict], grid: Sequence[dict]) -> str:
+    """How many of the counted study runs and of the grid runs each machine trained, per
+    architecture: run files name their machine, and the sessions were not all lent one."""
+    counts = Counter(
+        (run["config"]["arch"], kind, run.get("machine", "not recorded"))
+        for kind, runs in (("study", study), ("grid", grid))
+        for run in runs
+    )
+    lines = [
+        "\n## Machines\n",
+        "Each run file names the machine that trained it; to retrain a run bit for bit, use "
+        "that machine (two CPUs' kernels may round differently).\n",
+        "| architecture | runs | machine | count |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {arch} | {kind} | {machine} | {n} |"
+        for (arch, kind, machine), n in sorted(counts.items())
+    ]
+    return "\n".join(lines) + "\n"

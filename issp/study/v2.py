@@ -33,6 +33,7 @@ from issp.study.claims_report import (
     claim_rows,
     claims_json,
     claims_markdown,
+    machines_markdown,
     notes,
     secondary_rows,
 )
@@ -428,7 +429,7 @@ def write_claims(command: str, out: Path = REPORT_DIR) -> list[ClaimRow]:
         "The grid of `analysis/claims-protocol.md`, on its own seeds; Set5 and Set14 unseen.\n\n"
     )
     text += "\n".join(grid_markdown(grid_done, None))
-    text += checks_markdown(out)
+    text += checks_markdown(out) + machines_markdown(results, list(grid_done.values()))
     write_text(out / "claims.md", text)
     summary = {
         "command": command,
