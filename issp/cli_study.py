@@ -54,7 +54,11 @@ def add_study(commands: argparse._SubParsersAction) -> None:
         "alpha-edge",
         help="ISS-P's alpha beyond study v2's grid (analysis/alpha-edge.md): train, then report",
     )
-    for sub in (precision, zoo_precision, modes, claims, alpha_edge):
+    machine_check = study_commands.add_parser(
+        "machine-check",
+        help="C6 with every run on one machine (analysis/machine-check.md): train, then report",
+    )
+    for sub in (precision, zoo_precision, modes, claims, alpha_edge, machine_check):
         _add_registered_test_options(sub)
     for sub in (grid, run, report, rescore):
         _add_plan_options(sub)
@@ -142,6 +146,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         "modes": _study_modes,
         "claims": _study_claims,
         "alpha-edge": _study_alpha_edge,
+        "machine-check": _study_machine_check,
     }
     if args.study_command in registered:
         registered[args.study_command](args, command)
@@ -293,6 +298,17 @@ def _study_alpha_edge(args: argparse.Namespace, command: str) -> None:
         data = str(args.data) if args.data else None
         alpha_edge.run(data, args.jobs, args.threads)
     print(alpha_edge.write(command)["reading"])
+
+
+def _study_machine_check(args: argparse.Namespace, command: str) -> None:
+    from issp.study import machine_check
+
+    if not args.report:
+        data = str(args.data) if args.data else None
+        machine_check.run(data, args.test, args.jobs, args.threads)
+    result = machine_check.write(command)
+    for key in ("set5", "set14"):
+        print(f"{key}: {result[key]['reading']}")
 
 
 def _study_rescore(args: argparse.Namespace, runs: list, command: str, out: Path) -> None:
