@@ -1,6 +1,7 @@
 """The one-machine check of C6: the machine effect on ISS-P and C6's calls redone."""
 
 import copy
+import json
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from test_claims import make_results
 from issp import IsspError
 from issp.study import machine_check
 from issp.study.claims import EDSR_CELLS
+from issp.study.claims_report import checks_markdown
 
 
 def retrained(results, shift):
@@ -73,3 +75,13 @@ def test_an_unfinished_check_reads_only_what_it_has(tied):
 def test_it_trains_only_on_the_machine_gmp_and_rigl_trained_on(tmp_path):
     with pytest.raises(IsspError, match="this check trains on Intel.* only; this machine is AMD"):
         machine_check.run(None, tmp_path, 1, 1, machine="AMD EPYC, 2 cores, torch 2.13.0+cpu")
+
+
+def test_the_claims_report_points_to_the_check_s_reading(tied, tmp_path):
+    result = machine_check.summary(tied, retrained(tied, 0.0), registered("tie"))
+    (tmp_path / "machine-check.json").write_text(json.dumps(result))
+    text = checks_markdown(tmp_path)
+    assert "- C6 with every run on one machine (`analysis/machine-check.md`, 30 of 30 runs): " in (
+        text
+    )
+    assert text.rstrip().endswith(f"{result['set5']['reading']}.")

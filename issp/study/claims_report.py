@@ -400,13 +400,23 @@ def claims_json(rows: Sequence[ClaimRow]) -> list[dict]:
 def checks_markdown(out: Path) -> str:
     """A pointer to the reading of each exploratory check registered beside the study: none
     decides anything here, but a reader of the verdicts should know of them."""
-    path = out / "alpha-edge.json"
-    if not path.is_file():
+    lines = []
+    alpha_edge, machine = out / "alpha-edge.json", out / "machine-check.json"
+    if alpha_edge.is_file():
+        reading = json.loads(alpha_edge.read_text())["reading"]
+        lines.append(
+            f"- ISS-P's alpha beyond the grid's edge (`analysis/alpha-edge.md`): {reading}."
+        )
+    if machine.is_file():
+        check = json.loads(machine.read_text())
+        lines.append(
+            f"- C6 with every run on one machine (`analysis/machine-check.md`, {check['runs']} "
+            f"of {check['planned']} runs): {check['set5']['reading']}."
+        )
+    if not lines:
         return ""
-    reading = json.loads(path.read_text())["reading"]
     return (
-        "\n## Checks beside the study (exploratory, deciding nothing)\n\n"
-        f"- ISS-P's alpha beyond the grid's edge (`analysis/alpha-edge.md`): {reading}.\n"
+        "\n## Checks beside the study (exploratory, deciding nothing)\n\n" + "\n".join(lines) + "\n"
     )
 
 
