@@ -126,12 +126,7 @@ def summary(grid_done: dict[str, dict], done: dict[str, dict], data: str | None)
     for alpha in BEYOND:
         shift = per_seed(grid_done, done, alpha, data)
         if shift.n:
-            low, high = shift.interval
-            context[alpha] = {
-                "differences": list(shift.differences),
-                "mean": shift.mean,
-                "interval95": [low, high] if shift.n >= 2 else None,
-            }
+            context[alpha] = shift.to_json()
     return {
         "lr": setting.lr,
         "registered_alpha": setting.alpha,

@@ -94,21 +94,12 @@ def summary(study_done: Sequence[dict], again: Sequence[dict], claims: dict) -> 
         tests = cell_tests([*again, *rivals], EDSR_CELLS, RIVALS, measure)
         registered = claims if key == "set5" else {"claims": claims.get("set14", [])}
         out[key] = {
-            "machine_effect": {cell.label: _json(d) for cell, d in per_cell.items()},
-            "machine_effect_over_cells": _json(pooled),
+            "machine_effect": {cell.label: d.to_json() for cell, d in per_cell.items()},
+            "machine_effect_over_cells": pooled.to_json(),
             "c6_one_machine": [t.to_json() | {"registered": _call(registered, t)} for t in tests],
         }
         out[key]["reading"] = reading(pooled, tests, registered)
     return out
-
-
-def _json(difference: PairedDifferences) -> dict:
-    low, high = difference.interval
-    return {
-        "differences": list(difference.differences),
-        "mean": difference.mean if difference.n else None,
-        "interval95": [low, high] if difference.n >= 2 else None,
-    }
 
 
 def _call(claims: dict, test: CellTest) -> str | None:

@@ -53,6 +53,16 @@ class PairedDifferences:
             return 1.0 if self.differences[0] == 0 else 0.0
         return float(stats.ttest_1samp(self.differences, 0.0).pvalue)
 
+    def to_json(self) -> dict:
+        """The differences, their mean (None without any) and 95% interval (None with
+        fewer than two)."""
+        low, high = self.interval
+        return {
+            "differences": list(self.differences),
+            "mean": self.mean if self.n else None,
+            "interval95": [low, high] if self.n >= 2 else None,
+        }
+
     @property
     def wins(self) -> int:
         return sum(d > 0 for d in self.differences)
